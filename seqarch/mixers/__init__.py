@@ -1,0 +1,6 @@
+"""Sequence mixers, one module per family, all under the contract in :mod:`.base`."""
+
+from .base import MIXERS, Mixer, build_mixer, register_mixer
+
+# Importing a family module registers its mixers.
+from . import attention, s4d  # noqa: E402,F401  isort: skip

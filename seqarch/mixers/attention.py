@@ -1,0 +1,184 @@
+"""Multi-head softmax attention (Vaswani et al., "Attention Is All You Need", 2017).
+
+Grouped-query heads (Ainslie et al., "GQA", 2023): ``n_kv_heads`` key/value heads
+shared by ``n_heads / n_kv_heads`` query heads each.  Rotary position embedding
+(Su et al., 2021) on queries and keys by default.  The parallel path calls
+``torch.nn.functional.scaled_dot_product_attention``; the recurrent path keeps a
+KV cache of at most ``max_length`` tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..modules.rotary import RotaryEmbedding
+from .base import Mixer, State, check_divides, check_positive_int, register_mixer
+
+
+@register_mixer("attention")
+class Attention(Mixer):
+    """Softmax attention.  ``(batch, length, d_model)`` -> same shape.
+
+    Args:
+        d_model: width.
+        n_heads: query heads (default: one per 64 channels, at least one); must divide d_model.
+        n_kv_heads: key/value heads (default ``n_heads``); must divide ``n_heads``.
+        causal: mask future positions; ``False`` is bidirectional (no recurrent form).
+        rotary: rotary position embedding on queries and keys (head dim must be even).
+        rotary_base: the rotary frequency base.
+        max_length: capacity of the KV cache made by ``init_state`` (the parallel
+            forward has no length limit).
+        dropout: attention dropout, in training only.
+        bias: biases in the projections.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        n_heads: int | None = None,
+        n_kv_heads: int | None = None,
+        causal: bool = True,
+        rotary: bool = True,
+        rotary_base: float = 10000.0,
+        max_length: int = 2048,
+        dropout: float = 0.0,
+        bias: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(d_model, causal=causal)
+        n_heads = max(1, d_model // 64) if n_heads is None else check_positive_int("n_heads", n_heads)
+        check_divides("n_heads", n_heads, "d_model", d_model)
+        n_kv_heads = n_heads if n_kv_heads is None else check_positive_int("n_kv_heads", n_kv_heads)
+        check_divides("n_kv_heads", n_kv_heads, "n_heads", n_heads)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: expected a value in [0, 1), got {dropout}")
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads
+        self.head_dim = d_model // n_heads
+        self.max_length = check_positive_int("max_length", max_length)
+        self.dropout = dropout
+        if rotary and self.head_dim % 2:
+            raise ValueError(
+                f"rotary: expected an even head dim d_model/n_heads for rotary embedding, got "
+                f"{d_model}/{n_heads}={self.head_dim}; pass rotary=False or change n_heads"
+            )
+        factory = {"device": device, "dtype": dtype}
+        qkv_width = (n_heads + 2 * n_kv_heads) * self.head_dim
+        self.qkv = nn.Linear(d_model, qkv_width, bias=bias, **factory)
+        self.out = nn.Linear(d_model, d_model, bias=bias, **factory)
+        self.rotary = RotaryEmbedding(self.head_dim, base=rotary_base) if rotary else None
+
+    def _project(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries ``(batch, n_heads, length, head_dim)`` and keys, values ``(batch, n_kv_heads, ...)``,
+        rotated for absolute positions ``start, start + 1, ...``."""
+        batch, length, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
+        )
+        q = q.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.rotary is not None:
+            positions = torch.arange(start, start + length, device=x.device)
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
+        return q, k, v
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int) -> torch.Tensor:
+        """Attention of queries at positions ``offset + i`` over keys at positions ``0..``;
+        returns ``(batch, length, d_model)``."""
+        batch, _, length, _ = q.shape
+        mask = None
+        is_causal = False
+        if self.causal and length > 1:
+            if offset == 0 and k.shape[2] == length:
+                is_causal = True
+            else:
+                key_pos = torch.arange(k.shape[2], device=q.device)
+                query_pos = torch.arange(offset, offset + length, device=q.device)
+                mask = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        return self.out(y.transpose(1, 2).reshape(batch, length, self.d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_sequence(x)
+        q, k, v = self._project(x, 0)
+        return self._attend(q, k, v, 0)
+
+    # -- recurrent form: the KV cache ---------------------------------------------------
+    def init_state(self, batch_size, *, device=None, dtype=None, max_length=None) -> State:
+        """``{"k", "v": (batch, n_kv_heads, max_length, head_dim), "length": 0}``.
+
+        ``step`` and ``prefill`` write new keys and values into these tensors in place.
+        """
+        if not self.causal:
+            return super().init_state(batch_size)
+        check_positive_int("batch_size", batch_size)
+        capacity = self.max_length if max_length is None else check_positive_int("max_length", max_length)
+        device, dtype = self._state_like(device, dtype)
+        shape = (batch_size, self.n_kv_heads, capacity, self.head_dim)
+        return {
+            "batch_size": batch_size,
+            "k": torch.zeros(shape, device=device, dtype=dtype),
+            "v": torch.zeros(shape, device=device, dtype=dtype),
+            "length": 0,
+        }
+
+    def _append(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Project ``x: (batch, new, d_model)``, write its keys/values to the cache, attend."""
+        start, new = state["length"], x.shape[1]
+        capacity = state["k"].shape[2]
+        if start + new > capacity:
+            raise ValueError(
+                f"state: the KV cache holds max_length={capacity} tokens; expected at most "
+                f"{capacity - start} more, got {new} (pass a larger max_length to init_state)"
+            )
+        q, k, v = self._project(x, start)
+        # Written in place: copying the cache every token would cost O(max_length) per step.
+        cache_k, cache_v = state["k"], state["v"]
+        cache_k[:, :, start:start + new] = k
+        cache_v[:, :, start:start + new] = v
+        y = self._attend(q, cache_k[:, :, :start + new], cache_v[:, :, :start + new], start)
+        return y, {**state, "k": cache_k, "v": cache_v, "length": start + new}
+
+    def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        y, state = self._append(x_t.unsqueeze(1), state)
+        return y[:, 0], state
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """The whole prompt in one call to SDPA, keys and values written to the cache."""
+        self.check_sequence(x)
+        if not self.causal:
+            self.check_token(x[:, 0])
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype, max_length=max(self.max_length, x.shape[1]))
+        self.check_state(state, x.shape[0])
+        return self._append(x, state)
+
+    # -- accounting -------------------------------------------------------------------
+    def flops_breakdown(self, length: int) -> dict[str, int]:
+        """Projections and the two attention products ``4 L^2 d`` counted dense (as
+        PaLM's ``12 n_layers d T`` and FlopCounterMode do); a causal kernel that skips
+        masked blocks computes about half of the latter."""
+        check_positive_int("length", length)
+        qkv_width = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+        projections = 2 * length * self.d_model * (qkv_width + self.d_model)
+        scores = 4 * length * length * self.head_dim * self.n_heads
+        rotary = 6 * length * (self.n_heads + self.n_kv_heads) * self.head_dim if self.rotary else 0
+        softmax = 5 * self.n_heads * length * length
+        return {"matmul": projections + scores, "fft": 0, "other": rotary + softmax}
+
+    def state_size(self, length: int) -> int:
+        """Keys and values of every token read: ``2 * length * n_kv_heads * head_dim``."""
+        return 2 * length * self.n_kv_heads * self.head_dim
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+                f"rotary={self.rotary is not None}")

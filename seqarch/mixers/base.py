@@ -1,0 +1,225 @@
+"""The sequence-mixer contract and the registry of mixers by name.
+
+Every sequence mixer maps ``(batch, length, d_model)`` to the same shape and, when
+causal, also runs token by token through ``step`` with a recurrent state.  The
+contract (see DESIGN.md):
+
+``forward(x)``
+    ``x: (batch, length, d_model)`` -> ``(batch, length, d_model)``.
+``causal``
+    bool; bidirectional mixers have no recurrent form.
+``init_state(batch_size, *, device=None, dtype=None, max_length=None)``
+    the empty recurrent state: a ``dict`` of tensors (and plain ints).
+``step(x_t, state)``
+    ``x_t: (batch, d_model)`` -> ``(y_t, state)``; equal to ``forward`` position by
+    position.
+``prefill(x, state=None)``
+    ``(y, state)`` for a whole prompt; this base class loops ``step``, mixers
+    override it with their parallel form.
+``flops(length)``
+    forward FLOPs for one sequence (a multiply-add counts 2);
+    ``flops_breakdown(length)`` gives the parts by kind.
+``state_size(length)``
+    numbers held in the recurrent state for one sequence after ``length`` tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+State = dict[str, Any]
+
+MIXERS: dict[str, type["Mixer"]] = {}
+
+
+def register_mixer(name: str) -> Callable[[type["Mixer"]], type["Mixer"]]:
+    """Class decorator: register a :class:`Mixer` subclass under ``name``."""
+
+    def decorate(cls: type[Mixer]) -> type[Mixer]:
+        if name in MIXERS and MIXERS[name] is not cls:
+            raise ValueError(f"mixer name {name!r} is already registered to {MIXERS[name].__name__}")
+        missing = [m for m in ("forward", "flops_breakdown", "state_size") if getattr(cls, m) is getattr(Mixer, m, None)]
+        if missing:
+            raise TypeError(f"mixer {cls.__name__} must define {', '.join(missing)} to be registered")
+        cls.name = name
+        MIXERS[name] = cls
+        return cls
+
+    return decorate
+
+
+def build_mixer(name: str, d_model: int, **options: Any) -> "Mixer":
+    """Build the mixer registered as ``name`` with width ``d_model``.
+
+    Raises ``ValueError`` naming the known mixers when ``name`` is unknown.
+    """
+    if name not in MIXERS:
+        known = ", ".join(sorted(MIXERS))
+        raise ValueError(f"name: unknown mixer {name!r}; expected one of: {known}")
+    return MIXERS[name](d_model, **options)
+
+
+def check_positive_int(argument: str, value: Any) -> int:
+    """Return ``value`` if it is a positive int, else raise a ValueError naming ``argument``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{argument}: expected a positive integer, got {value!r}")
+    return value
+
+
+def check_divides(argument: str, divisor: int, dividend_name: str, dividend: int) -> None:
+    """Raise a ValueError unless ``divisor`` divides ``dividend``."""
+    if dividend % divisor != 0:
+        raise ValueError(
+            f"{argument}: expected a divisor of {dividend_name}={dividend}, got {divisor}"
+        )
+
+
+def check_choice(argument: str, value: Any, choices: tuple) -> Any:
+    """Return ``value`` if it is one of ``choices``, else raise a ValueError naming ``argument``."""
+    if value not in choices:
+        raise ValueError(f"{argument}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype numerically sensitive parts (FFTs, SSM kernels) run in: at least float32."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype whose parts are ``compute_dtype(dtype)``: complex64 or complex128."""
+    return torch.complex128 if compute_dtype(dtype) == torch.float64 else torch.complex64
+
+
+class Mixer(nn.Module):
+    """Base class of every sequence mixer.
+
+    Subclasses implement ``forward`` (calling :meth:`check_sequence` first),
+    ``init_state`` and ``_step`` (when causal), ``flops_breakdown`` and
+    ``state_size``; they may override ``prefill`` with a parallel form.
+    """
+
+    name: ClassVar[str] = "mixer"
+
+    def __init__(self, d_model: int, *, causal: bool = True) -> None:
+        super().__init__()
+        self.d_model = check_positive_int("d_model", d_model)
+        if not isinstance(causal, bool):
+            raise ValueError(f"causal: expected a bool, got {causal!r}")
+        self.causal = causal
+
+    # -- input checks -----------------------------------------------------------------
+    def check_sequence(self, x: torch.Tensor, argument: str = "x") -> None:
+        """Raise a ValueError unless ``x`` is ``(batch, length, d_model)`` and floating."""
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{argument}: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 3:
+            raise ValueError(
+                f"{argument}: expected rank 3 (batch, length, d_model), got shape {tuple(x.shape)}"
+            )
+        if x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"{argument}: expected last dimension d_model={self.d_model}, got {x.shape[-1]}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"{argument}: expected a floating dtype, got {x.dtype}")
+
+    def check_token(self, x_t: torch.Tensor) -> None:
+        """Raise a ValueError unless ``x_t`` is ``(batch, d_model)`` and the mixer is causal."""
+        if not self.causal:
+            raise ValueError(
+                f"step: {type(self).__name__} was built with causal=False; a bidirectional "
+                "mixer has no recurrent form (expected causal=True)"
+            )
+        if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2:
+            shape = tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__
+            raise ValueError(f"x_t: expected rank 2 (batch, d_model), got {shape}")
+        if x_t.shape[-1] != self.d_model:
+            raise ValueError(
+                f"x_t: expected last dimension d_model={self.d_model}, got {x_t.shape[-1]}"
+            )
+
+    def check_state(self, state: State, batch_size: int) -> None:
+        """Raise a ValueError unless ``state`` is a dict made for ``batch_size`` sequences."""
+        if not isinstance(state, dict) or "batch_size" not in state:
+            raise ValueError(
+                f"state: expected the dict returned by {type(self).__name__}.init_state, got "
+                f"{type(state).__name__}"
+            )
+        if state["batch_size"] != batch_size:
+            raise ValueError(
+                f"state: expected a state for batch_size={batch_size}, got one for "
+                f"batch_size={state['batch_size']}"
+            )
+
+    def _reference_parameter(self) -> torch.Tensor:
+        return next(self.parameters())
+
+    def _state_like(self, device: Any, dtype: Any) -> tuple[torch.device, torch.dtype]:
+        ref = self._reference_parameter()
+        return (torch.device(device) if device is not None else ref.device,
+                dtype if dtype is not None else ref.dtype)
+
+    # -- recurrent form ---------------------------------------------------------------
+    def init_state(
+        self,
+        batch_size: int,
+        *,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        max_length: int | None = None,
+    ) -> State:
+        """The empty recurrent state for ``batch_size`` sequences."""
+        raise ValueError(
+            f"init_state: {type(self).__name__} (causal={self.causal}) has no recurrent form"
+        )
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One token: ``x_t: (batch, d_model)`` -> ``(y_t: (batch, d_model), state)``."""
+        self.check_token(x_t)
+        self.check_state(state, x_t.shape[0])
+        return self._step(x_t, state)
+
+    def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        raise ValueError(f"step: {type(self).__name__} has no recurrent form")
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Run a prompt ``x: (batch, length, d_model)``; returns ``(y, state)``.
+
+        This default loops :meth:`step`; mixers with a parallel form override it.
+        """
+        self.check_sequence(x)
+        if not self.causal:
+            self.check_token(x[:, 0])  # raises the bidirectional error
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        outputs = []
+        for t in range(x.shape[1]):
+            y_t, state = self.step(x[:, t], state)
+            outputs.append(y_t)
+        return torch.stack(outputs, dim=1), state
+
+    # -- accounting -------------------------------------------------------------------
+    def flops_breakdown(self, length: int) -> dict[str, int]:
+        """Forward FLOPs for one sequence of ``length`` tokens, by kind.
+
+        Keys: ``"matmul"`` (dense and batched matrix products, what
+        ``torch.utils.flop_counter`` counts), ``"fft"`` (by the ``5 n log2 n``
+        formula), ``"other"`` (convolutions, gates, kernel generation).
+        """
+        raise TypeError(f"{type(self).__name__} must define flops_breakdown")
+
+    def flops(self, length: int) -> int:
+        """Forward FLOPs for one sequence of ``length`` tokens (a multiply-add counts 2)."""
+        check_positive_int("length", length)
+        return int(sum(self.flops_breakdown(length).values()))
+
+    def state_size(self, length: int) -> int:
+        """Numbers held in the recurrent state for one sequence after ``length`` tokens."""
+        raise TypeError(f"{type(self).__name__} must define state_size")
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, causal={self.causal}"

@@ -1,0 +1,8 @@
+"""Models built from a :class:`ModelConfig`."""
+
+from .block import ResidualBlock
+from .classifier import SequenceClassifier
+from .config import ModelConfig
+from .language_model import LanguageModel
+
+__all__ = ["ModelConfig", "ResidualBlock", "LanguageModel", "SequenceClassifier"]

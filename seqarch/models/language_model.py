@@ -1,0 +1,95 @@
+"""Causal language model over any mixer (or a hybrid list of mixers)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import Backbone, check_tokens, num_params
+from .config import ModelConfig
+
+
+class LanguageModel(nn.Module):
+    """Next-token model: ``(batch, length)`` ids -> ``(batch, length, vocab_size)`` logits.
+
+    ``generate`` reads the prompt with ``prefill`` and then runs each mixer's
+    recurrent ``step``, one token at a time.
+    """
+
+    def __init__(self, config: ModelConfig, *, device=None, dtype=None) -> None:
+        super().__init__()
+        if not config.causal:
+            raise ValueError("config.causal: expected True for a LanguageModel, got False")
+        self.config = config
+        self.backbone = Backbone(config, device=device, dtype=dtype)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False, device=device, dtype=dtype)
+        if config.tie_embeddings:
+            self.head.weight = self.backbone.embedding.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(tokens))
+
+    def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of ``targets: (batch, length)``; positions labelled -100 are ignored."""
+        if targets.shape != tokens.shape:
+            raise ValueError(f"targets: expected shape {tuple(tokens.shape)} like tokens, got {tuple(targets.shape)}")
+        logits = self(tokens)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
+                generator: torch.Generator | None) -> torch.Tensor:
+        if temperature == 0:
+            return logits.argmax(-1)
+        logits = logits.float() / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None,
+                 use_cache: bool = True) -> torch.Tensor:
+        """Continue ``prompt: (batch, length)`` by ``max_new_tokens`` tokens.
+
+        ``temperature=0`` is greedy; ``top_k`` keeps the k most likely tokens.
+        ``use_cache=False`` recomputes the full forward for each token (the slow
+        reference the recurrent path must match).  Returns ``(batch, length + max_new_tokens)``.
+        """
+        check_tokens(prompt, self.config, "prompt")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
+        if temperature < 0:
+            raise ValueError(f"temperature: expected a value >= 0, got {temperature}")
+        if top_k is not None and top_k <= 0:
+            raise ValueError(f"top_k: expected a positive integer or None, got {top_k}")
+        tokens = prompt
+        if max_new_tokens == 0:
+            return tokens
+        if not use_cache:
+            for _ in range(max_new_tokens):
+                logits = self(tokens)[:, -1]
+                tokens = torch.cat([tokens, self._sample(logits, temperature, top_k, generator)[:, None]], 1)
+            return tokens
+        total = prompt.shape[1] + max_new_tokens
+        states = self.backbone.init_state(prompt.shape[0], max_length=total)
+        features, states = self.backbone.prefill(prompt, states)
+        logits = self.head(features[:, -1])
+        for i in range(max_new_tokens):
+            token = self._sample(logits, temperature, top_k, generator)
+            tokens = torch.cat([tokens, token[:, None]], 1)
+            if i + 1 < max_new_tokens:
+                features, states = self.backbone.step(token, states)
+                logits = self.head(features)
+        return tokens
+
+    def num_params(self) -> int:
+        """Parameters, the tied embedding counted once."""
+        return num_params(self)
+
+    def flops_per_token(self, length: int) -> float:
+        """Forward FLOPs per token at sequence ``length``: blocks plus the output head."""
+        head = 2 * self.config.d_model * self.config.vocab_size
+        return self.backbone.flops(length) / length + head

@@ -1,0 +1,103 @@
+"""Long convolutions by FFT, the front end shared by S4, S4D and Monarch Mixer.
+
+A causal convolution of length-L sequences by a length-L filter is computed as a
+circular convolution of size 2L (zero padding keeps the wrap-around out), which
+costs O(L log L) instead of O(L^2).  A bidirectional (non-causal) filter is a pair
+of causal filters, one run forwards and one backwards in time, packed into one
+circular filter of size 2L as in S4 and M2-BERT.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..mixers.base import compute_dtype
+
+
+def _check_conv_args(u: torch.Tensor, k: torch.Tensor, filter_name: str, max_len: int) -> None:
+    if u.dim() < 2:
+        raise ValueError(f"u: expected rank >= 2 (..., channels, length), got shape {tuple(u.shape)}")
+    if k.dim() != 2:
+        raise ValueError(f"{filter_name}: expected rank 2 (channels, length), got shape {tuple(k.shape)}")
+    if k.shape[0] != u.shape[-2]:
+        raise ValueError(
+            f"{filter_name}: expected {u.shape[-2]} channels to match u, got {k.shape[0]}"
+        )
+    if k.shape[-1] > max_len:
+        raise ValueError(
+            f"{filter_name}: expected a filter length of at most {max_len}, got {k.shape[-1]}"
+        )
+
+
+def fft_conv(u: torch.Tensor, k: torch.Tensor, *, causal: bool = True) -> torch.Tensor:
+    """Depthwise long convolution by FFT.
+
+    Args:
+        u: ``(..., channels, length)`` input.
+        k: ``(channels, filter_length)`` filter.  Causal: ``filter_length <= length``
+            and ``y[t] = sum_{s<=t} k[s] u[t-s]`` (FFT of size 2L).  Circular
+            (``causal=False``): ``filter_length <= length`` and the convolution wraps
+            around modulo ``length``.
+    Returns:
+        ``(..., channels, length)`` in ``u``'s dtype; computed in at least float32.
+    """
+    length = u.shape[-1]
+    _check_conv_args(u, k, "k", length)
+    work = compute_dtype(u.dtype)
+    n = 2 * length if causal else length
+    u_f = torch.fft.rfft(u.to(work), n=n)
+    k_f = torch.fft.rfft(k.to(work), n=n)
+    y = torch.fft.irfft(u_f * k_f, n=n)[..., :length]
+    return y.to(u.dtype)
+
+
+def two_sided_filter(k_forward: torch.Tensor, k_backward: torch.Tensor) -> torch.Tensor:
+    """Pack a bidirectional filter pair into one circular filter of size 2L.
+
+    ``y[t] = sum_{s>=0} k_forward[s] u[t-s] + sum_{s>=1} k_backward[s] u[t+s]``
+    equals the circular convolution of ``u`` zero-padded to 2L with the returned
+    ``(channels, 2L)`` filter (``k_backward[0]`` is unused: the present token is
+    counted once, by ``k_forward``).
+    """
+    length = k_forward.shape[-1]
+    if k_backward.shape != k_forward.shape:
+        raise ValueError(
+            f"k_backward: expected shape {tuple(k_forward.shape)} like k_forward, got {tuple(k_backward.shape)}"
+        )
+    backward = torch.flip(k_backward[..., 1:], dims=[-1])  # taps for offsets L-1 .. 1
+    return torch.cat([k_forward, torch.zeros_like(k_forward[..., :1]), backward], dim=-1)
+
+
+def bidirectional_fft_conv(u: torch.Tensor, k_forward: torch.Tensor, k_backward: torch.Tensor) -> torch.Tensor:
+    """Non-causal long convolution: a forward filter on the past, a backward one on the future.
+
+    Args:
+        u: ``(..., channels, length)``.
+        k_forward, k_backward: ``(channels, length)``.
+    Returns:
+        ``(..., channels, length)``; see :func:`two_sided_filter` for the formula.
+    """
+    length = u.shape[-1]
+    _check_conv_args(u, k_forward, "k_forward", length)
+    if k_forward.shape[-1] != length:
+        raise ValueError(f"k_forward: expected filter length {length}, got {k_forward.shape[-1]}")
+    padded = F.pad(u, (0, length))
+    return fft_conv(padded, two_sided_filter(k_forward, k_backward), causal=False)[..., :length]
+
+
+def fft_flops(n: int, channels: int) -> int:
+    """FLOPs of one real FFT of size ``n`` over ``channels`` rows: half of ``5 n log2 n``."""
+    return int(channels * 2.5 * n * math.log2(max(n, 2)))
+
+
+def fft_conv_flops(length: int, channels: int, *, causal: bool = True, filter_ffts: int = 1) -> int:
+    """FLOPs of :func:`fft_conv` for one sequence: forward rFFT, pointwise product, inverse.
+
+    ``filter_ffts`` counts the FFTs of the filter (0 if it is cached), batch-independent.
+    """
+    n = 2 * length if causal else length
+    pointwise = 6 * channels * (n // 2 + 1)  # complex multiply: 4 mul + 2 add
+    return (2 + filter_ffts) * fft_flops(n, channels) + pointwise

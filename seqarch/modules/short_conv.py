@@ -1,0 +1,64 @@
+"""Short causal depthwise convolution (kernel size 2..8), as in H3, Hyena and M2.
+
+Each channel is convolved with its own short filter over the past
+``kernel_size - 1`` tokens.  The recurrent form keeps those tokens as its state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..mixers.base import check_positive_int
+
+
+class ShortConv(nn.Module):
+    """Causal depthwise convolution over ``(batch, channels, length)``.
+
+    ``y[c, t] = bias[c] + sum_{j<k} weight[c, j] * x[c, t - (k-1) + j]`` (zeros before t=0),
+    i.e. ``weight[c, -1]`` multiplies the present token.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, *, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        self.channels = check_positive_int("channels", channels)
+        self.kernel_size = check_positive_int("kernel_size", kernel_size)
+        factory = {"device": device, "dtype": dtype}
+        bound = 1.0 / math.sqrt(kernel_size)
+        self.weight = nn.Parameter(torch.empty(channels, kernel_size, **factory).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(channels, **factory).uniform_(-bound, bound)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: (batch, channels, length)`` -> same shape."""
+        if x.dim() != 3 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"x: expected shape (batch, {self.channels}, length), got {tuple(x.shape)}"
+            )
+        padded = F.pad(x, (self.kernel_size - 1, 0))
+        return F.conv1d(padded, self.weight.unsqueeze(1), self.bias, groups=self.channels)
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> torch.Tensor:
+        """The last ``kernel_size - 1`` inputs, zeros: ``(batch, channels, kernel_size - 1)``."""
+        return torch.zeros(batch_size, self.channels, self.kernel_size - 1,
+                           device=device if device is not None else self.weight.device,
+                           dtype=dtype if dtype is not None else self.weight.dtype)
+
+    def step(self, x_t: torch.Tensor, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x_t: (batch, channels)`` -> ``(y_t, new_history)``."""
+        window = torch.cat([history, x_t.unsqueeze(-1)], dim=-1)  # (batch, channels, k)
+        y_t = (window * self.weight).sum(-1)
+        if self.bias is not None:
+            y_t = y_t + self.bias
+        return y_t, window[..., 1:]
+
+    def prefill_state(self, x: torch.Tensor) -> torch.Tensor:
+        """The state after reading ``x: (batch, channels, length)``: its last k-1 inputs."""
+        keep = self.kernel_size - 1
+        return F.pad(x, (keep, 0))[..., x.shape[-1]:] if keep else x[..., :0]
+
+    def flops(self, length: int) -> int:
+        """Forward FLOPs for one sequence."""
+        return 2 * self.channels * self.kernel_size * length

@@ -1,0 +1,81 @@
+"""Vandermonde products of diagonal state-space models, without the (channels, state, length) tensor.
+
+A diagonal SSM with eigenvalues ``z_n = exp(dt A_n)`` has the convolution kernel
+``K[h, l] = 2 Re(sum_n c[h, n] z[h, n]^l)`` (S4D, Gu et al. 2022).  Materialising
+``z^l`` for every (channel, state, position) costs ``channels * state * length``
+complex numbers of memory in the forward and again in the backward pass.  Here
+the position is split as ``l = j * b + i`` with ``b ~ sqrt(length)``, so that
+
+    K[h, j*b + i] = 2 Re( sum_n (c[h, n] z[h, n]^(j b)) * z[h, n]^i )
+
+is one real batched matrix product of a ``(channels, length/b, 2 state)`` factor by
+a ``(channels, 2 state, b)`` factor: memory ``O(channels * state * sqrt(length))``,
+the same FLOPs as the direct product, done by ``torch.bmm``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _block_size(length: int) -> int:
+    return max(1, math.isqrt(max(length - 1, 0)) + 1)
+
+
+def vandermonde_real(coef: torch.Tensor, log_z: torch.Tensor, length: int) -> torch.Tensor:
+    """``2 Re(sum_n coef[..., h, n] * exp(log_z[h, n] * l))`` for ``l < length``.
+
+    Args:
+        coef: complex ``(..., channels, state)``; leading dimensions are batched.
+        log_z: complex ``(channels, state)``, the log of the eigenvalues (``dt * A``).
+        length: number of positions.
+    Returns:
+        real ``(..., channels, length)``.
+    """
+    block = _block_size(length)
+    n_blocks = -(-length // block)
+    real_dtype = log_z.real.dtype
+    steps_in = torch.arange(block, device=log_z.device, dtype=real_dtype)
+    steps_out = torch.arange(n_blocks, device=log_z.device, dtype=real_dtype) * block
+    inner = torch.exp(log_z.unsqueeze(-1) * steps_in)  # (channels, state, block)
+    outer = coef.unsqueeze(-2) * torch.exp(log_z.unsqueeze(-2) * steps_out.unsqueeze(-1))
+    # Re(u v) = Re u Re v - Im u Im v: one real product with twice the inner dimension.
+    left = torch.cat([outer.real, -outer.imag], dim=-1)  # (..., channels, n_blocks, 2 state)
+    right = torch.cat([inner.real, inner.imag], dim=-2)  # (channels, 2 state, block)
+    out = 2 * torch.matmul(left, right)  # (..., channels, n_blocks, block)
+    return out.flatten(-2)[..., :length]
+
+
+def vandermonde_real_flops(channels: int, state: int, length: int) -> int:
+    """FLOPs of the matrix product in :func:`vandermonde_real` (one set of coefficients)."""
+    block = _block_size(length)
+    n_blocks = -(-length // block)
+    return 2 * channels * n_blocks * block * 2 * state
+
+
+def decayed_sum(x: torch.Tensor, log_z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The state of a diagonal SSM after reading a sequence: ``sum_l z^(L-1-l) weight x_l``.
+
+    Args:
+        x: real ``(batch, channels, length)`` inputs.
+        log_z: complex ``(channels, state)``.
+        weight: complex ``(channels, state)`` input matrix (``B-bar``).
+    Returns:
+        complex ``(batch, channels, state)``.
+    """
+    length = x.shape[-1]
+    block = _block_size(length)
+    n_blocks = -(-length // block)
+    real_dtype = log_z.real.dtype
+    # Reverse time so the power is the distance to the end, then pad to whole blocks.
+    reversed_x = torch.flip(x, dims=[-1]).to(log_z.dtype)
+    reversed_x = torch.nn.functional.pad(reversed_x, (0, n_blocks * block - length))
+    blocks = reversed_x.reshape(*x.shape[:-1], n_blocks, block)
+    steps_in = torch.arange(block, device=x.device, dtype=real_dtype)
+    steps_out = torch.arange(n_blocks, device=x.device, dtype=real_dtype) * block
+    inner = torch.exp(log_z.unsqueeze(-1) * steps_in)  # (channels, state, block)
+    outer = torch.exp(log_z.unsqueeze(-1) * steps_out)  # (channels, state, n_blocks)
+    partial = torch.einsum("bhji,hni->bhnj", blocks, inner)
+    return weight * (partial * outer).sum(-1)

@@ -1,0 +1,184 @@
+"""Parameter and FLOP accounting, and the matched-budget solver.
+
+Comparisons between architectures are fair only at the same budget.  This module
+counts parameters (by building the model on the ``meta`` device: no memory, no
+time) and analytic forward FLOPs (each mixer's ``flops_breakdown``; FFTs by the
+``5 n log2 n`` formula), and solves for the width or depth of another
+architecture that meets a target parameter count or FLOPs per token.
+
+Conventions: a multiply-add counts 2 FLOPs; training FLOPs are 3x the forward
+(backward ~ 2x forward, Kaplan et al. 2020), so ``6 N`` per token for the dense
+part as in Chinchilla; attention scores are counted dense as in PaLM appendix B.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from .mixers.base import check_choice, check_positive_int
+from .models import LanguageModel, ModelConfig, SequenceClassifier
+from .modules.mlp import default_hidden
+
+TRAINING_FLOPS_PER_FORWARD = 3
+
+
+def build_meta_model(config: ModelConfig) -> nn.Module:
+    """The model of ``config`` on the meta device (shapes only)."""
+    cls = SequenceClassifier if config.num_classes is not None else LanguageModel
+    return cls(config, device="meta")
+
+
+def count_params(config: ModelConfig) -> int:
+    """Parameters of the model ``config`` describes (tied embeddings counted once)."""
+    return build_meta_model(config).num_params()
+
+
+def forward_flops_per_token(config: ModelConfig, length: int) -> float:
+    """Analytic forward FLOPs per token at sequence ``length``."""
+    check_positive_int("length", length)
+    return build_meta_model(config).flops_per_token(length)
+
+
+def training_flops(config: ModelConfig, length: int, tokens: int) -> float:
+    """FLOPs of training on ``tokens`` tokens in sequences of ``length`` (forward + backward)."""
+    check_positive_int("tokens", tokens)
+    return TRAINING_FLOPS_PER_FORWARD * forward_flops_per_token(config, length) * tokens
+
+
+def flops_breakdown(config: ModelConfig, length: int) -> dict[str, float]:
+    """Forward FLOPs for one sequence by kind, summed over layers, plus the output head."""
+    model = build_meta_model(config)
+    totals: dict[str, float] = {}
+    for block in model.backbone.blocks:
+        for kind, value in block.mixer.flops_breakdown(length).items():
+            totals[f"mixer_{kind}"] = totals.get(f"mixer_{kind}", 0) + value
+        if block.channel is not None:
+            totals["channel"] = totals.get("channel", 0) + block.channel.flops(length)
+    head_width = config.num_classes if config.num_classes is not None else config.vocab_size * length
+    totals["head"] = 2 * config.d_model * head_width
+    return totals
+
+
+@dataclass(frozen=True)
+class BudgetMatch:
+    """A config meeting a budget: the ``achieved`` value against the ``target`` and the relative error."""
+
+    config: ModelConfig
+    metric: str
+    target: float
+    achieved: float
+
+    @property
+    def relative_error(self) -> float:
+        return (self.achieved - self.target) / self.target
+
+
+def _measure(config: ModelConfig, metric: str, length: int) -> float:
+    if metric == "params":
+        return float(count_params(config))
+    return forward_flops_per_token(config, length)
+
+
+def _try(config: ModelConfig, metric: str, length: int, **changes) -> tuple[ModelConfig, float] | None:
+    """The config with ``changes`` and its measure, or None where the options reject it."""
+    try:
+        candidate = config.replace(**changes)
+        return candidate, _measure(candidate, metric, length)
+    except ValueError:
+        return None
+
+
+def _closest(candidates: list[tuple[ModelConfig, float]], target: float) -> tuple[ModelConfig, float]:
+    return min(candidates, key=lambda c: abs(c[1] - target))
+
+
+def _tune_hidden(config: ModelConfig, metric: str, target: float, length: int) -> tuple[ModelConfig, float]:
+    """Fine-tune the channel mixer's hidden width, which the measure is linear in."""
+    base = _try(config, metric, length)
+    if config.channel_mixer == "none" or base is None:
+        return base
+    hidden = config.d_ff or default_hidden(config.channel_mixer, config.d_model)
+    quantum = config.monarch_blocks if config.channel_mixer == "monarch" else 1
+    bigger = _try(config, metric, length, d_ff=hidden + quantum * 16)
+    if bigger is None:
+        return base
+    per_unit = (bigger[1] - base[1]) / (quantum * 16)
+    ideal = hidden + (target - base[1]) / per_unit if per_unit > 0 else hidden
+    options = []
+    for guess in {math.floor(ideal / quantum) * quantum, math.ceil(ideal / quantum) * quantum}:
+        if guess >= quantum:
+            found = _try(config, metric, length, d_ff=int(guess))
+            if found is not None:
+                options.append(found)
+    return _closest(options + [base], target)
+
+
+def match_budget(
+    config: ModelConfig,
+    *,
+    params: float | None = None,
+    flops_per_token: float | None = None,
+    length: int = 1024,
+    by: Literal["width", "depth"] = "width",
+    width_multiple: int = 8,
+    max_width: int = 8192,
+    max_depth: int = 128,
+) -> BudgetMatch:
+    """Resize ``config`` to meet a parameter count or forward FLOPs per token.
+
+    ``by="width"`` scans ``d_model`` over multiples of ``width_multiple`` (widths an
+    option rejects, e.g. heads not dividing it, are skipped); ``by="depth"`` scans
+    ``n_layers`` (a hybrid's list of mixers is repeated cyclically).  Then the
+    channel mixer's hidden width ``d_ff`` is tuned, which closes the gap left by the
+    coarse step.  Exactly one of ``params`` and ``flops_per_token`` is given;
+    ``length`` is the sequence length FLOPs are counted at.
+
+    Returns the best :class:`BudgetMatch`; its ``relative_error`` states what was
+    achieved.  Raises ValueError when no size comes within 50% of the target.
+    """
+    if (params is None) == (flops_per_token is None):
+        raise ValueError("params, flops_per_token: expected exactly one budget, got "
+                         f"params={params}, flops_per_token={flops_per_token}")
+    metric = "params" if params is not None else "flops_per_token"
+    target = float(params if params is not None else flops_per_token)
+    if not target > 0:
+        raise ValueError(f"{metric}: expected a positive budget, got {target}")
+    check_choice("by", by, ("width", "depth"))
+    check_positive_int("length", length)
+
+    scanned: list[tuple[ModelConfig, float]] = []
+    if by == "width":
+        for width in range(width_multiple, max_width + 1, width_multiple):
+            found = _try(config, metric, length, d_model=width, d_ff=None)
+            if found is None:
+                continue
+            scanned.append(found)
+            if found[1] > target:
+                break
+    else:
+        names = config.layer_mixers
+        for depth in range(1, max_depth + 1):
+            mixer = config.mixer if isinstance(config.mixer, str) else [names[i % len(names)] for i in range(depth)]
+            found = _try(config, metric, length, n_layers=depth, mixer=mixer)
+            if found is None:
+                continue
+            scanned.append(found)
+            if found[1] > target:
+                break
+    if not scanned:
+        raise ValueError(f"config: no {by} of {config.layer_mixers} is valid for these options")
+    # The two sizes around the target, each with its hidden width tuned.
+    below = [c for c in scanned if c[1] <= target][-1:]
+    above = [c for c in scanned if c[1] > target][:1]
+    tuned = [_tune_hidden(c, metric, target, length) for c, _ in below + above]
+    best_config, achieved = _closest([t for t in tuned if t is not None], target)
+    if abs(achieved - target) > 0.5 * target:
+        raise ValueError(
+            f"{metric}: no {by} of {config.layer_mixers} meets a budget of {target:.4g}; the closest "
+            f"reaches {achieved:.4g} (expected within 50%)"
+        )
+    return BudgetMatch(best_config, metric, target, achieved)

@@ -1,0 +1,170 @@
+"""Implicit long-convolution filters (Hyena, Poli et al., ICML 2023; used by M2).
+
+A filter of length up to ``max_length`` per channel is not stored tap by tap but
+evaluated from a small network of the position: positional features of
+``t / max_length`` (``t`` itself plus sine/cosine features), an MLP with sine
+activations, and an exponential decay window per channel.  The parameter count is
+independent of the length.
+
+Positions are normalised by ``max_length``, never by the requested length, so the
+filter of length ``L`` is exactly the first ``L`` taps of the filter of length
+``max_length``: a recurrent step at position ``t`` uses the same taps as the full
+forward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..mixers.base import check_positive_int, compute_dtype
+
+
+def check_decay(argument: str, value) -> tuple[float, float]:
+    """Validate a ``(fast, slow)`` decay pair: positive numbers with ``fast <= slow``."""
+    ok = (
+        isinstance(value, Sequence)
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in value)
+        and value[0] <= value[1]
+    )
+    if not ok:
+        raise ValueError(
+            f"{argument}: expected a pair (fast, slow) of positive numbers with fast <= slow, got {value!r}"
+        )
+    return float(value[0]), float(value[1])
+
+
+def check_emb_dim(argument: str, value) -> int:
+    """Validate the positional-feature width: odd and at least 3 (t, one cosine, one sine)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 3 or value % 2 == 0:
+        raise ValueError(f"{argument}: expected an odd integer >= 3, got {value!r}")
+    return value
+
+
+class ImplicitFilter(nn.Module):
+    """Hyena implicit filter: ``forward(length) -> (channels, length)``.
+
+    ``h[c, t] = MLP(z(t / max_length))[c] * exp(-|delta_c| t / max_length)`` where
+    ``z`` holds ``t / max_length`` and ``(emb_dim - 1) / 2`` cosine and sine
+    features of ``2 pi t / max_length`` and the MLP is
+    ``Linear(emb_dim, order), sin, (Linear(order, order), sin) x num_inner,
+    Linear(order, channels, bias=False)`` with trainable sine frequencies.  The
+    decay rates ``delta_c`` are spread over channels so that the window falls to
+    ``target`` after ``decay[0]`` (fastest channel) to ``decay[1]`` (slowest) of
+    ``max_length`` (Hyena's ExponentialModulation).
+
+    Every parameter carries ``_optim = {"lr": lr, "weight_decay": 0.0}``: Hyena
+    trains its filters with their own learning rate and no weight decay.
+
+    The filter is evaluated in at least float32 whatever the parameter dtype, since
+    it feeds an FFT convolution that runs in float32.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        max_length: int,
+        *,
+        order: int = 64,
+        emb_dim: int = 5,
+        num_inner: int = 2,
+        sine_freq: float = 1.0,
+        decay: tuple[float, float] = (0.3, 1.5),
+        target: float = 1e-2,
+        lr: float = 1e-3,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self.channels = check_positive_int("channels", channels)
+        self.max_length = check_positive_int("max_length", max_length)
+        self.order = check_positive_int("order", order)
+        self.emb_dim = check_emb_dim("emb_dim", emb_dim)
+        if isinstance(num_inner, bool) or not isinstance(num_inner, int) or num_inner < 0:
+            raise ValueError(f"num_inner: expected a non-negative integer, got {num_inner!r}")
+        self.num_inner = num_inner
+        if isinstance(sine_freq, bool) or not isinstance(sine_freq, (int, float)) or not 0 < sine_freq < math.inf:
+            raise ValueError(f"sine_freq: expected a positive number, got {sine_freq!r}")
+        self.decay = check_decay("decay", decay)
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < 1:
+            raise ValueError(f"target: expected a number in (0, 1), got {target!r}")
+        self.target = float(target)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+            raise ValueError(f"lr: expected a positive number, got {lr!r}")
+        self.lr = float(lr)
+
+        factory = {"device": device, "dtype": dtype}
+        widths = [emb_dim] + [order] * (num_inner + 1)
+        self.hidden = nn.ModuleList(nn.Linear(a, b, **factory) for a, b in zip(widths[:-1], widths[1:]))
+        # One trainable frequency per hidden unit and layer (Hyena's Sin activation).
+        self.freqs = nn.ParameterList(
+            nn.Parameter(torch.full((order,), float(sine_freq), **factory)) for _ in self.hidden
+        )
+        self.output = nn.Linear(order, channels, bias=False, **factory)
+        for p in self.parameters():
+            p._optim = {"lr": self.lr, "weight_decay": 0.0}
+
+    def check_length(self, length: int, argument: str = "length") -> int:
+        """Return ``length`` if ``1 <= length <= max_length``, else raise a ValueError."""
+        check_positive_int(argument, length)
+        if length > self.max_length:
+            raise ValueError(f"{argument}: expected at most max_length={self.max_length}, got {length}")
+        return length
+
+    def positions(self, length: int, device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(t, z)``: ``t = pos / max_length`` as ``(length, 1)`` and features ``(length, emb_dim)``.
+
+        Computed on the fly rather than stored as buffers, so that casting the module
+        (``.bfloat16()``) never rounds the positions.
+        """
+        pos = torch.arange(length, device=device, dtype=dtype).unsqueeze(-1)
+        t = pos / self.max_length
+        bands = (self.emb_dim - 1) // 2
+        freqs = torch.linspace(1e-4, bands - 1, bands, device=device, dtype=dtype)
+        angle = freqs * (2 * math.pi * t)
+        return t, torch.cat([t, torch.cos(angle), -torch.sin(angle)], dim=-1)
+
+    def decay_rates(self, device, dtype: torch.dtype) -> torch.Tensor:
+        """``|delta_c|`` for each channel: ``(channels,)``."""
+        fast, slow = self.decay
+        log_target = math.log(self.target)
+        return torch.linspace(log_target / slow, log_target / fast, self.channels, device=device, dtype=dtype).abs()
+
+    def forward(self, length: int) -> torch.Tensor:
+        """The first ``length`` taps: ``(channels, length)`` in at least float32."""
+        self.check_length(length)
+        ref = self.output.weight
+        work = compute_dtype(ref.dtype)
+        t, h = self.positions(length, ref.device, work)
+        for layer, freq in zip(self.hidden, self.freqs):
+            bias = layer.bias.to(work) if layer.bias is not None else None
+            h = torch.sin(freq.to(work) * F.linear(h, layer.weight.to(work), bias))
+        h = F.linear(h, self.output.weight.to(work))  # (length, channels)
+        window = torch.exp(-t * self.decay_rates(ref.device, work))
+        return (h * window).t()
+
+    def flops(self, length: int) -> dict[str, int]:
+        """Forward FLOPs of ``forward(length)``: ``{"matmul": ..., "other": ...}``.
+
+        ``matmul`` is the MLP's matrix products (what FlopCounterMode counts);
+        ``other`` the bias adds, sine activations (frequency multiply + sine), the
+        positional features and the decay window (one FLOP per elementwise op).
+        """
+        check_positive_int("length", length)
+        e, o, c, n = self.emb_dim, self.order, self.channels, len(self.hidden)
+        matmul = 2 * length * (e * o + (n - 1) * o * o + o * c)
+        features = length * (2 + 2 * (e - 1))  # t, then angle and cos/sin per band
+        activations = n * 3 * length * o  # bias add, frequency multiply, sine
+        window = 3 * length * c  # t * delta, exp, multiply
+        return {"matmul": matmul, "other": features + activations + window}
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, max_length={self.max_length}, order={self.order}, "
+            f"emb_dim={self.emb_dim}, num_inner={self.num_inner}, decay={self.decay}"
+        )

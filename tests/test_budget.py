@@ -1,0 +1,82 @@
+"""Accounting: analytic FLOPs against torch's FlopCounterMode; the matched-budget solver."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
+
+import seqarch
+from seqarch.budget import count_params, flops_breakdown, forward_flops_per_token, match_budget, training_flops
+from conftest import SMALL_OPTIONS
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def counted_flops(module, *inputs) -> int:
+    """FlopCounterMode's count; it knows SDPA's GPU kernels, so the CPU kernel is mapped to the same formula."""
+    cpu_sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    counter = FlopCounterMode(display=False, custom_mapping={cpu_sdpa: _cpu_sdpa_flops})
+    with counter, torch.no_grad():
+        module(*inputs)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_mixer_matmul_flops_match_flop_counter(mixer_name, causal):
+    mixer = seqarch.build_mixer(mixer_name, 64, causal=causal, **SMALL_OPTIONS.get(mixer_name, {}))
+    length = 128
+    parts = mixer.flops_breakdown(length)
+    analytic = parts["matmul"] + parts.get("conv", 0)
+    counted = counted_flops(mixer, torch.randn(1, length, 64))
+    assert abs(analytic - counted) <= 0.05 * counted
+
+
+@pytest.mark.parametrize("mixer", ["attention", "s4d", ["s4d", "attention"]])
+def test_model_flops_match_flop_counter(mixer):
+    names = [mixer] if isinstance(mixer, str) else mixer
+    config = seqarch.ModelConfig(vocab_size=100, d_model=64, n_layers=2, mixer=mixer,
+                                 mixer_options={n: SMALL_OPTIONS.get(n, {}) for n in names})
+    model = seqarch.LanguageModel(config)
+    parts = flops_breakdown(config, 64)
+    analytic = parts["mixer_matmul"] + parts.get("mixer_conv", 0) + parts["channel"] + parts["head"]
+    counted = counted_flops(model, torch.randint(0, 100, (1, 64)))
+    assert abs(analytic - counted) <= 0.05 * counted
+    assert forward_flops_per_token(config, 64) == pytest.approx(sum(parts.values()) / 64)
+    assert training_flops(config, 64, 1000) == pytest.approx(3 * 1000 * forward_flops_per_token(config, 64))
+
+
+def test_count_params_equals_the_real_model():
+    config = seqarch.ModelConfig(vocab_size=100, d_model=32, n_layers=2, mixer=["s4d", "attention"])
+    assert count_params(config) == seqarch.LanguageModel(config).num_params()
+
+
+@pytest.mark.parametrize("by", ["width", "depth"])
+def test_solver_matches_parameters_within_two_percent(mixer_name, by):
+    reference = seqarch.ModelConfig(vocab_size=256, d_model=128, n_layers=2, mixer="attention")
+    target = count_params(reference)
+    start = seqarch.ModelConfig(vocab_size=256, d_model=64, n_layers=2, mixer=mixer_name)
+    match = match_budget(start, params=target, by=by)
+    assert match.config.layer_mixers[0] == mixer_name
+    assert abs(count_params(match.config) - target) <= 0.02 * target
+    assert match.relative_error == pytest.approx((count_params(match.config) - target) / target)
+
+
+def test_solver_matches_flops_per_token():
+    reference = seqarch.ModelConfig(vocab_size=256, d_model=128, n_layers=4, mixer="attention")
+    target = forward_flops_per_token(reference, 512)
+    match = match_budget(reference.replace(mixer="s4d"), flops_per_token=target, length=512)
+    assert abs(forward_flops_per_token(match.config, 512) - target) <= 0.02 * target
+
+
+def test_solver_rejects_impossible_budgets():
+    config = seqarch.ModelConfig(vocab_size=256, d_model=64, mixer="attention")
+    with pytest.raises(ValueError, match="params: no width"):
+        match_budget(config, params=10, by="width")
+    with pytest.raises(ValueError, match="exactly one budget"):
+        match_budget(config)
+    with pytest.raises(ValueError, match="by: expected one of"):
+        match_budget(config, params=1e6, by="heads")

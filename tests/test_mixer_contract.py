@@ -1,0 +1,157 @@
+"""The mixer contract (DESIGN.md), run over every registered mixer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import seqarch
+from conftest import D_MODEL, small_mixer
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("causal", [True, False])
+def test_forward_shape_and_dtype(mixer_name, dtype, causal):
+    mixer = small_mixer(mixer_name, causal=causal, dtype=dtype)
+    x = torch.randn(2, 33, D_MODEL, dtype=dtype)
+    y = mixer(x)
+    assert y.shape == x.shape
+    assert y.dtype == dtype
+    assert torch.isfinite(y.float()).all()
+
+
+def test_causal_mixer_never_sees_the_future(mixer_name):
+    mixer = small_mixer(mixer_name, dtype=torch.float64)
+    x = torch.randn(2, 40, D_MODEL, dtype=torch.float64)
+    y = mixer(x)
+    for t in (1, 17, 39):
+        x2 = x.clone()
+        x2[:, t] += torch.randn(2, D_MODEL, dtype=torch.float64)
+        y2 = mixer(x2)
+        assert (y2[:, :t] - y[:, :t]).abs().max() <= 1e-12 * y.abs().max()
+        assert (y2[:, t] - y[:, t]).abs().max() > 1e-6
+
+
+def test_bidirectional_mixer_sees_the_future(mixer_name):
+    mixer = small_mixer(mixer_name, causal=False, dtype=torch.float64)
+    x = torch.randn(1, 30, D_MODEL, dtype=torch.float64)
+    x2 = x.clone()
+    x2[:, 20] += 1.0
+    assert (mixer(x2)[:, :20] - mixer(x)[:, :20]).abs().max() > 1e-6
+
+
+def run_steps(mixer, x, state):
+    outputs = []
+    for t in range(x.shape[1]):
+        y_t, state = mixer.step(x[:, t], state)
+        outputs.append(y_t)
+    return torch.stack(outputs, 1), state
+
+
+@pytest.mark.parametrize("length", [1, 37, 256])
+def test_step_equals_forward_float64(mixer_name, length):
+    mixer = small_mixer(mixer_name, dtype=torch.float64)
+    x = torch.randn(2, length, D_MODEL, dtype=torch.float64)
+    with torch.no_grad():
+        expected = mixer(x)
+        stepped, _ = run_steps(mixer, x, mixer.init_state(2, max_length=length))
+    assert (stepped - expected).abs().max() <= 1e-8 * max(1.0, float(expected.abs().max()))
+
+
+def test_step_equals_forward_float32(mixer_name):
+    mixer = small_mixer(mixer_name, dtype=torch.float32)
+    x = torch.randn(2, 256, D_MODEL)
+    with torch.no_grad():
+        expected = mixer(x)
+        stepped, _ = run_steps(mixer, x, mixer.init_state(2, max_length=256))
+    assert relative_error(stepped, expected) <= 1e-4
+
+
+def test_prefill_then_step_equals_forward(mixer_name):
+    mixer = small_mixer(mixer_name, dtype=torch.float64)
+    x = torch.randn(2, 48, D_MODEL, dtype=torch.float64)
+    with torch.no_grad():
+        expected = mixer(x)
+        state = mixer.init_state(2, max_length=48)
+        y_prompt, state = mixer.prefill(x[:, :20], state)
+        y_more, state = mixer.prefill(x[:, 20:30], state)
+        y_rest, _ = run_steps(mixer, x[:, 30:], state)
+    got = torch.cat([y_prompt, y_more, y_rest], 1)
+    assert (got - expected).abs().max() <= 1e-8 * max(1.0, float(expected.abs().max()))
+
+
+def test_base_prefill_loop_equals_forward(mixer_name):
+    """The base class's step loop (the default ``prefill``) agrees with the override."""
+    mixer = small_mixer(mixer_name, dtype=torch.float64)
+    x = torch.randn(1, 12, D_MODEL, dtype=torch.float64)
+    with torch.no_grad():
+        looped, _ = seqarch.Mixer.prefill(mixer, x, mixer.init_state(1, max_length=12))
+    assert (looped - mixer(x)).abs().max() <= 1e-8
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_every_parameter_gets_a_gradient(mixer_name, causal):
+    mixer = small_mixer(mixer_name, causal=causal)
+    x = torch.randn(2, 24, D_MODEL)
+    mixer(x).square().mean().backward()
+    for name, param in mixer.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().max() > 0, name
+
+
+def test_step_on_bidirectional_mixer_raises(mixer_name):
+    mixer = small_mixer(mixer_name, causal=False)
+    assert mixer.causal is False
+    with pytest.raises(ValueError, match="causal"):
+        mixer.step(torch.randn(2, D_MODEL), {"batch_size": 2})
+    with pytest.raises(ValueError, match="causal"):
+        mixer.prefill(torch.randn(2, 5, D_MODEL))
+
+
+def test_bad_input_names_the_argument(mixer_name):
+    mixer = small_mixer(mixer_name)
+    with pytest.raises(ValueError, match=r"x: expected rank 3"):
+        mixer(torch.randn(5, D_MODEL))
+    with pytest.raises(ValueError, match=rf"x: expected last dimension d_model={D_MODEL}, got 7"):
+        mixer(torch.randn(2, 5, 7))
+    with pytest.raises(ValueError, match=r"x_t: expected rank 2"):
+        mixer.step(torch.randn(2, 3, D_MODEL), mixer.init_state(2))
+    with pytest.raises(ValueError, match=r"state: expected a state for batch_size=3"):
+        mixer.step(torch.randn(3, D_MODEL), mixer.init_state(2))
+
+
+def test_accounting_is_positive_and_state_size_is_sensible(mixer_name):
+    mixer = small_mixer(mixer_name)
+    parts = mixer.flops_breakdown(128)
+    assert set(parts) >= {"matmul", "fft", "other"}
+    assert mixer.flops(128) == sum(parts.values()) > 0
+    assert mixer.flops(256) > mixer.flops(128)
+    assert mixer.state_size(64) > 0
+    assert mixer.state_size(128) >= mixer.state_size(64)
+
+
+def test_options_are_validated(mixer_name):
+    with pytest.raises(ValueError, match="d_model"):
+        seqarch.build_mixer(mixer_name, 0)
+    with pytest.raises(ValueError, match="causal"):
+        seqarch.build_mixer(mixer_name, D_MODEL, causal="yes")
+
+
+def test_unknown_mixer_lists_the_known_ones():
+    with pytest.raises(ValueError) as info:
+        seqarch.build_mixer("transformerxl", 16)
+    message = str(info.value)
+    assert "transformerxl" in message
+    for name in seqarch.MIXERS:
+        assert name in message
+
+
+def test_registry_has_the_four_families():
+    assert {"attention", "s4d", "s4", "m2"} <= set(seqarch.MIXERS)
+    for name, cls in seqarch.MIXERS.items():
+        assert issubclass(cls, seqarch.Mixer) and cls.name == name

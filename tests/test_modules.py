@@ -1,0 +1,92 @@
+"""Building blocks: short convolution, Vandermonde products, rotary embedding, norms, MLPs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from seqarch.modules.mlp import MLP, build_channel_mixer
+from seqarch.modules.norm import RMSNorm, build_norm
+from seqarch.modules.rotary import RotaryEmbedding
+from seqarch.modules.short_conv import ShortConv
+from seqarch.modules.vandermonde import decayed_sum, vandermonde_real
+
+
+@pytest.mark.parametrize("kernel_size", [1, 2, 3, 8])
+def test_short_conv_step_equals_forward_and_direct(kernel_size):
+    torch.manual_seed(0)
+    conv = ShortConv(4, kernel_size, dtype=torch.float64)
+    x = torch.randn(2, 4, 11, dtype=torch.float64)
+    y = conv(x)
+    direct = torch.zeros_like(x) + conv.bias[:, None]
+    for t in range(11):
+        for j in range(kernel_size):
+            src = t - (kernel_size - 1) + j
+            if src >= 0:
+                direct[..., t] += conv.weight[:, j] * x[..., src]
+    assert torch.allclose(y, direct, atol=1e-12)
+    history = conv.init_state(2)
+    for t in range(11):
+        y_t, history = conv.step(x[..., t], history)
+        assert torch.allclose(y_t, y[..., t], atol=1e-12)
+    assert torch.equal(history, conv.prefill_state(x))
+
+
+@pytest.mark.parametrize("length", [1, 2, 15, 16, 17, 100])
+def test_vandermonde_real_equals_direct_powers(length):
+    log_z = torch.complex(-torch.rand(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64))
+    coef = torch.randn(2, 3, 4, dtype=torch.complex128)
+    z = torch.exp(log_z)
+    direct = torch.stack([2 * (coef * z**l).sum(-1).real for l in range(length)], -1)
+    assert torch.allclose(vandermonde_real(coef, log_z, length), direct, atol=1e-12)
+
+
+def test_decayed_sum_equals_recurrence():
+    log_z = torch.complex(-torch.rand(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64))
+    weight = torch.randn(3, 4, dtype=torch.complex128)
+    x = torch.randn(2, 3, 23, dtype=torch.float64)
+    h = torch.zeros(2, 3, 4, dtype=torch.complex128)
+    for t in range(23):
+        h = torch.exp(log_z) * h + weight * x[..., t, None]
+    assert torch.allclose(decayed_sum(x, log_z, weight), h, atol=1e-12)
+
+
+def test_rotary_scores_depend_on_relative_position_only():
+    rotary = RotaryEmbedding(8)
+    q = torch.randn(1, 1, 1, 8, dtype=torch.float64)
+    k = torch.randn(1, 1, 1, 8, dtype=torch.float64)
+
+    def score(i, j):
+        return float((rotary(q, torch.tensor([i])) * rotary(k, torch.tensor([j]))).sum())
+
+    assert math.isclose(score(5, 2), score(13, 10), rel_tol=1e-12)
+    assert not math.isclose(score(5, 2), score(5, 3), rel_tol=1e-6)
+    with pytest.raises(ValueError, match="head_dim"):
+        RotaryEmbedding(7)
+
+
+def test_norms():
+    x = torch.randn(3, 5, 16) * 10
+    y = RMSNorm(16)(x)
+    assert torch.allclose(y.pow(2).mean(-1), torch.ones(3, 5), atol=1e-4)
+    assert isinstance(build_norm("layernorm", 16), torch.nn.LayerNorm)
+    with pytest.raises(ValueError, match="norm: expected one of"):
+        build_norm("batchnorm", 16)
+
+
+def test_mlp_flops_match_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for kind in ("glu", "mlp", "monarch"):
+        mlp = build_channel_mixer(kind, 64)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            mlp(torch.randn(1, 32, 64))
+        assert abs(mlp.flops(32) - counter.get_total_flops()) <= 0.05 * counter.get_total_flops()
+    assert build_channel_mixer("none", 64) is None
+    with pytest.raises(ValueError, match="channel_mixer"):
+        build_channel_mixer("moe", 64)
+    with pytest.raises(ValueError, match="hidden"):
+        MLP(8, 0)

@@ -3,4 +3,4 @@
 from .base import MIXERS, Mixer, build_mixer, register_mixer
 
 # Importing a family module registers its mixers.
-from . import attention, s4d  # noqa: E402,F401  isort: skip
+from . import attention, m2, s4, s4d  # noqa: E402,F401  isort: skip

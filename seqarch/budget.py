@@ -150,25 +150,21 @@ def match_budget(
     check_choice("by", by, ("width", "depth"))
     check_positive_int("length", length)
 
-    scanned: list[tuple[ModelConfig, float]] = []
     if by == "width":
-        for width in range(width_multiple, max_width + 1, width_multiple):
-            found = _try(config, metric, length, d_model=width, d_ff=None)
-            if found is None:
-                continue
-            scanned.append(found)
-            if found[1] > target:
-                break
+        sizes = ({"d_model": width, "d_ff": None} for width in range(width_multiple, max_width + 1, width_multiple))
     else:
         names = config.layer_mixers
-        for depth in range(1, max_depth + 1):
-            mixer = config.mixer if isinstance(config.mixer, str) else [names[i % len(names)] for i in range(depth)]
-            found = _try(config, metric, length, n_layers=depth, mixer=mixer)
-            if found is None:
-                continue
-            scanned.append(found)
-            if found[1] > target:
-                break
+        sizes = ({"n_layers": depth,
+                  "mixer": config.mixer if isinstance(config.mixer, str) else [names[i % len(names)] for i in range(depth)]}
+                 for depth in range(1, max_depth + 1))
+    scanned: list[tuple[ModelConfig, float]] = []
+    for changes in sizes:
+        found = _try(config, metric, length, **changes)
+        if found is None:
+            continue
+        scanned.append(found)
+        if found[1] > target:
+            break
     if not scanned:
         raise ValueError(f"config: no {by} of {config.layer_mixers} is valid for these options")
     # The two sizes around the target, each with its hidden width tuned.

@@ -40,7 +40,7 @@ def test_ssm_parameters_carry_optimizer_hints():
     layer = S4D(8, lr=2e-3)
     for param in (layer.log_dt, layer.log_a_real, layer.a_imag):
         assert param._optim == {"lr": 2e-3, "weight_decay": 0.0}
-    assert not hasattr(layer.output.weight, "_optim")
+    assert not hasattr(layer.output.proj.weight, "_optim")
 
 
 def test_state_is_constant_in_length():

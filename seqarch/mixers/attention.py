@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modules.rotary import RotaryEmbedding
-from .base import Mixer, State, check_divides, check_positive_int, register_mixer
+from .base import Mixer, State, check_divides, check_dropout, check_positive_int, register_mixer
 
 
 @register_mixer("attention")
@@ -54,8 +54,7 @@ class Attention(Mixer):
         check_divides("n_heads", n_heads, "d_model", d_model)
         n_kv_heads = n_heads if n_kv_heads is None else check_positive_int("n_kv_heads", n_kv_heads)
         check_divides("n_kv_heads", n_kv_heads, "n_heads", n_heads)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a value in [0, 1), got {dropout}")
+        check_dropout(dropout)
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads
         self.head_dim = d_model // n_heads

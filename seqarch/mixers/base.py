@@ -25,6 +25,7 @@ contract (see DESIGN.md):
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -67,6 +68,25 @@ def check_positive_int(argument: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{argument}: expected a positive integer, got {value!r}")
     return value
+
+
+def check_real(argument: str, value: Any, *, low: float = -math.inf, high: float = math.inf,
+               low_inclusive: bool = False, high_inclusive: bool = False, expected: str | None = None) -> float:
+    """Return ``value`` as a float if it is a finite real number in the range, else a ValueError
+    naming ``argument``, the expected range and what came."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= low if low_inclusive else value > low)
+    ok = ok and (value <= high if high_inclusive else value < high)
+    if not ok:
+        if expected is None:
+            expected = f"a number in {'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
+        raise ValueError(f"{argument}: expected {expected}, got {value!r}")
+    return float(value)
+
+
+def check_dropout(value: Any, argument: str = "dropout") -> float:
+    """A dropout probability in ``[0, 1)``."""
+    return check_real(argument, value, low=0.0, high=1.0, low_inclusive=True, expected="a number in [0, 1)")
 
 
 def check_divides(argument: str, divisor: int, dividend_name: str, dividend: int) -> None:

@@ -14,17 +14,15 @@ step at position ``t`` reads all ``t + 1`` gated values seen so far.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..modules.fft_conv import bidirectional_fft_conv, fft_conv, fft_conv_flops
 from ..modules.implicit_filter import ImplicitFilter, check_decay, check_emb_dim
 from ..modules.short_conv import ShortConv
-from .base import Mixer, State, check_positive_int, compute_dtype, register_mixer
+from .base import Mixer, State, check_dropout, check_positive_int, check_real, compute_dtype, register_mixer
 
 
 @register_mixer("m2")
@@ -70,10 +68,8 @@ class M2(Mixer):
         check_positive_int("filter_order", filter_order)
         check_emb_dim("filter_emb_dim", filter_emb_dim)
         check_decay("filter_decay", filter_decay)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
-            raise ValueError(f"lr: expected a positive number, got {lr!r}")
+        check_dropout(dropout)
+        check_real("lr", lr, low=0.0, expected="a positive number")
         if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
             raise ValueError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
 

@@ -23,26 +23,16 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..modules.fft_conv import bidirectional_fft_conv, fft_conv, fft_conv_flops, fft_flops
+from ..modules.fft_conv import fft_conv_flops, fft_flops, ssm_conv
+from ..modules.mlp import GLUOutput
 from ..modules.hippo import hippo_legs_dplr
 from .base import (
-    Mixer, State, check_choice, check_positive_int, complex_dtype, compute_dtype, register_mixer,
+    Mixer, State, check_choice, check_dropout, check_positive_int, check_real, complex_dtype, compute_dtype, register_mixer,
 )
 
 _PARAM_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-def _check_real(argument: str, value: Any, *, low: float, high: float = math.inf,
-                low_inclusive: bool = False, expected: str) -> float:
-    """Return ``value`` as a float if it is a real number in range, else a ValueError naming ``argument``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= low if low_inclusive else value > low) and value < high
-    if not ok:
-        raise ValueError(f"{argument}: expected {expected}, got {value!r}")
-    return float(value)
 
 
 def matrix_power(a: torch.Tensor, n: int) -> torch.Tensor:
@@ -106,13 +96,12 @@ class S4(Mixer):
         check_positive_int("d_state", d_state)
         if d_state % 2:
             raise ValueError(f"d_state: expected an even positive integer, got {d_state}")
-        dt_min = _check_real("dt_min", dt_min, low=0.0, expected="a positive float")
-        dt_max = _check_real("dt_max", dt_max, low=0.0, expected="a positive float")
+        dt_min = check_real("dt_min", dt_min, low=0.0, expected="a positive float")
+        dt_max = check_real("dt_max", dt_max, low=0.0, expected="a positive float")
         if dt_max < dt_min:
             raise ValueError(f"dt_max: expected a value >= dt_min={dt_min}, got {dt_max}")
-        lr = _check_real("lr", lr, low=0.0, low_inclusive=True, expected="a non-negative float")
-        dropout = _check_real("dropout", dropout, low=0.0, high=1.0, low_inclusive=True,
-                              expected="a float in [0, 1)")
+        lr = check_real("lr", lr, low=0.0, low_inclusive=True, expected="a non-negative float")
+        dropout = check_dropout(dropout)
         if dtype is not None:
             check_choice("dtype", dtype, _PARAM_DTYPES)
         self.d_state = d_state
@@ -138,8 +127,7 @@ class S4(Mixer):
         self.log_dt = param(log_dt)
         for p in (self.log_lambda_re, self.lambda_im, self.P, self.B, self.log_dt):
             setattr(p, "_optim", {"lr": lr, "weight_decay": 0.0})
-        self.dropout = nn.Dropout(dropout)
-        self.out_proj = nn.Linear(d_model, 2 * d_model, device=device, dtype=dtype)
+        self.output = GLUOutput(d_model, dropout=dropout, device=device, dtype=dtype)
 
     # -- the SSM ----------------------------------------------------------------------
     def ssm_parameters(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -221,14 +209,10 @@ class S4(Mixer):
         work = compute_dtype(x.dtype)
         u = x.transpose(1, 2).to(work)
         k, apow = self._kernel(s, x.shape[1])
-        y = fft_conv(u, k[0]) if self.causal else bidirectional_fft_conv(u, k[0], k[1])
-        return y + self.D.to(work)[:, None] * u, apow
+        return ssm_conv(u, k) + self.D.to(work)[:, None] * u, apow
 
     def _output(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """GELU, dropout, ``Linear(d, 2d)`` + GLU on ``(..., d_model)``; returns ``dtype``."""
-        y = self.dropout(F.gelu(y))
-        y = self.out_proj(y.to(self.out_proj.weight.dtype))
-        return F.glu(y, dim=-1).to(dtype)
+        return self.output(y).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (batch, length, d_model)`` -> ``(batch, length, d_model)`` in ``x.dtype``."""
@@ -314,13 +298,14 @@ class S4(Mixer):
         h, m, k = self.d_model, self.d_state // 2, self.n_kernels
         # complex multiply-adds done by matmul: Abar^L and the Cauchy sums
         complex_macs = matrix_power_products(n) * h * m ** 3 + (2 * k + 2) * h * m * n
-        matmul = 2 * n * h * 2 * h + 2 * complex_macs
+        output = self.output.flops(n)
+        matmul = output["matmul"] + 2 * complex_macs
         conv = fft_conv_flops(n, h) if self.causal else fft_conv_flops(2 * n, h, causal=False)
         fft = conv + fft_flops(n, 2 * k * h)  # complex ifft of size n = two real ones
         cauchy = h * m * n * (8 + 6)                                # denominators, reciprocals
         woodbury = k * h * n * 30 + k * h * n                      # rank-one combine, 2 Re
         discretize = 10 * h * m * m + 8 * k * h * m * m + 30 * h * m  # dense Abar, C Abar^L
-        gates = n * h * (2 + 8 + 5 + 2)  # skip D u, GELU, GLU, projection bias
+        gates = n * h * 4 + output["other"]  # skip D u, projection bias, GELU, GLU
         other = 6 * complex_macs + cauchy + woodbury + discretize + gates
         return {"matmul": int(matmul), "fft": int(fft), "other": int(other)}
 

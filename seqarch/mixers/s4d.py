@@ -19,13 +19,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..modules.fft_conv import bidirectional_fft_conv, fft_conv, fft_conv_flops
+from ..modules.fft_conv import fft_conv_flops, ssm_conv
+from ..modules.mlp import GLUOutput
 from ..modules.vandermonde import decayed_sum, vandermonde_real, vandermonde_real_flops
 from .base import (
-    Mixer, State, check_choice, check_positive_int, complex_dtype, compute_dtype, register_mixer,
+    Mixer, State, check_choice, check_dropout, check_positive_int, complex_dtype, compute_dtype, register_mixer,
 )
 
 SSM_INITS = ("lin", "inv")
@@ -90,8 +90,7 @@ class S4D(Mixer):
         check_choice("init", init, SSM_INITS)
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"dt_min, dt_max: expected 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a value in [0, 1), got {dropout}")
+        check_dropout(dropout)
         factory = {"device": device, "dtype": dtype}
         self.d_state = d_state
         self.init = init
@@ -106,8 +105,7 @@ class S4D(Mixer):
         self.a_imag = _tag_optim(nn.Parameter(eig.imag.to(**factory)), lr)
         self.c = nn.Parameter(c.to(**factory))
         self.d_skip = nn.Parameter(torch.randn(d_model, **factory))
-        self.dropout = nn.Dropout(dropout)
-        self.output = nn.Linear(d_model, 2 * d_model, **factory)
+        self.output = GLUOutput(d_model, dropout=dropout, **factory)
 
     # -- the discretised SSM ----------------------------------------------------------
     def discretize(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -127,25 +125,18 @@ class S4D(Mixer):
         log_z, b_bar, c = self.discretize(dtype)
         return vandermonde_real(c * b_bar, log_z, length)
 
-    def _activate(self, y: torch.Tensor) -> torch.Tensor:
-        """GELU, dropout and the GLU output projection over ``(..., d_model)``."""
-        return F.glu(self.output(self.dropout(F.gelu(y))), dim=-1)
-
     # -- parallel form ----------------------------------------------------------------
     def _convolve(self, x: torch.Tensor) -> torch.Tensor:
         """SSM convolution plus the skip: ``(batch, length, d_model)`` in compute dtype."""
         work = compute_dtype(x.dtype)
         u = x.to(work).transpose(1, 2)  # (batch, d_model, length)
         k = self.ssm_kernel(x.shape[1], work)
-        if self.causal:
-            y = fft_conv(u, k[0])
-        else:
-            y = bidirectional_fft_conv(u, k[0], k[1])
+        y = ssm_conv(u, k)
         return (y + u * self.d_skip.to(work).unsqueeze(-1)).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_sequence(x)
-        return self._activate(self._convolve(x).to(x.dtype))
+        return self.output(self._convolve(x)).to(x.dtype)
 
     # -- recurrent form ---------------------------------------------------------------
     def init_state(self, batch_size, *, device=None, dtype=None, max_length=None) -> State:
@@ -163,7 +154,7 @@ class S4D(Mixer):
         u = x_t.to(work)
         h = torch.exp(log_z) * state["h"] + b_bar * u.unsqueeze(-1)
         y = 2 * (c[0] * h).sum(-1).real + self.d_skip.to(work) * u
-        return self._activate(y.to(x_t.dtype)), {**state, "h": h}
+        return self.output(y).to(x_t.dtype), {**state, "h": h}
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Parallel prompt: convolution for the outputs, a Vandermonde sum for the state."""
@@ -182,7 +173,7 @@ class S4D(Mixer):
         y = y + vandermonde_real(c[0] * torch.exp(log_z) * h0, log_z, length).transpose(1, 2)
         u = x.to(work).transpose(1, 2)
         h = torch.exp(log_z * length) * h0 + decayed_sum(u, log_z, b_bar)
-        return self._activate(y.to(x.dtype)), {**state, "h": h}
+        return self.output(y).to(x.dtype), {**state, "h": h}
 
     # -- accounting -------------------------------------------------------------------
     def flops_breakdown(self, length: int) -> dict[str, int]:
@@ -190,12 +181,11 @@ class S4D(Mixer):
         directions = 1 if self.causal else 2
         half = self.d_state // 2
         conv_length = length if self.causal else 2 * length
+        output = self.output.flops(length)
         return {
-            "matmul": 2 * length * self.d_model * 2 * self.d_model
-            + directions * vandermonde_real_flops(self.d_model, half, length),
+            "matmul": output["matmul"] + directions * vandermonde_real_flops(self.d_model, half, length),
             "fft": fft_conv_flops(conv_length, self.d_model, causal=self.causal),
-            # skip, GELU (~8), GLU gate (~2): elementwise, per token and channel.
-            "other": 12 * length * self.d_model,
+            "other": output["other"] + 2 * length * self.d_model,  # plus the D skip
         }
 
     def state_size(self, length: int) -> int:

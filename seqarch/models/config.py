@@ -7,7 +7,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..mixers.base import MIXERS, check_choice, check_positive_int
+from ..mixers.base import MIXERS, check_choice, check_dropout, check_positive_int
 from ..modules.mlp import CHANNEL_MIXERS
 from ..modules.norm import NORMS
 
@@ -70,8 +70,7 @@ class ModelConfig:
         check_choice("channel_mixer", self.channel_mixer, CHANNEL_MIXERS)
         check_choice("norm", self.norm, NORMS)
         check_choice("pool", self.pool, ("mean", "last"))
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a value in [0, 1), got {self.dropout}")
+        check_dropout(self.dropout)
 
     @property
     def layer_mixers(self) -> list[str]:

@@ -62,7 +62,6 @@ def two_sided_filter(k_forward: torch.Tensor, k_backward: torch.Tensor) -> torch
     ``(channels, 2L)`` filter (``k_backward[0]`` is unused: the present token is
     counted once, by ``k_forward``).
     """
-    length = k_forward.shape[-1]
     if k_backward.shape != k_forward.shape:
         raise ValueError(
             f"k_backward: expected shape {tuple(k_forward.shape)} like k_forward, got {tuple(k_backward.shape)}"
@@ -86,6 +85,20 @@ def bidirectional_fft_conv(u: torch.Tensor, k_forward: torch.Tensor, k_backward:
         raise ValueError(f"k_forward: expected filter length {length}, got {k_forward.shape[-1]}")
     padded = F.pad(u, (0, length))
     return fft_conv(padded, two_sided_filter(k_forward, k_backward), causal=False)[..., :length]
+
+
+def ssm_conv(u: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Convolve ``u: (..., channels, length)`` by one causal kernel or a forward/backward pair.
+
+    ``kernels``: ``(1, channels, length)`` (causal, :func:`fft_conv`) or
+    ``(2, channels, length)`` (bidirectional, :func:`bidirectional_fft_conv`), as the
+    SSM layers produce them.
+    """
+    if kernels.dim() != 3 or kernels.shape[0] not in (1, 2):
+        raise ValueError(f"kernels: expected shape (1 or 2, channels, length), got {tuple(kernels.shape)}")
+    if kernels.shape[0] == 1:
+        return fft_conv(u, kernels[0])
+    return bidirectional_fft_conv(u, kernels[0], kernels[1])
 
 
 def fft_flops(n: int, channels: int) -> int:

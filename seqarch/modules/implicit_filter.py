@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..mixers.base import check_positive_int, compute_dtype
+from ..mixers.base import check_positive_int, check_real, compute_dtype
 
 
 def check_decay(argument: str, value) -> tuple[float, float]:
@@ -88,15 +88,10 @@ class ImplicitFilter(nn.Module):
         if isinstance(num_inner, bool) or not isinstance(num_inner, int) or num_inner < 0:
             raise ValueError(f"num_inner: expected a non-negative integer, got {num_inner!r}")
         self.num_inner = num_inner
-        if isinstance(sine_freq, bool) or not isinstance(sine_freq, (int, float)) or not 0 < sine_freq < math.inf:
-            raise ValueError(f"sine_freq: expected a positive number, got {sine_freq!r}")
+        check_real("sine_freq", sine_freq, low=0.0, expected="a positive number")
         self.decay = check_decay("decay", decay)
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < 1:
-            raise ValueError(f"target: expected a number in (0, 1), got {target!r}")
-        self.target = float(target)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
-            raise ValueError(f"lr: expected a positive number, got {lr!r}")
-        self.lr = float(lr)
+        self.target = check_real("target", target, low=0.0, high=1.0, expected="a number in (0, 1)")
+        self.lr = check_real("lr", lr, low=0.0, expected="a positive number")
 
         factory = {"device": device, "dtype": dtype}
         widths = [emb_dim] + [order] * (num_inner + 1)

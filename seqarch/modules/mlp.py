@@ -77,6 +77,27 @@ class MLP(nn.Module):
         return linear_flops(self.fc1, tokens) + linear_flops(self.fc2, tokens) + elementwise
 
 
+class GLUOutput(nn.Module):
+    """The output stage of the S4 / S4D layers: GELU, dropout, ``Linear(d, 2d)``, GLU.
+
+    ``(..., d_model)`` -> ``(..., d_model)``; the input is cast to the projection's dtype.
+    """
+
+    def __init__(self, d_model: int, *, dropout: float = 0.0, device=None, dtype=None) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(d_model, 2 * d_model, device=device, dtype=dtype)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        y = self.dropout(F.gelu(y))
+        return F.glu(self.proj(y.to(self.proj.weight.dtype)), dim=-1)
+
+    def flops(self, tokens: int) -> dict[str, int]:
+        """``{"matmul": projection, "other": GELU (~8) and gate (~2) per element}``."""
+        width = self.proj.in_features
+        return {"matmul": linear_flops(self.proj, tokens), "other": 10 * tokens * width}
+
+
 def default_hidden(kind: str, d_model: int, nblocks: int = 1) -> int:
     """The usual hidden width: ``4 d`` for MLPs, ``8/3 d`` (rounded up to a multiple of 8) for GLU."""
     if kind == "glu":

@@ -1,0 +1,106 @@
+"""Shared helpers of the benchmark scripts: timing, peak memory, worker subprocesses, reports.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated``; on the CPU, the growth of
+the process's peak resident set during one forward+backward, measured in a fresh
+worker process (so earlier measurements cannot hide it).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], object], device: torch.device, *, repeats: int = 5,
+                min_seconds: float = 0.0) -> float:
+    """Median seconds of ``fn`` over ``repeats`` warm calls (one warm-up call first)."""
+    fn()
+    synchronize(device)
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start_all < min_seconds:
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+        if len(times) >= 100:
+            break
+    return statistics.median(times)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
+    """Bytes of memory ``fn`` needs at its peak beyond what was held before it ran.
+
+    Call this first in a fresh process on the CPU: the peak RSS only grows.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    before = peak_rss_bytes()
+    fn()
+    return max(0, peak_rss_bytes() - before)
+
+
+def run_worker(script: str, args: list[str], timeout: float) -> dict:
+    """Run ``python script --worker ARGS`` and parse the JSON line it prints last.
+
+    A worker that fails or times out gives ``{"error": ...}`` instead of stopping the sweep.
+    """
+    try:
+        done = subprocess.run([sys.executable, script, "--worker", *args], capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {done.returncode}: {last}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def write_report(out_dir: Path, stem: str, payload: dict, markdown: str) -> tuple[Path, Path]:
+    """Write ``stem.json`` and ``stem.md`` under ``out_dir``; return both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    md_path.write_text(markdown)
+    return json_path, md_path
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def environment() -> dict:
+    return {"torch": torch.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -117,6 +117,30 @@ def _tune_hidden(config: ModelConfig, metric: str, target: float, length: int) -
     return _closest(options + [base], target)
 
 
+def _scan(values: list[int], measure, target: float, coarse: int = 8) -> list[tuple[ModelConfig, float]]:
+    """Measured sizes, in increasing order, up to the first one whose measure exceeds ``target``
+    (the measure grows with the value): every ``coarse``-th value first, then one by one from
+    the last coarse value below the target.  Values ``measure`` rejects (None) are skipped."""
+    below, start = [], 0
+    for i in range(coarse - 1, len(values), coarse):
+        result = measure(values[i])
+        if result is None:
+            continue
+        if result[1] > target:
+            break
+        below.append(result)
+        start = i + 1
+    fine = []
+    for value in values[start:]:
+        result = measure(value)
+        if result is None:
+            continue
+        fine.append(result)
+        if result[1] > target:
+            break
+    return below + fine
+
+
 def match_budget(
     config: ModelConfig,
     *,
@@ -151,20 +175,16 @@ def match_budget(
     check_positive_int("length", length)
 
     if by == "width":
-        sizes = ({"d_model": width, "d_ff": None} for width in range(width_multiple, max_width + 1, width_multiple))
+        values = list(range(width_multiple, max_width + 1, width_multiple))
+        resize = lambda width: {"d_model": width, "d_ff": None}  # noqa: E731
     else:
         names = config.layer_mixers
-        sizes = ({"n_layers": depth,
-                  "mixer": config.mixer if isinstance(config.mixer, str) else [names[i % len(names)] for i in range(depth)]}
-                 for depth in range(1, max_depth + 1))
-    scanned: list[tuple[ModelConfig, float]] = []
-    for changes in sizes:
-        found = _try(config, metric, length, **changes)
-        if found is None:
-            continue
-        scanned.append(found)
-        if found[1] > target:
-            break
+        values = list(range(1, max_depth + 1))
+        resize = lambda depth: {  # noqa: E731
+            "n_layers": depth,
+            "mixer": config.mixer if isinstance(config.mixer, str) else [names[i % len(names)] for i in range(depth)],
+        }
+    scanned = _scan(values, lambda v: _try(config, metric, length, **resize(v)), target)
     if not scanned:
         raise ValueError(f"config: no {by} of {config.layer_mixers} is valid for these options")
     # The two sizes around the target, each with its hidden width tuned.

@@ -18,7 +18,7 @@ SMALL_OPTIONS = {
 D_MODEL = 16
 
 
-def small_mixer(name: str, *, causal: bool = True, dtype=torch.float32, seed: int = 0, **extra):
+def small_mixer(name: str, *, causal: bool = True, dtype=None, seed: int = 0, **extra):
     torch.manual_seed(seed)
     options = {**SMALL_OPTIONS.get(name, {}), **extra}
     return seqarch.build_mixer(name, D_MODEL, causal=causal, dtype=dtype, **options)

@@ -24,6 +24,22 @@ def test_forward_shape_and_dtype(mixer_name, dtype, causal):
     assert torch.isfinite(y.float()).all()
 
 
+@pytest.mark.parametrize("dtype", [None, torch.float64, torch.bfloat16])
+def test_parameters_take_the_requested_dtype(mixer_name, dtype):
+    mixer = small_mixer(mixer_name, dtype=dtype)
+    expected = dtype if dtype is not None else torch.get_default_dtype()
+    for name, param in mixer.named_parameters():
+        assert param.dtype == expected, name
+    state = mixer.init_state(2)
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            assert value.dtype in (expected, torch.float32, torch.complex64, torch.complex128), key
+    if expected == torch.float32:
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                assert value.dtype in (torch.float32, torch.complex64), key
+
+
 def test_causal_mixer_never_sees_the_future(mixer_name):
     mixer = small_mixer(mixer_name, dtype=torch.float64)
     x = torch.randn(2, 40, D_MODEL, dtype=torch.float64)
@@ -68,7 +84,12 @@ def test_step_equals_forward_float32(mixer_name):
     with torch.no_grad():
         expected = mixer(x)
         stepped, _ = run_steps(mixer, x, mixer.init_state(2, max_length=256))
+        state = mixer.init_state(2, max_length=256)
+        y_prompt, state = mixer.prefill(x[:, :100], state)
+        y_more, state = mixer.prefill(x[:, 100:200], state)
+        y_rest, _ = run_steps(mixer, x[:, 200:], state)
     assert relative_error(stepped, expected) <= 1e-4
+    assert relative_error(torch.cat([y_prompt, y_more, y_rest], 1), expected) <= 1e-4
 
 
 def test_prefill_then_step_equals_forward(mixer_name):

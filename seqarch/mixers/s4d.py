@@ -91,7 +91,8 @@ class S4D(Mixer):
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"dt_min, dt_max: expected 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         check_dropout(dropout)
-        factory = {"device": device, "dtype": dtype}
+        # SSM parameters are drawn in float64, then cast: to the default dtype when none is given.
+        factory = {"device": device, "dtype": dtype if dtype is not None else torch.get_default_dtype()}
         self.d_state = d_state
         self.init = init
         half = d_state // 2

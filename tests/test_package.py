@@ -1,0 +1,58 @@
+"""Packaging: the public names and the kernels subpackage are importable as documented."""
+
+from __future__ import annotations
+
+import importlib
+
+import seqarch
+
+
+def test_public_api():
+    for name in ("MIXERS", "Mixer", "build_mixer", "register_mixer", "ModelConfig", "LanguageModel",
+                 "SequenceClassifier", "ResidualBlock", "__version__"):
+        assert hasattr(seqarch, name), name
+
+
+def test_kernels_install_as_a_subpackage_not_a_top_level_package():
+    kernels = importlib.import_module("seqarch.kernels")
+    assert kernels.__name__ == "seqarch.kernels"
+    assert importlib.util.find_spec("kernels") is None or "seqarch" not in str(importlib.util.find_spec("kernels").origin)
+
+
+def test_a_new_mixer_registers_and_builds_by_name():
+    import torch
+
+    from seqarch.mixers.base import MIXERS
+
+    @seqarch.register_mixer("identity_for_test")
+    class Identity(seqarch.Mixer):
+        def forward(self, x):
+            self.check_sequence(x)
+            return x
+
+        def flops_breakdown(self, length):
+            return {"matmul": 0, "fft": 0, "other": length}
+
+        def state_size(self, length):
+            return 0
+
+    try:
+        mixer = seqarch.build_mixer("identity_for_test", 4)
+        assert torch.equal(mixer(torch.ones(1, 2, 4)), torch.ones(1, 2, 4))
+        assert mixer.flops(8) == 8
+    finally:
+        MIXERS.pop("identity_for_test")
+
+
+def test_registering_an_incomplete_mixer_fails_loudly():
+    import pytest
+
+    with pytest.raises(TypeError, match="state_size"):
+        @seqarch.register_mixer("incomplete_for_test")
+        class Incomplete(seqarch.Mixer):
+            def forward(self, x):
+                return x
+
+            def flops_breakdown(self, length):
+                return {}
+    assert "incomplete_for_test" not in seqarch.MIXERS

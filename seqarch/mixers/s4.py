@@ -27,6 +27,7 @@ from torch import nn
 
 from ..modules.fft_conv import fft_conv_flops, fft_flops, ssm_conv
 from ..modules.mlp import GLUOutput
+from ..modules.cauchy import cauchy_sums, cauchy_sums_flops
 from ..modules.hippo import hippo_legs_dplr
 from .base import (
     Mixer, State, check_choice, check_dropout, check_positive_int, check_real, complex_dtype, compute_dtype, register_mixer,
@@ -183,12 +184,11 @@ class S4(Mixer):
         # with the usual 2/(1+z) factor) it stays finite at z = -1, a root for even L.
         az = 2 * (1 - z)                                          # (L,)
         bz = dt[:, None] * (1 + z)                                # (H, L)
-        r = 1 / (az - bz[:, None, :] * lam[..., None])            # Cauchy kernel (H, m, L)
-        # The four Cauchy sums sum_n v_n r_n as one batched product (H, 2K+2, m) @ (H, m, L):
-        # far faster and lighter than broadcasting (H, m, L) temporaries.
+        # The four Cauchy sums sum_n v_n / (az - bz lambda_n) in one call, by frequency
+        # chunks: the (H, m, L) Cauchy matrix is never held whole.
         pc, k = p.conj(), c_tilde.shape[0]
         numerators = torch.cat([c_tilde * b, c_tilde * p, (pc * b)[None], (pc * p)[None]])
-        sums = (numerators.transpose(0, 1) @ r).transpose(0, 1)   # (2K+2, H, L)
+        sums = cauchy_sums(numerators.transpose(0, 1), az, bz, lam).transpose(0, 1)  # (2K+2, H, L)
         s_cb, s_cp, s_pb, s_pp = sums[:k], sums[k:2 * k], sums[2 * k], sums[2 * k + 1]
         # Woodbury on (diag + bz P P^*): the rank-one correction of the diagonal solve.
         k_f = 2 * dt[:, None] * (s_cb - bz * s_cp * s_pb / (1 + bz * s_pp))
@@ -296,17 +296,17 @@ class S4(Mixer):
         """
         n = check_positive_int("length", length)
         h, m, k = self.d_model, self.d_state // 2, self.n_kernels
-        # complex multiply-adds done by matmul: Abar^L and the Cauchy sums
-        complex_macs = matrix_power_products(n) * h * m ** 3 + (2 * k + 2) * h * m * n
+        # complex multiply-adds done by matmul: Abar^L, then the Cauchy sums
+        power_macs = matrix_power_products(n) * h * m ** 3
+        cauchy = cauchy_sums_flops(h, 2 * k + 2, m, n)
         output = self.output.flops(n)
-        matmul = output["matmul"] + 2 * complex_macs
+        matmul = output["matmul"] + 2 * power_macs + cauchy["matmul"]
         conv = fft_conv_flops(n, h) if self.causal else fft_conv_flops(2 * n, h, causal=False)
         fft = conv + fft_flops(n, 2 * k * h)  # complex ifft of size n = two real ones
-        cauchy = h * m * n * (8 + 6)                                # denominators, reciprocals
         woodbury = k * h * n * 30 + k * h * n                      # rank-one combine, 2 Re
         discretize = 10 * h * m * m + 8 * k * h * m * m + 30 * h * m  # dense Abar, C Abar^L
         gates = n * h * 4 + output["other"]  # skip D u, projection bias, GELU, GLU
-        other = 6 * complex_macs + cauchy + woodbury + discretize + gates
+        other = 6 * power_macs + cauchy["other"] + woodbury + discretize + gates
         return {"matmul": int(matmul), "fft": int(fft), "other": int(other)}
 
     def state_size(self, length: int) -> int:

@@ -79,11 +79,13 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=30.0,
                         help="skip longer lengths of a mixer once one forward+backward takes longer")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per worker")
-    parser.add_argument("--out", type=Path, default=Path("bench_results"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report folder (default: scripts/results/cpu or scripts/results/cuda)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mixer", help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.out = args.out or benchlib.default_out(args.device)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     if args.worker:
         return worker(args)

@@ -59,11 +59,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=Path("bench_results"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report folder (default: scripts/results/cpu or scripts/results/cuda)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=["seqarch", "minimal"], help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.out = args.out or benchlib.default_out(args.device)
     if args.worker:
         return worker(args)
     results = []

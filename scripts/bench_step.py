@@ -42,8 +42,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per position (median)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=Path("bench_results"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report folder (default: scripts/results/cpu or scripts/results/cuda)")
     args = parser.parse_args()
+    args.out = args.out or benchlib.default_out(args.device)
 
     import seqarch
 

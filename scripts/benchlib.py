@@ -101,6 +101,11 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def default_out(device: str) -> Path:
+    """Where reports go by default: ``scripts/results/cpu`` or ``scripts/results/cuda``."""
+    return Path(__file__).resolve().parent / "results" / ("cuda" if device.startswith("cuda") else "cpu")
+
+
 def environment() -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}

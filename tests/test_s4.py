@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from seqarch.mixers.base import MIXERS
-from seqarch.mixers.s4 import S4, krylov, matrix_power, matrix_power_products
+from seqarch.mixers.s4 import S4, final_state, krylov, matrix_power, matrix_power_products, state_readout
 from seqarch.modules.hippo import hippo_legs, hippo_legs_dplr, hippo_legs_nplr
 
 F64 = torch.float64
@@ -248,3 +248,19 @@ def test_matmul_flops_match_flop_counter(causal, length):
         model(torch.randn(1, length, 16))
     counted = counter.get_total_flops()
     assert abs(model.flops_breakdown(length)["matmul"] - counted) <= 0.05 * counted
+
+
+@pytest.mark.parametrize("length", [1, 2, 16, 17, 40])
+def test_chunked_state_and_readout_equal_loops(length):
+    torch.manual_seed(length)
+    a = torch.randn(3, 4, 4, dtype=torch.complex128) * 0.3
+    b, c = torch.randn(2, 3, 4, dtype=torch.complex128)
+    u = torch.randn(2, 3, length, dtype=torch.complex128)
+    h = torch.zeros(2, 3, 4, dtype=torch.complex128)
+    for t in range(length):
+        h = (a @ h.unsqueeze(-1)).squeeze(-1) + b * u[..., t, None]
+    assert torch.allclose(final_state(a, b, u), h, atol=1e-12)
+    h0 = torch.randn(2, 3, 4, dtype=torch.complex128)
+    expected = torch.stack([(c * (matrix_power(a, t + 1) @ h0.unsqueeze(-1)).squeeze(-1)).sum(-1)
+                            for t in range(length)], -1)
+    assert torch.allclose(state_readout(a, c, h0, length), expected, atol=1e-12)

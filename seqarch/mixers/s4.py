@@ -71,6 +71,42 @@ def krylov(a: torch.Tensor, v: torch.Tensor, length: int) -> torch.Tensor:
     return k[..., :length]
 
 
+def final_state(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``h_L = sum_l a^(L-1-l) b u_l`` for ``a: (H, m, m)``, ``b: (H, m)``, ``u: (batch, H, L)``.
+
+    Positions are cut into ``J`` chunks of ``c ~ sqrt(L)``: each chunk's state is one
+    product with the ``(H, m, c)`` Krylov matrix, then Horner's rule over chunks with
+    ``a^c`` combines them, so memory stays ``O(H m sqrt(L))``, not ``O(H m L)``.
+    Returns ``(batch, H, m)``.
+    """
+    length = u.shape[-1]
+    chunk = math.isqrt(length - 1) + 1 if length > 1 else 1
+    n_chunks = -(-length // chunk)
+    # Zeros in front leave the sum unchanged and make whole chunks.
+    u = torch.nn.functional.pad(u, (n_chunks * chunk - length, 0)).unflatten(-1, (n_chunks, chunk))
+    chunk_states = torch.einsum("bhjc,hmc->bhjm", u.flip(-1), krylov(a, b, chunk))
+    a_chunk = matrix_power(a, chunk)
+    h = chunk_states[:, :, 0]
+    for j in range(1, n_chunks):
+        h = (a_chunk @ h.unsqueeze(-1)).squeeze(-1) + chunk_states[:, :, j]
+    return h
+
+
+def state_readout(a: torch.Tensor, c: torch.Tensor, h0: torch.Tensor, length: int) -> torch.Tensor:
+    """``c a^(t+1) h0`` for ``t < length``: ``a: (H, m, m)``, ``c: (H, m)``, ``h0: (batch, H, m)``.
+
+    ``t + 1 = j chunk + i + 1`` splits it into ``(c a^(i+1)) (a^(j chunk) h0)``, two
+    factors of ``O(H m sqrt(L))`` numbers.  Returns complex ``(batch, H, length)``.
+    """
+    chunk = math.isqrt(length - 1) + 1 if length > 1 else 1
+    n_chunks = -(-length // chunk)
+    c_a = (c[..., :, None] * a).sum(-2)                                   # c a: (H, m)
+    readouts = krylov(a.transpose(-1, -2), c_a, chunk)                    # c a^(i+1): (H, m, c)
+    starts = krylov(matrix_power(a, chunk).unsqueeze(0), h0, n_chunks)     # a^(j c) h0: (B, H, m, J)
+    out = torch.einsum("hmi,bhmj->bhji", readouts, starts)
+    return out.flatten(-2)[..., :length]
+
+
 @register_mixer("s4")
 class S4(Mixer):
     """S4 layer: ``(batch, length, d_model)`` -> ``(batch, length, d_model)``.
@@ -260,7 +296,7 @@ class S4(Mixer):
         """Run a prompt ``x: (batch, length, d_model)`` in parallel; returns ``(y, state)``.
 
         Outputs by the FFT convolution; the final state ``h_L = sum_l Abar^(L-1-l) Bbar u_l``
-        by a Krylov kernel of the state.  A given state ``h0`` adds ``2 Re(C Abar^(t+1) h0)``
+        by chunked Krylov products (:func:`final_state`).  A given state ``h0`` adds ``2 Re(C Abar^(t+1) h0)``
         to output t and ``Abar^L h0`` to the final state.
         """
         self.check_sequence(x)
@@ -275,12 +311,10 @@ class S4(Mixer):
         s = self._discretize(work)
         y, apow = self._convolve(x, s)
         u = x.transpose(1, 2).to(complex_dtype(work))
-        h = torch.einsum("bhl,hml->bhm", u.flip(-1), krylov(s["Abar"], s["Bbar"], length))
+        h = final_state(s["Abar"], s["Bbar"], u)
         if h0 is not None:
             h = h + torch.einsum("hmn,bhn->bhm", apow, h0)
-            c_abar = (s["C"][0][..., :, None] * s["Abar"]).sum(-2)          # C Abar: (H, m)
-            c_powers = krylov(s["Abar"].transpose(-1, -2), c_abar, length)  # C Abar^(t+1)
-            y = y + 2 * torch.einsum("hml,bhm->bhl", c_powers, h0).real
+            y = y + 2 * state_readout(s["Abar"], s["C"][0], h0, length).real
         return self._output(y.transpose(1, 2), x.dtype), {"batch_size": batch, "h": h}
 
     # -- accounting -------------------------------------------------------------------

@@ -125,8 +125,7 @@ def main() -> None:
     lines = [
         f"# Layer benchmark: forward+backward, d_model={args.width}, batch={args.batch}, {args.dtype}",
         "",
-        f"Device: {benchlib.device_name(device)}. Command: `python scripts/bench_layers.py "
-        f"--width {args.width} --batch {args.batch} --lengths {' '.join(map(str, lengths))}`. Median of {args.repeats} warm runs; memory is "
+        f"Device: {benchlib.device_name(device)}. Command: `{benchlib.command_line()}`. Median of {args.repeats} warm runs; memory is "
         + ("CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS growth in a fresh process")
         + "; '-' means not run (see the JSON).",
         "",

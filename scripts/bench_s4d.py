@@ -94,7 +94,7 @@ def main() -> None:
     text = (
         f"# S4D forward+backward: seqarch vs the minimal materialising formulation\n\n"
         f"Device: {benchlib.device_name(device)}; batch {args.batch}, width {args.width}, state {args.state}, "
-        f"float32. Command: `python scripts/bench_s4d.py --lengths {' '.join(map(str, args.lengths))}`. "
+        f"float32. Command: `{benchlib.command_line()}`. "
         f"Median of {args.repeats} warm runs; memory is "
         + ("CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS growth in a fresh process")
         + ".\n\n"

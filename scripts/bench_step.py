@@ -65,7 +65,7 @@ def main() -> None:
     text = (
         f"# Recurrent step: microseconds per token against position\n\n"
         f"Device: {benchlib.device_name(device)}; width {args.width}, batch {args.batch}, float32. Command: "
-        f"`python scripts/bench_step.py --width {args.width}`. Median of {args.steps} steps at each position.\n\n"
+        f"`{benchlib.command_line()}`. Median of {args.steps} steps at each position.\n\n"
         + benchlib.markdown_table(["mixer"] + [f"pos {p} us" for p in args.positions]
                                   + [f"pos {last} / pos {first}"], rows)
     )

@@ -101,6 +101,11 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def command_line() -> str:
+    """The command that is running, as a reader would type it from the repository root."""
+    return " ".join(["python", f"scripts/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
 def default_out(device: str) -> Path:
     """Where reports go by default: ``scripts/results/cpu`` or ``scripts/results/cuda``."""
     return Path(__file__).resolve().parent / "results" / ("cuda" if device.startswith("cuda") else "cpu")

@@ -98,7 +98,7 @@ class GLUOutput(nn.Module):
         return {"matmul": linear_flops(self.proj, tokens), "other": 10 * tokens * width}
 
 
-def default_hidden(kind: str, d_model: int, nblocks: int = 1) -> int:
+def default_hidden(kind: str, d_model: int) -> int:
     """The usual hidden width: ``4 d`` for MLPs, ``8/3 d`` (rounded up to a multiple of 8) for GLU."""
     if kind == "glu":
         return -(-(8 * d_model // 3) // 8) * 8

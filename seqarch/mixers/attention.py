@@ -153,12 +153,7 @@ class Attention(Mixer):
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """The whole prompt in one call to SDPA, keys and values written to the cache."""
-        self.check_sequence(x)
-        if not self.causal:
-            self.check_token(x[:, 0])
-        if state is None:
-            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype, max_length=max(self.max_length, x.shape[1]))
-        self.check_state(state, x.shape[0])
+        state = self.start_prefill(x, state, max_length=max(self.max_length, x.shape[1]))
         return self._append(x, state)
 
     # -- accounting -------------------------------------------------------------------

@@ -175,11 +175,8 @@ class Mixer(nn.Module):
                 f"batch_size={state['batch_size']}"
             )
 
-    def _reference_parameter(self) -> torch.Tensor:
-        return next(self.parameters())
-
     def _state_like(self, device: Any, dtype: Any) -> tuple[torch.device, torch.dtype]:
-        ref = self._reference_parameter()
+        ref = next(self.parameters())
         return (torch.device(device) if device is not None else ref.device,
                 dtype if dtype is not None else ref.dtype)
 
@@ -206,16 +203,26 @@ class Mixer(nn.Module):
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         raise ValueError(f"step: {type(self).__name__} has no recurrent form")
 
-    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """Run a prompt ``x: (batch, length, d_model)``; returns ``(y, state)``.
+    def start_prefill(self, x: torch.Tensor, state: State | None, **init_options: Any) -> State:
+        """The checks every ``prefill`` makes first; returns the state to start from.
 
-        This default loops :meth:`step`; mixers with a parallel form override it.
+        ``x`` must be ``(batch, length, d_model)`` and the mixer causal; ``state=None``
+        becomes ``init_state(batch, **init_options)`` on ``x``'s device and dtype.
         """
         self.check_sequence(x)
         if not self.causal:
             self.check_token(x[:, 0])  # raises the bidirectional error
         if state is None:
-            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype, **init_options)
+        self.check_state(state, x.shape[0])
+        return state
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Run a prompt ``x: (batch, length, d_model)``; returns ``(y, state)``.
+
+        This default loops :meth:`step`; mixers with a parallel form override it.
+        """
+        state = self.start_prefill(x, state)
         outputs = []
         for t in range(x.shape[1]):
             y_t, state = self.step(x[:, t], state)

@@ -193,12 +193,7 @@ class M2(Mixer):
         From an empty (or no) state this is one ``forward``; a state that has
         already read tokens falls back to the base class's step loop.
         """
-        self.check_sequence(x)
-        if not self.causal:
-            self.check_token(x[:, 0])  # raises: no recurrent form
-        if state is None:
-            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        self.check_state(state, x.shape[0])
+        state = self.start_prefill(x, state)
         if state["position"] > 0:
             return super().prefill(x, state)
         self._check_length(x.shape[1], "x")

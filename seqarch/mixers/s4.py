@@ -299,15 +299,11 @@ class S4(Mixer):
         by chunked Krylov products (:func:`final_state`).  A given state ``h0`` adds ``2 Re(C Abar^(t+1) h0)``
         to output t and ``Abar^L h0`` to the final state.
         """
-        self.check_sequence(x)
-        if not self.causal:
-            self.check_token(x[:, 0])  # raises: bidirectional S4 has no recurrent form
+        fresh = state is None
+        state = self.start_prefill(x, state)
         batch, length, _ = x.shape
         work = compute_dtype(x.dtype)
-        h0 = None
-        if state is not None:
-            self.check_state(state, batch)
-            h0 = self._state_h(state, work)
+        h0 = None if fresh else self._state_h(state, work)
         s = self._discretize(work)
         y, apow = self._convolve(x, s)
         u = x.transpose(1, 2).to(complex_dtype(work))

@@ -159,21 +159,19 @@ class S4D(Mixer):
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Parallel prompt: convolution for the outputs, a Vandermonde sum for the state."""
-        self.check_sequence(x)
-        if not self.causal:
-            self.check_token(x[:, 0])
-        if state is None:
-            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        self.check_state(state, x.shape[0])
+        fresh = state is None
+        state = self.start_prefill(x, state)
         work = compute_dtype(x.dtype)
         log_z, b_bar, c = self.discretize(work)
         length = x.shape[1]
         y = self._convolve(x)
-        h0 = state["h"]
-        # An incoming state h0 adds 2 Re(C z^(t+1) h0) at position t and decays to z^L h0.
-        y = y + vandermonde_real(c[0] * torch.exp(log_z) * h0, log_z, length).transpose(1, 2)
         u = x.to(work).transpose(1, 2)
-        h = torch.exp(log_z * length) * h0 + decayed_sum(u, log_z, b_bar)
+        h = decayed_sum(u, log_z, b_bar)
+        if not fresh:
+            h0 = state["h"]
+            # An incoming state h0 adds 2 Re(C z^(t+1) h0) at position t and decays to z^L h0.
+            y = y + vandermonde_real(c[0] * torch.exp(log_z) * h0, log_z, length).transpose(1, 2)
+            h = h + torch.exp(log_z * length) * h0
         return self.output(y).to(x.dtype), {**state, "h": h}
 
     # -- accounting -------------------------------------------------------------------

@@ -1,0 +1,47 @@
+"""Data for training and comparing sequence models: synthetic tasks (MQAR, selective copying,
+induction heads, ListOps) and tokenised text corpora, all behind :func:`build_data`.
+
+>>> from seqarch.data import build_data
+>>> bundle = build_data({"task": "mqar"}, seed=0)
+>>> inputs, targets = bundle.train[0]
+"""
+
+from .bundle import IGNORE_INDEX, DataBundle
+from .listops import evaluate_tree, listops
+from .mqar import lookup_solver, multiquery_ar
+from .packing import PackedBlocks, TokenStream, default_cache_dir, tokenized_stream
+from .registry import DATA_SOURCES, build_data
+from .stdlib_corpus import stdlib_files
+from .synthetic import (
+    induction_heads,
+    induction_solver,
+    selective_copy,
+    selective_copy_solver,
+)
+from .text import TextCorpus, load_texts
+from .tokenizers import ByteTokenizer, HFTokenizer, build_tokenizer
+
+__all__ = [
+    "DATA_SOURCES",
+    "IGNORE_INDEX",
+    "ByteTokenizer",
+    "DataBundle",
+    "HFTokenizer",
+    "PackedBlocks",
+    "TextCorpus",
+    "TokenStream",
+    "build_data",
+    "build_tokenizer",
+    "default_cache_dir",
+    "evaluate_tree",
+    "induction_heads",
+    "induction_solver",
+    "listops",
+    "load_texts",
+    "lookup_solver",
+    "multiquery_ar",
+    "selective_copy",
+    "selective_copy_solver",
+    "stdlib_files",
+    "tokenized_stream",
+]

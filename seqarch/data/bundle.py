@@ -1,0 +1,40 @@
+"""What ``build_data`` returns: the datasets and the facts a model and a report need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch.utils.data import Dataset
+
+KINDS = ("lm", "classification")
+# Targets that take no loss (the default ignore_index of torch.nn.functional.cross_entropy).
+IGNORE_INDEX = -100
+
+
+@dataclass
+class DataBundle:
+    """Train and validation datasets of one task.
+
+    ``kind == "lm"``: items are ``(inputs, targets)``, both ``LongTensor(seq_len)``; targets are -100
+    where no loss is taken. ``kind == "classification"``: items are ``(tokens LongTensor(seq_len),
+    label LongTensor(), mask BoolTensor(seq_len))``, mask True on real tokens (padding id 0 is False).
+    ``vocab_size`` is the model's embedding size (special and padding ids included).
+    """
+
+    train: Dataset
+    val: Dataset
+    kind: str
+    vocab_size: int
+    seq_len: int
+    num_classes: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {self.kind!r}")
+        if (self.kind == "classification") != (self.num_classes is not None):
+            raise ValueError(
+                f"num_classes: expected an integer exactly for kind 'classification', got {self.num_classes!r} "
+                f"for kind {self.kind!r}"
+            )

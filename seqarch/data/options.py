@@ -1,0 +1,70 @@
+"""Checks for the ``data:`` section of a config: every error names its key as ``data.<key>``.
+
+Wrong types raise ValueError too (not TypeError), by the house rule for bad input.
+
+``build_data`` resolves a task's options with :func:`resolve_options` and checks every value
+before anything is generated or written, so a typo costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+
+def resolve_options(task: str, spec: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated by ``spec`` (less its ``task`` key); a key the task does not know is an error."""
+    unknown = sorted(set(spec) - set(defaults) - {"task"})
+    if unknown:
+        raise ValueError(
+            f"data.{unknown[0]}: unknown key for task {task!r}; expected one of {', '.join(sorted(defaults))}, "
+            f"got {unknown[0]!r}"
+        )
+    return {**defaults, **{key: value for key, value in spec.items() if key != "task"}}
+
+
+def check_int(options: Mapping[str, Any], key: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """``options[key]`` as an int in ``[minimum, maximum]`` (bools are not ints here)."""
+    value = options[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"data.{key}: expected an integer, got {value!r}")  # noqa: TRY004
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"data.{key}: expected an integer {bound}, got {value}")
+    return value
+
+
+def check_optional_int(options: Mapping[str, Any], key: str, *, minimum: int = 1) -> int | None:
+    return None if options[key] is None else check_int(options, key, minimum=minimum)
+
+
+def check_float(options: Mapping[str, Any], key: str, *, low: float, high: float, open_low: bool = False) -> float:
+    """``options[key]`` as a float in ``[low, high]`` (``(low, high]`` when ``open_low``)."""
+    value = options[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"data.{key}: expected a number, got {value!r}")  # noqa: TRY004
+    if value > high or value < low or (open_low and value == low):
+        bracket = "(" if open_low else "["
+        raise ValueError(f"data.{key}: expected a number in {bracket}{low}, {high}], got {value}")
+    return float(value)
+
+
+def check_str(options: Mapping[str, Any], key: str) -> str:
+    value = options[key]
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"data.{key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    return seed
+
+
+def split_seed(seed: int, split: str) -> int:
+    """A seed for one split, derived from the run's ``seed``: train and validation never share a stream,
+    and neither collides with another run seed's split (a hash, not ``seed + offset``)."""
+    digest = hashlib.sha256(f"seqarch.data:{seed}:{split}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)

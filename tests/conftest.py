@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
 
-import seqarch
+# Triton reads TRITON_INTERPRET when a kernel is decorated, so it must be set
+# before any kernel module is imported: without a GPU, every Triton kernel then
+# runs in Triton's CPU interpreter and the kernel tests can compare it to its twin.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import seqarch  # noqa: E402
 
 # Small options per mixer so the contract suite stays fast on a CPU; a mixer not
 # listed here runs with its defaults.

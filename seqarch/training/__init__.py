@@ -1,0 +1,11 @@
+"""Training and matched-budget comparison with Lightning (the ``seqarch`` command line).
+
+``seqarch train CONFIG`` trains one model; ``seqarch compare CONFIG`` trains every
+architecture a config lists at the same parameter count or training FLOPs.
+"""
+
+from .compare import compare, plan_comparison
+from .config import ConfigError, load_config, validate
+from .run import train_run
+
+__all__ = ["ConfigError", "compare", "load_config", "plan_comparison", "train_run", "validate"]

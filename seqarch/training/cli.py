@@ -1,0 +1,90 @@
+"""The ``seqarch`` command line: ``seqarch train`` and ``seqarch compare``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from .checkpoints import CheckpointError
+from .config import ConfigError, load_config
+
+log = logging.getLogger("seqarch")
+
+EPILOG = """\
+configs (YAML) have the sections name, data, model, architectures, budget, train,
+trainer, logger, wandb and output; see experiments/*.yaml and
+seqarch/training/config.py for every key and its default. Examples:
+
+  seqarch compare                                   # embedded MQAR default (CPU, < 10 min)
+  seqarch compare experiments/mqar_sweep.yaml
+  seqarch train experiments/lm_small.yaml model.mixer=s4d train.steps=200
+  seqarch compare experiments/lm_small.yaml trainer.devices=4 trainer.strategy=ddp
+  seqarch train experiments/mqar.yaml --resume      # continue a killed run
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seqarch", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Train seqarch models and compare architectures at matched parameter or FLOP budgets.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,compare}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("config", nargs="?", default=None,
+                        help="YAML run config; compare without one runs the embedded MQAR default")
+    common.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides, values parsed as YAML (train.steps=100 train.lr=[1e-3,3e-3])")
+    common.add_argument("--output", default=None,
+                        help="parent folder of the run folder (default: the config's output, 'runs')")
+    common.add_argument("--name", default=None, help="run name, the run folder under --output (default: config name)")
+    common.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in the run folder (same data order and RNG)")
+    common.add_argument("--cache-dir", default=None,
+                        help="where tokenised corpora are cached (default $SEQARCH_CACHE or ~/.cache/seqarch)")
+    common.add_argument("--quiet", action="store_true", help="no progress bar, only the result lines")
+    commands.add_parser("train", parents=[common], help="train one model (the config's model section)",
+                        description="Train one model: the config's model section on its data.")
+    commands.add_parser("compare", parents=[common],
+                        help="train every listed architecture at a matched budget and write a report",
+                        description="Train every architecture in the config's architectures list, each resized "
+                        "to the budget (params: N or flops: C for the whole run), with the same data, seeds and "
+                        "recipe; write results.json, report.md and plots into the run folder.")
+    return parser
+
+
+def _split_config_argument(args: argparse.Namespace) -> None:
+    # "seqarch compare train.steps=10" has no config file: the first positional is an override.
+    if args.config is not None and "=" in args.config and not Path(args.config).exists():
+        args.overrides = [args.config, *args.overrides]
+        args.config = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    _split_config_argument(args)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "train" and args.config is None and not args.overrides:
+        log.info("seqarch train: no config given; training the embedded default's model section (MQAR)")
+    overrides = list(args.overrides)
+    if args.output is not None:
+        overrides.append(f"output={args.output}")
+    if args.name is not None:
+        overrides.append(f"name={args.name}")
+    try:
+        config = load_config(args.config, overrides, command=args.command)
+        from .session import run_command
+
+        return run_command(args.command, config, resume=args.resume, cache_dir=args.cache_dir,
+                           quiet=args.quiet, command_line="seqarch " + shlex.join(argv), started=time.time())
+    except (ConfigError, CheckpointError, ValueError) as error:
+        log.error("seqarch %s: error: %s", args.command, error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

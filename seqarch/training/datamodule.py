@@ -1,0 +1,96 @@
+"""Data for Lightning: a step-indexed batch order that survives a restart and shards over ranks.
+
+The batch of global step ``s`` is fixed by ``(seed, s)`` alone: the training set is
+read in a fresh permutation per epoch (seeded by the epoch), and step ``s`` takes
+positions ``s*B .. s*B+B-1`` of that endless stream. A resumed run asks for the
+stream from its restored step, so it sees exactly the batches the uninterrupted
+run would have seen. Under data parallelism rank ``r`` of ``W`` takes every
+``W``-th example of the global batch, so ``W`` processes see the same global batch
+as one process does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..data import DataBundle
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Index lists for global steps ``start() .. total_steps - 1`` of one rank.
+
+    Args:
+        size: examples in the dataset.
+        batch_size: the global batch (all ranks together).
+        total_steps: the run's length in optimiser steps.
+        seed: fixes every epoch's permutation.
+        start: called when iteration begins; returns the first step (the restored
+            global step after a resume).
+        rank, world_size: this process's shard of every global batch.
+    """
+
+    def __init__(self, size: int, batch_size: int, total_steps: int, *, seed: int,
+                 start: Callable[[], int] = lambda: 0, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"train.batch_size: expected a multiple of the {world_size} processes, got {batch_size}")
+        self.size, self.batch_size, self.total_steps = size, batch_size, total_steps
+        self.seed, self.start, self.rank, self.world_size = seed, start, rank, world_size
+        self._epoch_cache: tuple[int, torch.Tensor] | None = None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch_cache = (epoch, torch.randperm(self.size, generator=generator))
+        return self._epoch_cache[1]
+
+    def global_batch(self, step: int) -> list[int]:
+        """Dataset indices of the whole global batch of ``step``."""
+        first = step * self.batch_size
+        out = []
+        for position in range(first, first + self.batch_size):
+            epoch, offset = divmod(position, self.size)
+            out.append(int(self._permutation(epoch)[offset]))
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start(), self.total_steps):
+            yield self.global_batch(step)[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return self.total_steps
+
+
+class SeqarchDataModule(L.LightningDataModule):
+    """Wraps a :class:`seqarch.data.DataBundle` for Lightning with :class:`StepBatchSampler` order."""
+
+    def __init__(self, bundle: DataBundle, train: dict) -> None:
+        super().__init__()
+        self.bundle = bundle
+        self.train_options = train
+
+    def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
+        workers = int(self.train_options["num_workers"])
+        return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        sampler = StepBatchSampler(
+            len(self.bundle.train), int(self.train_options["batch_size"]), int(self.train_options["steps"]),
+            seed=int(self.train_options["seed"]), start=lambda: trainer.global_step,
+            rank=trainer.global_rank, world_size=trainer.world_size,
+        )
+        return self._loader(self.bundle.train, batch_sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        per_rank = max(1, int(self.train_options["batch_size"]) // trainer.world_size)
+        dataset = self.bundle.val
+        limit = self.train_options["eval_batches"]
+        if limit is not None:
+            dataset = torch.utils.data.Subset(dataset, range(min(len(dataset), int(limit) * per_rank)))
+        indices = list(range(trainer.global_rank, len(dataset), trainer.world_size))
+        return self._loader(torch.utils.data.Subset(dataset, indices), batch_size=per_rank, shuffle=False)

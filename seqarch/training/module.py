@@ -1,0 +1,151 @@
+"""The LightningModule that trains any seqarch model on any seqarch data kind.
+
+Metrics: ``train/loss``, ``val/loss``, ``val/accuracy`` (answer positions for the
+synthetic tasks, every next token for text, the label for classification),
+``val/ppl`` for text, ``train/tokens_per_s`` and, on GPUs with a known peak,
+``train/mfu`` (model FLOPs utilisation, PaLM appendix B: achieved training FLOP/s
+over the device's peak).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import LanguageModel, ModelConfig, SequenceClassifier
+from ..budget import TRAINING_FLOPS_PER_FORWARD
+from .optim import build_optimizer
+
+IGNORE_INDEX = -100
+
+# Dense bf16 peak FLOP/s by device name fragment (vendor data sheets); MFU is left out elsewhere.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; earlier checkpoints are kept as they were."""
+
+
+def device_peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
+
+
+class SeqarchModule(L.LightningModule):
+    """Trains a :class:`LanguageModel` (``kind="lm"``) or :class:`SequenceClassifier` (``"classification"``).
+
+    Args:
+        model_config: the model, as a ``ModelConfig.to_dict()`` (so checkpoints carry it).
+        kind: the data kind of :class:`seqarch.data.DataBundle`.
+        train: the run's ``train`` section (optimiser recipe).
+        lr: this run's peak learning rate (one point of a sweep).
+        seq_len: training sequence length (for FLOPs per token).
+    """
+
+    def __init__(self, model_config: dict, kind: str, train: dict, lr: float, seq_len: int) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = ModelConfig.from_dict(model_config)
+        self.kind = kind
+        self.train_options = train
+        self.lr = lr
+        self.model = SequenceClassifier(self.config) if kind == "classification" else LanguageModel(self.config)
+        self.flops_per_token = self.model.flops_per_token(seq_len)
+        self._tick: float | None = None
+        self._val_totals: list[torch.Tensor] = []
+
+    def forward(self, batch):
+        if self.kind == "classification":
+            tokens, _, mask = batch
+            return self.model(tokens, mask)
+        return self.model(batch[0])
+
+    def _loss_and_counts(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean loss, number of scored positions and number answered correctly."""
+        logits = self(batch).float()
+        if self.kind == "classification":
+            labels = batch[1]
+            loss = F.cross_entropy(logits, labels)
+            correct = (logits.argmax(-1) == labels).sum()
+            return loss, torch.tensor(labels.numel(), device=loss.device), correct
+        targets = batch[1]
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        scored = targets != IGNORE_INDEX
+        correct = ((logits.argmax(-1) == targets) & scored).sum()
+        return loss, scored.sum(), correct
+
+    def training_step(self, batch, batch_idx):
+        loss, _, _ = self._loss_and_counts(batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at step {self.global_step}; stopping. Checkpoints written "
+                "before this step are kept; lower train.lr or set train.grad_clip"
+            )
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self._tick is None:
+            self._tick = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        elapsed, self._tick = now - self._tick, now
+        tokens = batch[0].numel() * self.trainer.world_size
+        tokens_per_s = tokens / max(elapsed, 1e-9)
+        self.log("train/tokens_per_s", tokens_per_s, prog_bar=True, on_step=True, on_epoch=False)
+        peak = device_peak_flops(self.device)
+        if peak is not None:
+            achieved = TRAINING_FLOPS_PER_FORWARD * self.flops_per_token * tokens_per_s
+            self.log("train/mfu", achieved / (peak * self.trainer.world_size), on_step=True, on_epoch=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_totals = []
+
+    def validation_step(self, batch, batch_idx):
+        loss, scored, correct = self._loss_and_counts(batch)
+        self._val_totals.append(torch.stack([loss.detach() * scored, scored.float(), correct.float()]))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_totals:
+            return
+        totals = self.trainer.strategy.reduce(torch.stack(self._val_totals).sum(0), reduce_op="sum")
+        loss_sum, scored, correct = totals.tolist()
+        loss = loss_sum / max(scored, 1.0)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False, rank_zero_only=False)
+        self.log("val/accuracy", correct / max(scored, 1.0), prog_bar=True, rank_zero_only=False)
+        if self.kind == "lm":
+            self.log("val/ppl", math.exp(min(loss, 50.0)), rank_zero_only=False)
+        # The first training batch after validation would otherwise count validation time.
+        self._tick = None
+
+    def configure_optimizers(self):
+        optimizer, schedule = build_optimizer(self.model, self.train_options, self.lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # Resume must continue the random streams too (dropout, sampling), not only the weights.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        np.random.set_state(states["numpy"])
+        random.setstate(states["python"])
+        if states["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])

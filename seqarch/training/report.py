@@ -1,0 +1,170 @@
+"""Comparison reports: ``results.json``, ``report.md`` and PNG plots.
+
+Plots: the metric against training FLOPs, one line per architecture (the
+Chinchilla/Zoology way of reading a comparison at matched compute), and, for recall
+tasks, accuracy against recurrent state size (Zoology, figure 2: recall is bought
+with state).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+
+TABLE_COLUMNS = ("architecture", "d_model", "layers", "params", "FLOPs/token", "training FLOPs", "lr",
+                 "final", "best", "state size", "tokens/s", "peak memory")
+
+
+def _si(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{prefix}{unit}"
+    return f"{value:.3g}{unit}"
+
+
+def _metric(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def table_rows(results: list[dict]) -> list[list[str]]:
+    return [[
+        r["name"], str(r["d_model"]), str(r["n_layers"]), _si(r["params"]), _si(r["flops_per_token"]),
+        _si(r["training_flops"]), f"{r['lr']:g}", _metric(r["final"]), _metric(r["best"]),
+        _si(r["state_size"]), _si(r["tokens_per_s"]), _si(r["peak_memory_bytes"], "B"),
+    ] for r in results]
+
+
+def markdown_table(results: list[dict]) -> str:
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + " --- |" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    return "\n".join(lines)
+
+
+def text_table(results: list[dict]) -> str:
+    """The table as aligned plain text, for a terminal."""
+    rows = [list(TABLE_COLUMNS)] + table_rows(results)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+
+
+def sweep_table(results: list[dict]) -> str | None:
+    """Best metric per mixer (rows) and sweep point x width (columns); ``None`` without a sweep."""
+    if not any(r.get("data_point") for r in results):
+        return None
+    columns = sorted({(r["seq_len"], r["data_point"], r["d_model"]) for r in results})
+    mixers = list(dict.fromkeys(str(r["mixer"]) for r in results))
+    cell = {(str(r["mixer"]), r["data_point"], r["d_model"]): r["best"] for r in results}
+    head = ["mixer"] + [f"{point} d{width}" for _, point, width in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for mixer in mixers:
+        row = [mixer] + [_metric(cell.get((mixer, point, width))) for _, point, width in columns]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {"seqarch": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "device": device, "threads": torch.get_num_threads()}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def plot_metric_vs_flops(results: list[dict], path: Path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results:
+        points = [(h["training_flops"], h[metric]) for h in r["history"] if metric in h and h["training_flops"] > 0]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", markersize=3, label=f"{r['name']} ({_si(r['params'])} params)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel(metric.replace("/", " "))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_state(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results:
+        if r["best"] is not None and r["state_size"]:
+            ax.scatter([r["state_size"]], [r["best"]], s=30)
+            ax.annotate(f"{r['name']} d={r['d_model']}", (r["state_size"], r["best"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("recurrent state size (numbers per sequence)")
+    ax.set_ylabel("best validation accuracy")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(folder: Path, config: dict, data_info: dict, results: list[dict], *,
+                 command: str, wall_s: float) -> dict[str, Path]:
+    """Write ``results.json``, ``report.md`` and the plots into ``folder``; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    metric = results[0]["metric"] if results else "val/accuracy"
+    paths = {"json": folder / "results.json", "markdown": folder / "report.md",
+             "metric_plot": folder / "metric_vs_flops.png"}
+    plot_metric_vs_flops(results, paths["metric_plot"], metric)
+    recall = data_info.get("task") in ("mqar", "selective_copy", "induction")
+    if recall:
+        paths["state_plot"] = folder / "accuracy_vs_state.png"
+        plot_accuracy_vs_state(results, paths["state_plot"])
+    payload = {"command": command, "wall_s": wall_s, "environment": environment(), "config": config,
+               "data": data_info, "metric": metric, "results": results}
+    _write_atomic(paths["json"], json.dumps(payload, indent=2, default=str))
+    budget = config.get("budget") or {}
+    budget_text = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in budget.items())
+    env = payload["environment"]
+    lines = [
+        f"# {config['name']}: {metric} at a matched budget",
+        "",
+        f"- Command: `{command}`",
+        f"- Data: {', '.join(f'{k}={v}' for k, v in data_info.items() if not isinstance(v, (list, dict)))}",
+        f"- Budget: {budget_text or 'none (every architecture at the config size)'}",
+        (f"- Recipe: {config['train']['steps']} steps x batch {config['train']['batch_size']}, AdamW "
+         f"(lr {config['train']['lr']}, wd {config['train']['weight_decay']}), warmup + cosine; seed "
+         f"{config['train']['seed']}"),
+        f"- Machine: {env['device']}, torch {env['torch']}, {env['threads']} threads; wall time {wall_s:.0f} s",
+        "",
+        markdown_table(results),
+        "",
+        *([f"Best {metric} by sweep point and width:", "", sweep, ""] if (sweep := sweep_table(results)) else []),
+        (f"`final`/`best`: {metric} at the last / best evaluation (higher is better for accuracy, lower "
+         "for loss). Training FLOPs: 3 x forward FLOPs per token x tokens trained. State size: numbers in "
+         "the recurrent state per sequence at the training length (a KV cache for attention). Peak memory: "
+         "CUDA allocator peak on GPUs, process peak RSS on CPUs."),
+        "",
+        f"![{metric} against training FLOPs]({paths['metric_plot'].name})",
+    ]
+    if recall:
+        lines += ["", f"![accuracy against state size]({paths['state_plot'].name})"]
+    _write_atomic(paths["markdown"], "\n".join(lines) + "\n")
+    return paths

@@ -1,0 +1,155 @@
+"""Run configs, overrides, optimiser groups, the step-indexed batch order and CLI errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import seqarch
+from seqarch.training.cli import build_parser, main
+from seqarch.training.config import ConfigError, apply_overrides, load_config, sweep_points, validate
+from seqarch.training.datamodule import StepBatchSampler
+from seqarch.training.defaults import default_config
+from seqarch.training.optim import parameter_groups, warmup_cosine
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def test_embedded_default_equals_experiments_mqar_yaml():
+    assert validate(default_config(), command="compare") == load_config(EXPERIMENTS / "mqar.yaml", command="compare")
+    assert load_config(None, command="compare")["architectures"] == ["attention", "s4d", "s4", "m2"]
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_experiment_config_is_valid(path):
+    config = load_config(path, command="compare")
+    assert config["architectures"]
+
+
+def test_overrides_are_parsed_as_yaml_and_nested():
+    values = apply_overrides({"train": {"steps": 5}}, ["train.steps=100", "train.lr=[1e-3, 3e-3]", "model.mixer=s4d"])
+    assert values == {"train": {"steps": 100, "lr": [1e-3, 3e-3]}, "model": {"mixer": "s4d"}}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_overrides({}, ["train.steps"])
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"trian": {}}, "config: unknown key 'trian'"),
+    ({"train": {"stpes": 3}}, "train: unknown key 'stpes'"),
+    ({"model": {"vocab_size": 3}}, "model: unknown key 'vocab_size'"),
+    ({"train": {"steps": 0}}, r"train.steps: expected a positive integer, got 0"),
+    ({"train": {"lr": -1}}, r"train.lr: expected a positive number, got -1"),
+    ({"budget": {"params": 1e5, "flops": 1e12}}, "budget: expected one of 'params' or 'flops', got both"),
+    ({"logger": "tensorboard"}, "logger: expected one of csv, wandb, got 'tensorboard'"),
+    ({"architectures": [3]}, r"architectures\[0\]: expected a mixer name or a mapping, got 3"),
+    ({"architectures": ["s4d", "s4d"]}, "architectures: expected distinct names"),
+    ({"sweep": {"d_model": [64]}, "budget": {"params": 1e5}}, "sweep.d_model: a width sweep"),
+])
+def test_bad_configs_name_the_key(config, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_compare_needs_architectures():
+    with pytest.raises(ConfigError, match="architectures: expected at least one"):
+        validate({}, command="compare")
+
+
+def test_sweep_expands_data_points_and_widths():
+    config = validate({"architectures": ["attention", "s4d"], "sweep": {
+        "data": [{"seq_len": 64, "num_kv_pairs": 4}, {"seq_len": 128, "num_kv_pairs": 8}], "d_model": [64, 128]}})
+    points = sweep_points(config)
+    assert [label for label, _ in points] == ["seq_len64-num_kv_pairs4", "seq_len128-num_kv_pairs8"]
+    second = points[1][1]
+    assert second["data"]["seq_len"] == 128 and second["sweep"] == {}
+    assert [(a["name"], a["d_model"]) for a in second["architectures"]] == [
+        ("attention-d64", 64), ("attention-d128", 128), ("s4d-d64", 64), ("s4d-d128", 128)]
+
+
+def test_parameter_groups_follow_optim_hints():
+    model = seqarch.LanguageModel(seqarch.ModelConfig(mixer="s4d", d_model=32, mixer_options={"lr": 1e-3}))
+    groups = parameter_groups(model, lr=3e-3, weight_decay=0.1)
+    by_name = {name: g for g in groups for name in g["names"]}
+    assert by_name["backbone.blocks.0.mixer.log_dt"]["lr"] == 1e-3
+    assert by_name["backbone.blocks.0.mixer.log_dt"]["weight_decay"] == 0.0
+    assert by_name["backbone.blocks.0.channel.fc1.weight"]["lr"] == 3e-3
+    assert by_name["backbone.blocks.0.channel.fc1.weight"]["weight_decay"] == 0.1
+    assert by_name["backbone.embedding.weight"]["weight_decay"] == 0.0
+    assert by_name["backbone.norm.weight"]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_warmup_then_cosine():
+    factors = [warmup_cosine(s, total_steps=110, warmup_steps=10, min_ratio=0.1) for s in range(111)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[110] == pytest.approx(0.1)
+    assert factors[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+
+
+def test_step_batches_are_fixed_by_seed_and_step_and_shard_over_ranks():
+    full = list(StepBatchSampler(10, 4, 7, seed=3))
+    assert len(full) == 7 and all(len(b) == 4 for b in full)
+    # Epochs are permutations: the first 10 positions (2.5 batches) hold every index once.
+    flat = [i for b in full for i in b]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+    assert flat[:10] != flat[10:20]
+    assert list(StepBatchSampler(10, 4, 7, seed=3, start=lambda: 5)) == full[5:]
+    assert list(StepBatchSampler(10, 4, 7, seed=4)) != full
+    ranks = [list(StepBatchSampler(10, 4, 7, seed=3, rank=r, world_size=2)) for r in range(2)]
+    for step in range(7):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(full[step])
+    with pytest.raises(ValueError, match="train.batch_size: expected a multiple of the 3 processes, got 4"):
+        StepBatchSampler(10, 4, 7, seed=3, world_size=3)
+
+
+def test_help_explains_every_option():
+    parser = build_parser()
+    for command in ("train", "compare"):
+        text = parser._subparsers._group_actions[0].choices[command].format_help()
+        for option in ("--resume", "--output", "--name", "--cache-dir", "--quiet", "KEY=VALUE", "config"):
+            assert option in text
+
+
+def _write(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+TINY = {"name": "tiny", "data": {"task": "mqar", "num_train": 64, "num_test": 32},
+        "model": {"d_model": 16}, "train": {"steps": 2, "batch_size": 8, "eval_every": 1}}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"architectures": ["attention", "nosuchmixer"]}, "unknown mixer 'nosuchmixer'"),
+    ({"architectures": ["attention"], "budget": {"params": 10}}, "budget"),
+    ({"architectures": ["attention"], "data": {"task": "text", "source": "/no/such/corpus"}}, "/no/such/corpus"),
+    ({"architectures": ["attention"], "train": {"no_such_key": 1}}, "train: unknown key 'no_such_key'"),
+])
+def test_cli_bad_input_fails_before_training_and_writes_nothing(tmp_path, caplog, change, message):
+    config = {**TINY, **change}
+    path = _write(tmp_path / "config.yaml", config)
+    out = tmp_path / "runs"
+    assert main(["compare", str(path), "--output", str(out), "--quiet"]) == 2
+    assert message in caplog.text
+    assert not out.exists()
+
+
+def test_cli_corrupt_checkpoint_is_a_clear_error_and_is_left_alone(tmp_path, caplog):
+    path = _write(tmp_path / "config.yaml", TINY)
+    folder = tmp_path / "runs" / "tiny" / "checkpoints"
+    folder.mkdir(parents=True)
+    corrupt = folder / "step-0000002.ckpt"
+    corrupt.write_bytes(b"not a checkpoint")
+    assert main(["train", str(path), "--output", str(tmp_path / "runs"), "--resume", "--quiet"]) == 2
+    assert "step-0000002.ckpt" in caplog.text and "cannot be read" in caplog.text
+    assert corrupt.read_bytes() == b"not a checkpoint"
+    # Without --resume the run refuses to train over the folder's checkpoints.
+    assert main(["train", str(path), "--output", str(tmp_path / "runs"), "--quiet"]) == 2
+    assert "already holds checkpoints" in caplog.text
+    assert sorted(p.name for p in folder.iterdir()) == ["step-0000002.ckpt"]
+    assert torch.__version__  # the process is intact after both errors

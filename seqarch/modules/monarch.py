@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.monarch_matmul import monarch_matmul
 from ..mixers.base import check_divides, check_positive_int
 
 
@@ -43,7 +44,9 @@ class MonarchLinear(nn.Module):
     ``mid / nblocks -> out_features / nblocks``.  This is ``L P^T R``; the
     paper's final ``P`` only relabels outputs, which a learned ``L`` absorbs.
 
-    ``nblocks = 1`` is an ordinary dense layer holding one ``(out, in)`` weight.
+    ``nblocks = 1`` is an ordinary dense layer holding one ``(out, in)`` weight; otherwise
+    the product runs through :func:`seqarch.kernels.monarch_matmul.monarch_matmul` (a fused
+    Triton kernel on CUDA tensors, its ``torch.bmm`` twin elsewhere).
 
     Parameters: ``blkdiag1`` ``(nblocks, mid / nblocks, in / nblocks)`` and
     ``blkdiag2`` ``(nblocks, out / nblocks, mid / nblocks)`` (or ``weight`` when
@@ -106,17 +109,10 @@ class MonarchLinear(nn.Module):
         """``x: (tokens, in_features)`` -> ``(tokens, out_features)``, without the bias."""
         if self.nblocks == 1:
             return F.linear(x, self.weight)
-        tokens = x.shape[0]
-        nb = self.nblocks
-        mid_block = self.mid_features // nb
-        # bmm with the block index as batch: what FlopCounterMode counts exactly.
-        blocks = x.reshape(tokens, nb, -1).transpose(0, 1)  # (nb, tokens, in/nb)
-        hidden = torch.bmm(blocks, self.blkdiag1.transpose(1, 2))  # (nb, tokens, mid/nb)
-        hidden = hidden.transpose(0, 1).reshape(tokens, self.mid_features)
-        # Stride permutation: hidden entry j = r * nb + l feeds block l at slot r.
-        hidden = hidden.reshape(tokens, mid_block, nb).permute(2, 0, 1)  # (nb, tokens, mid/nb)
-        out = torch.bmm(hidden, self.blkdiag2.transpose(1, 2))  # (nb, tokens, out/nb)
-        return out.transpose(0, 1).reshape(tokens, self.out_features)
+        # Under autocast, bmm would run in the autocast dtype; the kernel wants one dtype for all.
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        return monarch_matmul(x.to(dtype), self.blkdiag1.to(dtype), self.blkdiag2.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (..., in_features)`` -> ``(..., out_features)``."""

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.short_conv import short_conv
 from ..mixers.base import check_positive_int
 
 
@@ -32,13 +33,19 @@ class ShortConv(nn.Module):
         self.bias = nn.Parameter(torch.empty(channels, **factory).uniform_(-bound, bound)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x: (batch, channels, length)`` -> same shape."""
+        """``x: (batch, channels, length)`` (any strides) -> same shape.
+
+        Runs :func:`seqarch.kernels.short_conv.short_conv` (Triton kernels on CUDA tensors)."""
         if x.dim() != 3 or x.shape[1] != self.channels:
             raise ValueError(
                 f"x: expected shape (batch, {self.channels}, length), got {tuple(x.shape)}"
             )
-        padded = F.pad(x, (self.kernel_size - 1, 0))
-        return F.conv1d(padded, self.weight.unsqueeze(1), self.bias, groups=self.channels)
+        # Under autocast conv1d would run in the autocast dtype; the kernel wants one dtype
+        # for all, so cast like autocast does (the casts are differentiable).
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return short_conv(x.to(dtype), self.weight.to(dtype), bias)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> torch.Tensor:
         """The last ``kernel_size - 1`` inputs, zeros: ``(batch, channels, kernel_size - 1)``."""

@@ -51,9 +51,9 @@ def match_architecture(config: dict, bundle: DataBundle, model_config: ModelConf
             return None
     except ValueError as error:
         raise ConfigError(f"budget: architecture {name!r} cannot meet it: {error}") from error
-    if match.relative_error > BUDGET_TOLERANCE:
+    if abs(match.relative_error) > BUDGET_TOLERANCE:
         raise ConfigError(
-            f"budget: architecture {name!r} comes only within {match.relative_error:.1%} of the target "
+            f"budget: architecture {name!r} comes only within {abs(match.relative_error):.1%} of the target "
             f"{match.target:.4g} {match.metric} (closest {match.achieved:.4g}); expected within "
             f"{BUDGET_TOLERANCE:.0%}: change the budget or the architecture's fixed sizes"
         )

@@ -57,15 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _split_config_argument(args: argparse.Namespace) -> None:
-    # "seqarch compare train.steps=10" has no config file: the first positional is an override.
-    if args.config is not None and "=" in args.config and not Path(args.config).exists():
-        args.overrides = [args.config, *args.overrides]
-        args.config = None
+    # A config path that holds "=" would have been taken for an override; give it back.
+    if args.config is None and args.overrides and Path(args.overrides[0]).is_file():
+        args.config = args.overrides.pop(0)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    # KEY=VALUE overrides may come before or after options; argparse cannot mix a
+    # variadic positional with options under subcommands, so they are taken out first.
+    is_override = [("=" in a and not a.startswith("-")) for a in argv]
+    args = build_parser().parse_args([a for a, o in zip(argv, is_override) if not o])
+    args.overrides = [a for a, o in zip(argv, is_override) if o] + list(args.overrides)
     _split_config_argument(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "train" and args.config is None and not args.overrides:

@@ -7,6 +7,7 @@ import logging
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .checkpoints import CheckpointError
@@ -62,6 +63,21 @@ def _split_config_argument(args: argparse.Namespace) -> None:
         args.config = args.overrides.pop(0)
 
 
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage().lower()
+
+
+def _quiet_lightning(quiet: bool) -> None:
+    """Keep Lightning's device lines (they say where a run trains) but not its adverts;
+    ``--quiet`` drops its info lines altogether."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    lightning_log.addFilter(_DropAdverts())
+    if quiet:
+        lightning_log.setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # KEY=VALUE overrides may come before or after options; argparse cannot mix a
@@ -71,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = [a for a, o in zip(argv, is_override) if o] + list(args.overrides)
     _split_config_argument(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _quiet_lightning(args.quiet)
     if args.command == "train" and args.config is None and not args.overrides:
         log.info("seqarch train: no config given; training the embedded default's model section (MQAR)")
     overrides = list(args.overrides)

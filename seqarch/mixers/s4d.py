@@ -21,11 +21,19 @@ import math
 import torch
 from torch import nn
 
+from ..kernels.ssm_kernel import vandermonde_kernel
 from ..modules.fft_conv import fft_conv_flops, ssm_conv
 from ..modules.mlp import GLUOutput
-from ..modules.vandermonde import decayed_sum, vandermonde_real, vandermonde_real_flops
+from ..modules.vandermonde import decayed_sum, vandermonde_real_flops
 from .base import (
-    Mixer, State, check_choice, check_dropout, check_positive_int, complex_dtype, compute_dtype, register_mixer,
+    Mixer,
+    State,
+    check_choice,
+    check_dropout,
+    check_positive_int,
+    complex_dtype,
+    compute_dtype,
+    register_mixer,
 )
 
 SSM_INITS = ("lin", "inv")
@@ -124,7 +132,7 @@ class S4D(Mixer):
     def ssm_kernel(self, length: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The convolution kernel ``(directions, d_model, length)`` in ``dtype``."""
         log_z, b_bar, c = self.discretize(dtype)
-        return vandermonde_real(c * b_bar, log_z, length)
+        return vandermonde_kernel(c * b_bar, log_z, length)
 
     # -- parallel form ----------------------------------------------------------------
     def _convolve(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +178,7 @@ class S4D(Mixer):
         if not fresh:
             h0 = state["h"]
             # An incoming state h0 adds 2 Re(C z^(t+1) h0) at position t and decays to z^L h0.
-            y = y + vandermonde_real(c[0] * torch.exp(log_z) * h0, log_z, length).transpose(1, 2)
+            y = y + vandermonde_kernel(c[0] * torch.exp(log_z) * h0, log_z, length).transpose(1, 2)
             h = h + torch.exp(log_z * length) * h0
         return self.output(y).to(x.dtype), {**state, "h": h}
 

@@ -10,42 +10,20 @@ the position is split as ``l = j * b + i`` with ``b ~ sqrt(length)``, so that
 
 is one real batched matrix product of a ``(channels, length/b, 2 state)`` factor by
 a ``(channels, 2 state, b)`` factor: memory ``O(channels * state * sqrt(length))``,
-the same FLOPs as the direct product, done by ``torch.bmm``.
+the same FLOPs as the direct product, done by ``torch.bmm``.  That product is the
+PyTorch twin of :func:`seqarch.kernels.ssm_kernel.vandermonde_kernel`, whose Triton
+kernels (on CUDA) need no ``sqrt(length)`` factor at all.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from ..kernels.ssm_kernel import vandermonde_block_size as _block_size
+from ..kernels.ssm_kernel import vandermonde_kernel
 
-def _block_size(length: int) -> int:
-    return max(1, math.isqrt(max(length - 1, 0)) + 1)
-
-
-def vandermonde_real(coef: torch.Tensor, log_z: torch.Tensor, length: int) -> torch.Tensor:
-    """``2 Re(sum_n coef[..., h, n] * exp(log_z[h, n] * l))`` for ``l < length``.
-
-    Args:
-        coef: complex ``(..., channels, state)``; leading dimensions are batched.
-        log_z: complex ``(channels, state)``, the log of the eigenvalues (``dt * A``).
-        length: number of positions.
-    Returns:
-        real ``(..., channels, length)``.
-    """
-    block = _block_size(length)
-    n_blocks = -(-length // block)
-    real_dtype = log_z.real.dtype
-    steps_in = torch.arange(block, device=log_z.device, dtype=real_dtype)
-    steps_out = torch.arange(n_blocks, device=log_z.device, dtype=real_dtype) * block
-    inner = torch.exp(log_z.unsqueeze(-1) * steps_in)  # (channels, state, block)
-    outer = coef.unsqueeze(-2) * torch.exp(log_z.unsqueeze(-2) * steps_out.unsqueeze(-1))
-    # Re(u v) = Re u Re v - Im u Im v: one real product with twice the inner dimension.
-    left = torch.cat([outer.real, -outer.imag], dim=-1)  # (..., channels, n_blocks, 2 state)
-    right = torch.cat([inner.real, inner.imag], dim=-2)  # (channels, 2 state, block)
-    out = 2 * torch.matmul(left, right)  # (..., channels, n_blocks, block)
-    return out.flatten(-2)[..., :length]
+# The layer-facing name of the kernel: Triton on CUDA, the blocked product otherwise.
+vandermonde_real = vandermonde_kernel
 
 
 def vandermonde_real_flops(channels: int, state: int, length: int) -> int:

@@ -2,9 +2,10 @@
 
 Grouped-query heads (Ainslie et al., "GQA", 2023): ``n_kv_heads`` key/value heads
 shared by ``n_heads / n_kv_heads`` query heads each.  Rotary position embedding
-(Su et al., 2021) on queries and keys by default.  The parallel path calls
-``torch.nn.functional.scaled_dot_product_attention``; the recurrent path keeps a
-KV cache of at most ``max_length`` tokens.
+(Su et al., 2021) on queries and keys by default.  The parallel path calls the
+fused kernel :func:`seqarch.kernels.attention.attention` (FlashAttention-2 in
+Triton on GPUs, SDPA elsewhere); the recurrent path keeps a KV cache of at most
+``max_length`` tokens and calls ``torch.nn.functional.scaled_dot_product_attention``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.attention import attention
 from ..modules.rotary import RotaryEmbedding
 from .base import Mixer, State, check_divides, check_dropout, check_positive_int, register_mixer
 
@@ -90,20 +92,24 @@ class Attention(Mixer):
         """Attention of queries at positions ``offset + i`` over keys at positions ``0..``;
         returns ``(batch, length, d_model)``."""
         batch, _, length, _ = q.shape
-        mask = None
-        is_causal = False
-        if self.causal and length > 1:
-            if offset == 0 and k.shape[2] == length:
-                is_causal = True
-            else:
-                key_pos = torch.arange(k.shape[2], device=q.device)
-                query_pos = torch.arange(offset, offset + length, device=q.device)
-                mask = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )
+        dropout = self.dropout if self.training else 0.0
+        if offset == 0 and k.shape[2] == length and dropout == 0.0:
+            # The whole sequence at once: the fused kernel (it has no dropout, SDPA keeps that case).
+            y = attention(q, k, v, causal=self.causal)
+        else:
+            mask = None
+            is_causal = False
+            if self.causal and length > 1:
+                if offset == 0 and k.shape[2] == length:
+                    is_causal = True
+                else:
+                    key_pos = torch.arange(k.shape[2], device=q.device)
+                    query_pos = torch.arange(offset, offset + length, device=q.device)
+                    mask = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout,
+                enable_gqa=self.n_kv_heads != self.n_heads,
+            )
         return self.out(y.transpose(1, 2).reshape(batch, length, self.d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,7 +158,7 @@ class Attention(Mixer):
         return y[:, 0], state
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """The whole prompt in one call to SDPA, keys and values written to the cache."""
+        """The whole prompt in one attention call, keys and values written to the cache."""
         state = self.start_prefill(x, state, max_length=max(self.max_length, x.shape[1]))
         return self._append(x, state)
 

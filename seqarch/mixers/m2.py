@@ -86,30 +86,31 @@ class M2(Mixer):
         self.out_proj = nn.Linear(d, d, **factory)
 
     # -- parallel form ----------------------------------------------------------------
-    def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``x: (batch, length, d)`` -> ``(u, x1, v)``: ``u = in_proj(x)`` as
-        ``(batch, 3d, length)`` (the short conv's input) and the gate ``x1`` and gated
-        value ``v = x2 * v`` as ``(batch, d, length)``."""
+    def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x: (batch, length, d)`` -> ``(u, x1, x2, v)``: ``u = in_proj(x)`` as
+        ``(batch, 3d, length)`` (the short conv's input), the gates ``x1, x2`` and the
+        ungated value ``v`` as ``(batch, d, length)``."""
         u = self.in_proj(x).transpose(1, 2)
         x1, x2, v = self.short_conv(u).split(self.d_model, dim=1)
-        return u, x1, x2 * v
+        return u, x1, x2, v
 
-    def _long_conv(self, v: torch.Tensor) -> torch.Tensor:
-        """``k * v + D v`` for ``v: (batch, d, length)``, in at least float32."""
+    def _gated_long_conv(self, x1: torch.Tensor, x2: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``x1 * (k * (x2 v) + D x2 v)`` for ``(batch, d, length)`` streams, in ``v``'s dtype.
+
+        Both gates are fused into the FFT convolution (computed in at least float32) and
+        the skip ``D`` rides on the filter's tap 0, the present token's weight.
+        """
         length = v.shape[-1]
-        work = compute_dtype(v.dtype)
-        v = v.to(work)
+        k = self.filter(length)
+        k = torch.cat([k[:, :1] + self.skip.to(k.dtype).unsqueeze(-1), k[:, 1:]], dim=-1)
         if self.causal:
-            conv = fft_conv(v, self.filter(length))
-        else:
-            conv = bidirectional_fft_conv(v, self.filter(length), self.filter_backward(length))
-        return conv + self.skip.to(work).unsqueeze(-1) * v
+            return fft_conv(v, k, pre_gate=x2, post_gate=x1)
+        return bidirectional_fft_conv(v, k, self.filter_backward(length), pre_gate=x2, post_gate=x1)
 
-    def _output(self, x1: torch.Tensor, conv: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Gate, dropout and output projection; ``x1, conv: (batch, d, ...)`` with the
-        channel axis second -> ``(batch, ..., d)`` in ``dtype``."""
-        y = (x1 * conv.to(x1.dtype)).movedim(1, -1)
-        return self.out_proj(self.dropout(y)).to(dtype)
+    def _output(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Dropout and output projection; ``y: (batch, d, ...)`` with the channel axis
+        second -> ``(batch, ..., d)`` in ``dtype``."""
+        return self.out_proj(self.dropout(y.movedim(1, -1))).to(dtype)
 
     def _check_length(self, length: int, argument: str = "x") -> None:
         if length > self.max_length:
@@ -121,8 +122,8 @@ class M2(Mixer):
         """``x: (batch, length, d_model)`` -> ``(batch, length, d_model)``, length <= max_length."""
         self.check_sequence(x)
         self._check_length(x.shape[1])
-        _, x1, v = self._streams(x)
-        return self._output(x1, self._long_conv(v), x.dtype)
+        _, x1, x2, v = self._streams(x)
+        return self._output(self._gated_long_conv(x1, x2, v), x.dtype)
 
     # -- recurrent form ---------------------------------------------------------------
     def init_state(
@@ -185,7 +186,7 @@ class M2(Mixer):
         conv = torch.einsum("bds,ds->bd", v_history, taps)
         conv = conv + self.skip.to(conv.dtype) * v_history[..., -1]
         new_state = dict(state, position=position + 1, short_conv=history, v=v_history)
-        return self._output(x1, conv, x_t.dtype), new_state
+        return self._output(x1 * conv.to(x1.dtype), x_t.dtype), new_state
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Run a prompt ``x: (batch, length, d_model)`` in parallel; returns ``(y, state)``.
@@ -202,13 +203,13 @@ class M2(Mixer):
                 f"x: expected a length of at most the state's max_length={state['max_length']}, "
                 f"got {x.shape[1]}"
             )
-        u, x1, v = self._streams(x)
-        y = self._output(x1, self._long_conv(v), x.dtype)
+        u, x1, x2, v = self._streams(x)
+        y = self._output(self._gated_long_conv(x1, x2, v), x.dtype)
         new_state = dict(
             state,
             position=x.shape[1],
             short_conv=self.short_conv.prefill_state(u).to(state["short_conv"].dtype),
-            v=v.to(state["v"].dtype),
+            v=(x2 * v).to(state["v"].dtype),
         )
         return y, new_state
 

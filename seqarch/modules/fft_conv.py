@@ -14,7 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..mixers.base import compute_dtype
+from ..kernels.fft_conv import fft_conv as _kernel_fft_conv
+from ..kernels.fft_conv import reference_fft_conv, triton_unsupported
 
 
 def _check_conv_args(u: torch.Tensor, k: torch.Tensor, filter_name: str, max_len: int) -> None:
@@ -32,8 +33,15 @@ def _check_conv_args(u: torch.Tensor, k: torch.Tensor, filter_name: str, max_len
         )
 
 
-def fft_conv(u: torch.Tensor, k: torch.Tensor, *, causal: bool = True) -> torch.Tensor:
-    """Depthwise long convolution by FFT.
+def fft_conv(
+    u: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    causal: bool = True,
+    pre_gate: torch.Tensor | None = None,
+    post_gate: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Depthwise long convolution by FFT, optionally gated: ``post_gate * conv(pre_gate * u, k)``.
 
     Args:
         u: ``(..., channels, length)`` input.
@@ -41,17 +49,25 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor, *, causal: bool = True) -> torch.
             and ``y[t] = sum_{s<=t} k[s] u[t-s]`` (FFT of size 2L).  Circular
             (``causal=False``): ``filter_length <= length`` and the convolution wraps
             around modulo ``length``.
+        pre_gate, post_gate: like ``u``, or None (Hyena / M2 gating, fused in the kernel).
     Returns:
         ``(..., channels, length)`` in ``u``'s dtype; computed in at least float32.
+
+    Lengths and dtypes the Triton kernel takes (:func:`seqarch.kernels.fft_conv.fft_conv`:
+    powers of two from 256 to 65536, float32 / bfloat16 / float16) go through it, so CUDA
+    tensors run the Monarch FFT kernel; any other call runs its rfft twin.
     """
     length = u.shape[-1]
     _check_conv_args(u, k, "k", length)
-    work = compute_dtype(u.dtype)
-    n = 2 * length if causal else length
-    u_f = torch.fft.rfft(u.to(work), n=n)
-    k_f = torch.fft.rfft(k.to(work), n=n)
-    y = torch.fft.irfft(u_f * k_f, n=n)[..., :length]
-    return y.to(u.dtype)
+    gates = {"pre_gate": pre_gate, "post_gate": post_gate}
+    for name, gate in gates.items():
+        if gate is not None and gate.shape != u.shape:
+            raise ValueError(f"{name}: expected shape {tuple(u.shape)} like u, got {tuple(gate.shape)}")
+    if triton_unsupported(length, u.dtype) is not None:
+        return reference_fft_conv(u, k, causal=causal, **gates)
+    # the kernel takes (batch, channels, length): fold the leading dimensions into one
+    flat = {name: None if g is None else g.reshape(-1, *u.shape[-2:]) for name, g in gates.items()}
+    return _kernel_fft_conv(u.reshape(-1, *u.shape[-2:]), k, causal=causal, **flat).reshape(u.shape)
 
 
 def two_sided_filter(k_forward: torch.Tensor, k_backward: torch.Tensor) -> torch.Tensor:
@@ -70,12 +86,20 @@ def two_sided_filter(k_forward: torch.Tensor, k_backward: torch.Tensor) -> torch
     return torch.cat([k_forward, torch.zeros_like(k_forward[..., :1]), backward], dim=-1)
 
 
-def bidirectional_fft_conv(u: torch.Tensor, k_forward: torch.Tensor, k_backward: torch.Tensor) -> torch.Tensor:
+def bidirectional_fft_conv(
+    u: torch.Tensor,
+    k_forward: torch.Tensor,
+    k_backward: torch.Tensor,
+    *,
+    pre_gate: torch.Tensor | None = None,
+    post_gate: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Non-causal long convolution: a forward filter on the past, a backward one on the future.
 
     Args:
         u: ``(..., channels, length)``.
         k_forward, k_backward: ``(channels, length)``.
+        pre_gate, post_gate: like ``u`` or None: ``post_gate * conv(pre_gate * u)`` as in :func:`fft_conv`.
     Returns:
         ``(..., channels, length)``; see :func:`two_sided_filter` for the formula.
     """
@@ -83,8 +107,15 @@ def bidirectional_fft_conv(u: torch.Tensor, k_forward: torch.Tensor, k_backward:
     _check_conv_args(u, k_forward, "k_forward", length)
     if k_forward.shape[-1] != length:
         raise ValueError(f"k_forward: expected filter length {length}, got {k_forward.shape[-1]}")
-    padded = F.pad(u, (0, length))
-    return fft_conv(padded, two_sided_filter(k_forward, k_backward), causal=False)[..., :length]
+
+    def padded(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else F.pad(x, (0, length))
+
+    conv = fft_conv(
+        padded(u), two_sided_filter(k_forward, k_backward), causal=False,
+        pre_gate=padded(pre_gate), post_gate=padded(post_gate),
+    )
+    return conv[..., :length]
 
 
 def ssm_conv(u: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:

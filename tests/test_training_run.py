@@ -51,7 +51,7 @@ def test_attention_learns_mqar_to_099():
     config = validate({
         "data": {"task": "mqar", "vocab_size": 256, "seq_len": 64, "num_kv_pairs": 4},
         "model": {"d_model": 64, "n_layers": 2, "mixer": "attention"},
-        "train": {"steps": 1000, "batch_size": 64, "lr": 1e-3, "eval_every": 100, "stop_at": 0.99},
+        "train": {"steps": 1200, "batch_size": 64, "lr": 3e-3, "eval_every": 100, "stop_at": 0.99},
         "trainer": {"enable_progress_bar": False, "accelerator": "cpu"}, "logger": "csv",
     })
     import tempfile

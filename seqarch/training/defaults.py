@@ -18,8 +18,8 @@ DEFAULT_CONFIG: dict = {
     "model": {"d_model": 64, "n_layers": 2, "channel_mixer": "glu"},
     "architectures": ["attention", "s4d", "s4", "m2"],
     "budget": {"params": 120000},
-    "train": {"steps": 800, "batch_size": 64, "lr": 1.0e-3, "weight_decay": 0.1, "warmup_steps": 30,
-              "eval_every": 100, "checkpoint_every": 400, "stop_at": 0.99, "seed": 0},
+    "train": {"steps": 1200, "batch_size": 64, "lr": 3.0e-3, "weight_decay": 0.1, "warmup_steps": 30,
+              "eval_every": 100, "checkpoint_every": 600, "stop_at": 0.99, "seed": 0},
 }
 
 

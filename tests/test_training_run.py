@@ -188,3 +188,20 @@ def test_compare_writes_the_report_plots_csv_and_checkpoints(tmp_path, capsys):
             run = folder / arch / lr
             assert (run / "logs" / "metrics.csv").exists()
             assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-0000002.ckpt", "step-0000004.ckpt"]
+
+
+def test_listops_classification_trains_through_the_same_path(tmp_path):
+    config = validate({
+        "data": {"task": "listops", "seq_len": 64, "num_train": 64, "num_test": 32},
+        "model": {"d_model": 16, "mixer": "s4d", "causal": False},
+        "train": {"steps": 6, "batch_size": 8, "eval_every": 3, "checkpoint_every": 6, "lr": 3e-3},
+        "trainer": {"enable_progress_bar": False, "accelerator": "cpu"},
+    })
+    bundle = build_data(config["data"], seed=0)
+    assert bundle.kind == "classification" and bundle.num_classes == 10
+    result = fit(config, tmp_path / "run")
+    assert result["metric"] == "val/accuracy" and 0.0 <= result["best"] <= 1.0
+    assert [h["step"] for h in result["history"]] == [3, 6]
+    assert result["state_size"] == 0  # bidirectional: no recurrent state
+    state = check_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000006.ckpt")
+    assert any(k.startswith("model.head.") for k in state["state_dict"])

@@ -17,7 +17,7 @@ log = logging.getLogger("seqarch")
 
 EPILOG = """\
 configs (YAML) have the sections name, data, model, architectures, budget, train,
-trainer, logger, wandb and output; see experiments/*.yaml and
+trainer, logger, wandb, output and sweep; see experiments/*.yaml and
 seqarch/training/config.py for every key and its default. Examples:
 
   seqarch compare                                   # embedded MQAR default (CPU, < 10 min)

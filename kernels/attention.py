@@ -16,14 +16,13 @@ so the kernels use ``exp2``; the saved log-sum-exp is in those units too.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .backend import backend, interpreting, triton_available
+from .backend import backend, device_guard, interpreting, triton_available
 
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -215,7 +214,7 @@ class FlashAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, causal: bool, scale: float):
-        with _device_guard(q):
+        with device_guard(q):
             out, lse = _forward(q, k, v, causal, scale)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.causal, ctx.scale = causal, scale
@@ -224,14 +223,9 @@ class FlashAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        with _device_guard(q):
+        with device_guard(q):
             dq, dk, dv = _backward(grad_out, q, k, v, out, lse, ctx.causal, ctx.scale)
         return dq, dk, dv, None, None
-
-
-def _device_guard(tensor: torch.Tensor):
-    # Triton launches on the current CUDA device; make it the tensors' device.
-    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 
@@ -276,6 +270,32 @@ if triton_available():
         return first, unmasked
 
     @triton.jit
+    def _key_block_scores(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd, rows, cols, dims,
+                          length_q, length_kv, qk_scale, VALUES_T: tl.constexpr, MASKED: tl.constexpr,
+                          CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+        """For the key block ``cols`` (shared by the forward and the dQ loops): ``K^T`` ``(HEAD_DIM, BLOCK_N)``,
+        ``V`` ``(BLOCK_N, HEAD_DIM)`` (``V^T`` when ``VALUES_T``) and the scores ``q K^T * qk_scale``
+        ``(BLOCK_M, BLOCK_N)`` with ``-inf`` where masked (only ``MASKED`` blocks pay for the mask)."""
+        k_ptrs = k_base + cols[None, :] * stride_kn + dims[:, None] * stride_kd
+        if VALUES_T:
+            v_ptrs = v_base + cols[None, :] * stride_vn + dims[:, None] * stride_vd
+            v_ok = cols[None, :] < length_kv
+        else:
+            v_ptrs = v_base + cols[:, None] * stride_vn + dims[None, :] * stride_vd
+            v_ok = cols[:, None] < length_kv
+        if MASKED:
+            keys_t = tl.load(k_ptrs, mask=cols[None, :] < length_kv, other=0.0)
+            values = tl.load(v_ptrs, mask=v_ok, other=0.0)
+        else:
+            keys_t = tl.load(k_ptrs)
+            values = tl.load(v_ptrs)
+        scores = tl.dot(q, keys_t, input_precision=PRECISION) * qk_scale
+        if MASKED:
+            allowed = _allowed(rows[:, None], cols[None, :], length_q, length_kv, CAUSAL)
+            scores = tl.where(allowed, scores, float("-inf"))
+        return keys_t, values, scores
+
+    @triton.jit
     def _forward_key_blocks(acc, row_sum, row_max, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                             rows, start, stop, length_q, length_kv, qk_scale, MASKED: tl.constexpr,
                             CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -284,18 +304,9 @@ if triton_available():
         dims = tl.arange(0, HEAD_DIM)
         for start_n in range(start, stop, BLOCK_N):
             cols = start_n + tl.arange(0, BLOCK_N)
-            k_ptrs = k_base + cols[None, :] * stride_kn + dims[:, None] * stride_kd
-            v_ptrs = v_base + cols[:, None] * stride_vn + dims[None, :] * stride_vd
-            if MASKED:
-                keys_t = tl.load(k_ptrs, mask=cols[None, :] < length_kv, other=0.0)
-                values = tl.load(v_ptrs, mask=cols[:, None] < length_kv, other=0.0)
-            else:
-                keys_t = tl.load(k_ptrs)
-                values = tl.load(v_ptrs)
-            scores = tl.dot(q, keys_t, input_precision=PRECISION) * qk_scale
-            if MASKED:
-                allowed = _allowed(rows[:, None], cols[None, :], length_q, length_kv, CAUSAL)
-                scores = tl.where(allowed, scores, float("-inf"))
+            _keys_t, values, scores = _key_block_scores(
+                q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd, rows, cols, dims, length_q,
+                length_kv, qk_scale, False, MASKED, CAUSAL, PRECISION)
             new_max = tl.maximum(row_max, tl.max(scores, 1))
             probs = tl.exp2(scores - new_max[:, None])
             correction = tl.exp2(row_max - new_max)
@@ -433,18 +444,9 @@ if triton_available():
         dims = tl.arange(0, HEAD_DIM)
         for start_n in range(start, stop, BLOCK_N):
             cols = start_n + tl.arange(0, BLOCK_N)
-            k_ptrs = k_base + cols[None, :] * stride_kn + dims[:, None] * stride_kd
-            v_ptrs = v_base + cols[None, :] * stride_vn + dims[:, None] * stride_vd
-            if MASKED:
-                keys_t = tl.load(k_ptrs, mask=cols[None, :] < length_kv, other=0.0)
-                values_t = tl.load(v_ptrs, mask=cols[None, :] < length_kv, other=0.0)
-            else:
-                keys_t = tl.load(k_ptrs)
-                values_t = tl.load(v_ptrs)
-            scores = tl.dot(q, keys_t, input_precision=PRECISION) * qk_scale
-            if MASKED:
-                allowed = _allowed(rows[:, None], cols[None, :], length_q, length_kv, CAUSAL)
-                scores = tl.where(allowed, scores, float("-inf"))
+            keys_t, values_t, scores = _key_block_scores(
+                q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd, rows, cols, dims, length_q,
+                length_kv, qk_scale, True, MASKED, CAUSAL, PRECISION)
             probs = tl.exp2(scores - lse[:, None])
             dprobs = tl.dot(grad, values_t, input_precision=PRECISION)
             dscores = probs * (dprobs - delta[:, None])

@@ -16,7 +16,7 @@ import contextlib
 import functools
 import os
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -30,9 +30,9 @@ _override = threading.local()
 def triton_available() -> bool:
     """True when ``import triton`` works in this environment."""
     try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:  # a broken install raises more than ImportError
+        import triton
+        import triton.language
+    except Exception:
         return False
     return True
 
@@ -95,3 +95,9 @@ def use_backend(choice: str) -> Iterator[None]:
         yield
     finally:
         _override.choice = previous
+
+
+def device_guard(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Make ``tensor``'s CUDA device the current one around a Triton launch (Triton launches on the
+    current device; without this, tensors on ``cuda:1`` would be read by a kernel on ``cuda:0``)."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()

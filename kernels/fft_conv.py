@@ -35,7 +35,7 @@ import math
 
 import torch
 
-from .backend import backend, requested_backend, triton_available
+from .backend import backend, device_guard, requested_backend, triton_available
 
 MIN_LENGTH = 256  # the smallest DFT factor a GPU tl.dot takes is 16, and 16 * 16 = 256
 MAX_LENGTH = 65536  # the outer DFT factor N1 stays <= 128 up to N = 2 * 65536
@@ -370,7 +370,8 @@ class _FFTConvFunction(torch.autograd.Function):
         y = torch.empty_like(u)
         # grad_post_gate = grad_y * conv(pre_gate * u, k): keep the ungated convolution when it will be needed
         z = torch.empty(u.shape, device=u.device, dtype=torch.float32) if keep_conv else None
-        _launch(u, pre, plan=plan, precision=precision, spectrum=spectrum, out=y, out_gate=post, raw=z)
+        with device_guard(u):
+            _launch(u, pre, plan=plan, precision=precision, spectrum=spectrum, out=y, out_gate=post, raw=z)
         ctx.save_for_backward(u, pre, post, z, spectrum)
         ctx.plan, ctx.precision, ctx.k_shape, ctx.k_dtype = plan, precision, k.shape, k.dtype
         return y
@@ -394,7 +395,8 @@ class _FFTConvFunction(torch.autograd.Function):
             per_sequence = torch.empty(*u.shape[:2], ctx.k_shape[-1], device=u.device, dtype=torch.float32)
             pair_part = {"b": u, "b_gate": pre, "pair": per_sequence}
         if filter_part or pair_part:  # one launch: both share the FFT of post * grad_y
-            _launch(grad_y, post, plan=ctx.plan, precision=ctx.precision, **filter_part, **pair_part)
+            with device_guard(u):
+                _launch(grad_y, post, plan=ctx.plan, precision=ctx.precision, **filter_part, **pair_part)
         if need_k:
             grad_k = per_sequence.sum(0).to(ctx.k_dtype)
         if need_post:
@@ -434,7 +436,7 @@ def _check_inputs(u, k, pre_gate, post_gate, causal) -> None:
         if gate.device != u.device:
             raise ValueError(f"{name}: expected device {u.device} like u, got {gate.device}")
     if not isinstance(causal, bool):
-        raise ValueError(f"causal: expected a bool, got {causal!r}")  # noqa: TRY004 (house rule: ValueError)
+        raise ValueError(f"causal: expected a bool, got {causal!r}")
 
 
 def fft_conv(

@@ -26,12 +26,11 @@ fixed order, no atomics).
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import torch
 
-from .backend import backend, interpreting, triton_available
+from .backend import backend, device_guard, interpreting, triton_available
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 DTYPES = (*TRITON_DTYPES, torch.float64)
@@ -241,7 +240,7 @@ class MonarchMatmulFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, blkdiag1, blkdiag2):
-        with _device_guard(x):
+        with device_guard(x):
             y = _forward(x, blkdiag1, blkdiag2)
         ctx.save_for_backward(x, blkdiag1, blkdiag2)
         return y
@@ -249,13 +248,8 @@ class MonarchMatmulFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, blkdiag1, blkdiag2 = ctx.saved_tensors
-        with _device_guard(x):
+        with device_guard(x):
             return _backward(grad_out, x, blkdiag1, blkdiag2)
-
-
-def _device_guard(tensor: torch.Tensor):
-    # Triton launches on the current CUDA device; make it the tensors' device.
-    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 if triton_available():

@@ -20,13 +20,12 @@ sums of the weight and bias gradients, which a deterministic ``sum`` then reduce
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .backend import backend, interpreting, triton_available
+from .backend import backend, device_guard, interpreting, triton_available
 
 MAX_TRITON_KERNEL_SIZE = 8
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -156,7 +155,7 @@ class ShortConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        with _device_guard(x):
+        with device_guard(x):
             out = _forward(x, weight, bias)
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
@@ -165,14 +164,9 @@ class ShortConvFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        with _device_guard(x):
+        with device_guard(x):
             dx, dweight, dbias = _backward(grad_out, x, weight, ctx.has_bias)
         return dx, dweight, dbias
-
-
-def _device_guard(tensor: torch.Tensor):
-    # Triton launches on the current CUDA device; make it the tensors' device.
-    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 if triton_available():

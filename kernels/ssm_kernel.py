@@ -25,7 +25,7 @@ import math
 import torch
 
 from . import ssm_kernel_triton as triton_ops
-from .backend import backend
+from .backend import backend, device_guard
 
 # Complex dtypes the Triton kernels run in; complex128 inputs take the twin (documented below).
 TRITON_DTYPES = (torch.complex64,)
@@ -75,14 +75,16 @@ class VandermondeTriton(torch.autograd.Function):
         rows = coef.reshape(-1, coef.shape[-1])
         ctx.save_for_backward(rows, log_z)
         ctx.coef_shape = coef.shape
-        out = triton_ops.vandermonde_forward(rows, log_z, length)
+        with device_guard(rows):
+            out = triton_ops.vandermonde_forward(rows, log_z, length)
         return out.reshape(*coef.shape[:-1], length)
 
     @staticmethod
     def backward(ctx, grad_out):
         rows, log_z = ctx.saved_tensors
         grad = grad_out.reshape(rows.shape[0], -1).to(torch.float32)
-        s0, s1 = triton_ops.vandermonde_backward_sums(grad, log_z)
+        with device_guard(grad):
+            s0, s1 = triton_ops.vandermonde_backward_sums(grad, log_z)
         grad_coef = (2 * s0.conj()).reshape(ctx.coef_shape) if ctx.needs_input_grad[0] else None
         grad_log_z = None
         if ctx.needs_input_grad[1]:
@@ -174,11 +176,13 @@ class CauchyTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, numerators, a, b, lam):
         ctx.save_for_backward(numerators, a, b, lam)
-        return triton_ops.cauchy_forward(numerators, a, b, lam)
+        with device_guard(numerators):
+            return triton_ops.cauchy_forward(numerators, a, b, lam)
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_num, grad_b, grad_lam = triton_ops.cauchy_backward(grad_out, *ctx.saved_tensors)
+        with device_guard(grad_out):
+            grad_num, grad_b, grad_lam = triton_ops.cauchy_backward(grad_out, *ctx.saved_tensors)
         return grad_num, None, grad_b, grad_lam
 
 

@@ -162,18 +162,25 @@ if triton_available():
         return tl.load(ptr_r + offsets, mask=mask, other=0.0), tl.load(ptr_i + offsets, mask=mask, other=0.0)
 
     @triton.jit
+    def _frequency_tile(a_r, a_i, b_r, b_i, h, l0, length, BLOCK_L: tl.constexpr):
+        """Frequencies ``[l0, l0 + BLOCK_L)`` of channel ``h``: offsets, mask, ``a[l]`` and ``b[h, l]``."""
+        offs_l = l0 + tl.arange(0, BLOCK_L)
+        mask_l = offs_l < length
+        ar, ai = _load_complex(a_r, a_i, offs_l, mask_l)
+        br, bi = _load_complex(b_r, b_i, h * length + offs_l, mask_l)
+        return offs_l, mask_l, ar, ai, br, bi
+
+    @triton.jit
     def _cauchy_fwd_kernel(
         num_r, num_i, a_r, a_i, b_r, b_i, lam_r, lam_i, out_r, out_i, sums, state, length,
         BLOCK_J: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
     ):
         # One program: one channel, one frequency tile; (sums, frequencies) accumulators in registers.
         h = tl.program_id(0).to(tl.int64)
-        offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-        mask_l = offs_l < length
+        offs_l, mask_l, ar, ai, br, bi = _frequency_tile(a_r, a_i, b_r, b_i, h, tl.program_id(1) * BLOCK_L, length,
+                                                         BLOCK_L)
         offs_j = tl.arange(0, BLOCK_J)
         mask_j = offs_j < sums
-        ar, ai = _load_complex(a_r, a_i, offs_l, mask_l)
-        br, bi = _load_complex(b_r, b_i, h * length + offs_l, mask_l)
         acc_r = tl.zeros([BLOCK_J, BLOCK_L], dtype=tl.float32)
         acc_i = tl.zeros([BLOCK_J, BLOCK_L], dtype=tl.float32)
         for n0 in range(0, state, BLOCK_N):
@@ -206,12 +213,10 @@ if triton_available():
     ):
         # grad_b[h, l] = sum_n conj(lambda_n) W[n, l]: one program per (channel, frequency tile).
         h = tl.program_id(0).to(tl.int64)
-        offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-        mask_l = offs_l < length
+        offs_l, mask_l, ar, ai, br, bi = _frequency_tile(a_r, a_i, b_r, b_i, h, tl.program_id(1) * BLOCK_L, length,
+                                                         BLOCK_L)
         offs_j = tl.arange(0, BLOCK_J)
         mask_j = offs_j < sums
-        ar, ai = _load_complex(a_r, a_i, offs_l, mask_l)
-        br, bi = _load_complex(b_r, b_i, h * length + offs_l, mask_l)
         g_offsets = h * sums * length + offs_j[:, None] * length + offs_l[None, :]
         gr, gi = _load_complex(g_r, g_i, g_offsets, mask_j[:, None] & mask_l[None, :])
         acc_r = tl.zeros([BLOCK_L], dtype=tl.float32)
@@ -249,10 +254,7 @@ if triton_available():
         acc_l_r = tl.zeros([BLOCK_N], dtype=tl.float32)
         acc_l_i = tl.zeros([BLOCK_N], dtype=tl.float32)
         for l0 in range(0, length, BLOCK_L):
-            offs_l = l0 + tl.arange(0, BLOCK_L)
-            mask_l = offs_l < length
-            ar, ai = _load_complex(a_r, a_i, offs_l, mask_l)
-            br, bi = _load_complex(b_r, b_i, h * length + offs_l, mask_l)
+            offs_l, mask_l, ar, ai, br, bi = _frequency_tile(a_r, a_i, b_r, b_i, h, l0, length, BLOCK_L)
             rr, ri = _reciprocals(ar, ai, br, bi, lr, li, mask_n[:, None] & mask_l[None, :])
             g_offsets = h * sums * length + offs_j[:, None] * length + offs_l[None, :]
             gr, gi = _load_complex(g_r, g_i, g_offsets, mask_j[:, None] & mask_l[None, :])

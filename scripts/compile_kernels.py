@@ -1,0 +1,222 @@
+"""Compile every Triton kernel of ``seqarch.kernels`` ahead of time for a GPU architecture, without a GPU.
+
+    python scripts/compile_kernels.py               # sm_90 (H100 / H200)
+    python scripts/compile_kernels.py --arch 80     # sm_80 (A100)
+    python scripts/compile_kernels.py --quick       # one case per code path (tests/test_kernel_compile.py)
+
+Triton's CPU interpreter (what the tests use without a GPU) accepts code that the GPU
+compiler rejects: a ``tl.dot`` smaller than 16, a layout the backend cannot lower, a
+wrong pointer type. This script catches those without a GPU. It runs every kernel's
+autograd function forward and backward on *fake* CUDA tensors (``FakeTensorMode``:
+shapes, dtypes and strides, no memory and no device), so the launchers pick their
+real GPU tiles. It records each Triton launch instead of running it. Then it compiles
+each recorded launch (kernel, argument types, constexprs, ``num_warps``,
+``num_stages``) with ``triton.compile`` for ``cuda:<arch>``, through ptxas. It prints
+one line per kernel and exits 1 if any compile fails.
+
+Needs triton and must run without ``TRITON_INTERPRET`` (it unsets it for itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+import types
+
+os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: compile, do not interpret
+
+import torch
+import triton
+from torch._subclasses.fake_tensor import FakeTensorMode
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from seqarch.kernels import attention as attention_mod
+from seqarch.kernels import fft_conv as fft_conv_mod
+from seqarch.kernels import monarch_matmul as monarch_mod
+from seqarch.kernels import short_conv as short_conv_mod
+from seqarch.kernels import ssm_kernel as ssm_mod
+from seqarch.kernels import ssm_kernel_triton as ssm_triton_mod
+
+KERNEL_MODULES = (attention_mod, fft_conv_mod, monarch_mod, short_conv_mod, ssm_triton_mod)
+POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.float64: "*fp64",
+                 torch.int32: "*i32", torch.int64: "*i64"}
+LAUNCH_OPTIONS = ("num_warps", "num_stages")
+
+
+class Launch(types.SimpleNamespace):
+    """One recorded launch: ``kernel`` (the JITFunction), ``args``, ``constexprs`` and ``options``."""
+
+
+def _argument_type(name: str, value) -> str:
+    if isinstance(value, torch.Tensor):
+        if value.dtype not in POINTER_TYPES:
+            raise TypeError(f"{name}: no Triton pointer type for {value.dtype}")
+        return POINTER_TYPES[value.dtype]
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -(2**31) <= value < 2**31 else "i64"
+    if isinstance(value, float):
+        return "fp32"
+    raise TypeError(f"{name}: cannot type a launch argument of type {type(value).__name__}")
+
+
+@contextlib.contextmanager
+def recording(launches: list[Launch]):
+    """Replace every ``*_kernel`` JITFunction of the kernel modules by a recorder for the duration."""
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                options = {key: kwargs.pop(key) for key in LAUNCH_OPTIONS if key in kwargs}
+                launches.append(Launch(kernel=self.kernel, args=args, constexprs=kwargs, options=options))
+            return launch
+
+    saved = []
+    for module in KERNEL_MODULES:
+        for name, value in vars(module).items():
+            if name.endswith("_kernel") and isinstance(value, triton.runtime.JITFunction):
+                saved.append((module, name, value))
+                setattr(module, name, Recorder(value))
+    # No device exists: make the launchers' CUDA queries answer as an H100 would.
+    real_properties, real_device = torch.cuda.get_device_properties, torch.cuda.device
+    torch.cuda.get_device_properties = lambda device=None: types.SimpleNamespace(multi_processor_count=132)
+    torch.cuda.device = lambda device: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+        torch.cuda.get_device_properties, torch.cuda.device = real_properties, real_device
+
+
+class _CudaFreeOps(torch.overrides.TorchFunctionMode):
+    """Ops that a CPU-only torch cannot run even on fake CUDA tensors (they ask for a CUDA device
+    guard): integer and index-tensor indexing, ``.real``/``.imag`` and ``torch.complex``, rewritten into equivalents."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.__getitem__:
+            tensor, key = args
+            key = key if isinstance(key, tuple) else (key,)
+            dim = len(key) - 1
+            if all(k == slice(None) for k in key[:-1]):  # x[..., i] and x[:, index_tensor]
+                if isinstance(key[-1], int):
+                    return tensor.select(dim, key[-1])
+                if isinstance(key[-1], torch.Tensor):
+                    return tensor.index_select(dim, key[-1])
+        part = getattr(getattr(func, "__self__", None), "__name__", None)  # a getter: the attribute's name
+        if getattr(func, "__name__", None) == "__get__" and part in ("real", "imag"):
+            # a fresh real tensor: its copies (``.contiguous()``) need no guard, and fake values do not matter
+            return torch.empty(args[0].shape, device=args[0].device, dtype=args[0].real.dtype)
+        if func is torch.complex:
+            return torch.view_as_complex(torch.stack([args[0], args[1]], -1))
+        return func(*args, **kwargs)
+
+
+class _Context(types.SimpleNamespace):
+    """Stands in for autograd's ``ctx``: autograd itself cannot run on fake CUDA tensors in a CPU-only torch."""
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+
+def _run(function: type[torch.autograd.Function], *inputs) -> None:
+    """``function.forward`` then ``function.backward`` with every tensor input wanting a gradient."""
+    ctx = _Context(needs_input_grad=tuple(isinstance(x, torch.Tensor) for x in inputs))
+    out = function.forward(ctx, *inputs)
+    function.backward(ctx, torch.empty_like(out))
+
+
+def exercise_kernels(quick: bool = False) -> list[Launch]:
+    """Run every kernel's autograd function forward and backward on fake CUDA tensors at GPU-sized
+    shapes (the public functions' checks are the tests' business); returns the launches.
+    ``quick``: half-precision cases only, one per code path, and a short SSM length."""
+    launches: list[Launch] = []
+    bf16, fp16, fp32, complex64 = torch.bfloat16, torch.float16, torch.float32, torch.complex64
+    attention_cases = [(bf16, 64, 2, True)] + ([] if quick else [(bf16, 128, 8, False), (fp16, 32, 8, True),
+                                                                 (fp32, 64, 8, False)])
+    monarch_cases = [(4096, 4, bf16)] + ([] if quick else [(4096, 2, bf16), (1024, 32, bf16), (1024, 4, fp32)])
+    fft_cases = [(1024, True, bf16), (8192, True, bf16)] + ([] if quick else [(2048, False, fp32)])
+    short_conv_cases = [(4, bf16)] + ([] if quick else [(3, fp32)])
+    ssm_length = 256 if quick else 4096
+    with recording(launches), FakeTensorMode(), _CudaFreeOps():
+        def empty(*shape, dtype=bf16):
+            return torch.empty(*shape, device="cuda", dtype=dtype)
+
+        for dtype, head_dim, n_kv_heads, causal in attention_cases:
+            q = empty(2, 8, 1024, head_dim, dtype=dtype)
+            k, v = (empty(2, n_kv_heads, 1024, head_dim, dtype=dtype) for _ in range(2))
+            _run(attention_mod.FlashAttention, q, k, v, causal, head_dim**-0.5)
+        for width, nblocks, dtype in monarch_cases:
+            block = width // nblocks
+            _run(monarch_mod.MonarchMatmulFunction, empty(512, width, dtype=dtype),
+                 empty(nblocks, block, block, dtype=dtype), empty(nblocks, block, block, dtype=dtype))
+        for length, causal, dtype in fft_cases:
+            u, pre, post = (empty(2, 64, length, dtype=dtype) for _ in range(3))
+            _run(fft_conv_mod._FFTConvFunction, u, empty(64, length, dtype=fp32), pre, post, causal, True)
+        for kernel_size, dtype in short_conv_cases:
+            _run(short_conv_mod.ShortConvFunction, empty(4, 256, 2048, dtype=dtype),
+                 empty(256, kernel_size, dtype=dtype), empty(256, dtype=dtype))
+        _run(ssm_mod.VandermondeTriton, empty(2, 256, 32, dtype=complex64), empty(256, 32, dtype=complex64),
+             ssm_length)
+        _run(ssm_mod.CauchyTriton, empty(256, 4, 32, dtype=complex64), empty(ssm_length, dtype=complex64),
+             empty(256, ssm_length, dtype=complex64), empty(256, 32, dtype=complex64))
+    return launches
+
+
+def compile_launch(launch: Launch, arch: int):
+    """``triton.compile`` of one recorded launch for ``cuda:arch``; returns the compiled kernel."""
+    kernel = launch.kernel
+    names = kernel.arg_names
+    positional = iter(launch.args)
+    signature, constexprs = {}, {}
+    for index, name in enumerate(names):
+        if name in launch.constexprs:
+            signature[name] = "constexpr"
+            constexprs[(index,)] = launch.constexprs[name]
+        else:
+            signature[name] = _argument_type(name, next(positional))
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=launch.options)
+
+
+def describe(launch: Launch) -> str:
+    types_ = sorted({POINTER_TYPES[a.dtype] for a in launch.args if isinstance(a, torch.Tensor)})
+    consts = ", ".join(f"{k}={v}" for k, v in launch.constexprs.items())
+    opts = ", ".join(f"{k}={v}" for k, v in launch.options.items())
+    return f"{launch.kernel.__name__} [{' '.join(types_)}] {consts}; {opts}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (default 90: H100/H200)")
+    parser.add_argument("--quick", action="store_true",
+                        help="half precision only, one case per code path (what the test suite runs, ~1 min)")
+    args = parser.parse_args(argv)
+    launches = exercise_kernels(args.quick)
+    unique = {describe(launch): launch for launch in launches}
+    failures = 0
+    for text, launch in unique.items():
+        start = time.perf_counter()
+        try:
+            compiled = compile_launch(launch, args.arch)
+        except Exception as error:
+            failures += 1
+            sys.stdout.write(f"FAIL {text}\n     {type(error).__name__}: {str(error)[-2000:]}\n")
+            continue
+        mma = "mma" in compiled.asm["ptx"]
+        sys.stdout.write(f"ok   {time.perf_counter() - start:5.1f}s  tensor cores={mma}  {text}\n")
+    sys.stdout.write(f"{len(unique) - failures} of {len(unique)} kernel launches compiled for sm_{args.arch}\n")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,9 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 import benchlib
+import torch
 
 DEFAULT_LENGTHS = [256, 512, 1024, 2048, 4096, 8192, 16384]
 

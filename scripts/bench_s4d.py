@@ -17,9 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 import benchlib
+import torch
 
 
 def minimal_kernel(layer, length: int, dtype: torch.dtype) -> torch.Tensor:

@@ -14,9 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 import benchlib
+import torch
 
 
 def step_seconds(mixer, position: int, batch: int, steps: int, device: torch.device) -> float:

@@ -10,7 +10,13 @@ from .models import LanguageModel, ModelConfig, ResidualBlock, SequenceClassifie
 __version__ = "0.1.0"
 
 __all__ = [
-    "MIXERS", "Mixer", "build_mixer", "register_mixer",
-    "ModelConfig", "ResidualBlock", "LanguageModel", "SequenceClassifier",
+    "MIXERS",
+    "LanguageModel",
+    "Mixer",
+    "ModelConfig",
+    "ResidualBlock",
+    "SequenceClassifier",
     "__version__",
+    "build_mixer",
+    "register_mixer",
 ]

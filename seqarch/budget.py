@@ -176,11 +176,11 @@ def match_budget(
 
     if by == "width":
         values = list(range(width_multiple, max_width + 1, width_multiple))
-        resize = lambda width: {"d_model": width, "d_ff": None}  # noqa: E731
+        resize = lambda width: {"d_model": width, "d_ff": None}
     else:
         names = config.layer_mixers
         values = list(range(1, max_depth + 1))
-        resize = lambda depth: {  # noqa: E731
+        resize = lambda depth: {
             "n_layers": depth,
             "mixer": config.mixer if isinstance(config.mixer, str) else [names[i % len(names)] for i in range(depth)],
         }

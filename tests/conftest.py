@@ -12,9 +12,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
+import pytest
 
-import seqarch  # noqa: E402
+import seqarch
 
 # Small options per mixer so the contract suite stays fast on a CPU; a mixer not
 # listed here runs with its defaults.

@@ -7,6 +7,9 @@ import math
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import seqarch
 from seqarch.kernels import attention as attention_module
 from seqarch.kernels import triton_available, use_backend
 from seqarch.kernels.attention import (
@@ -16,9 +19,6 @@ from seqarch.kernels.attention import (
     attention_reference,
     offtheshelf_attention,
 )
-from torch.nn.attention import SDPBackend, sdpa_kernel
-
-import seqarch
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="needs triton")
 

@@ -4,15 +4,15 @@ the twin against the float64 dense matrix, input checks, backend choice, and Mon
 from __future__ import annotations
 
 import pytest
-import seqarch.kernels.monarch_matmul as module
 import torch
+
+import seqarch.kernels.monarch_matmul as module
 from seqarch.kernels import backend, use_backend
 from seqarch.kernels.monarch_matmul import (
     monarch_matmul,
     monarch_matmul_reference,
     offtheshelf_monarch_matmul,
 )
-
 from seqarch.modules.monarch import MonarchLinear, monarch_mid_features
 
 

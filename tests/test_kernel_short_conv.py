@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from seqarch.kernels import backend, use_backend
 from seqarch.kernels.short_conv import (
     offtheshelf_short_conv,
     short_conv,
     short_conv_reference,
 )
-
 from seqarch.modules.short_conv import ShortConv
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+import seqarch
 from seqarch.kernels import ssm_kernel, ssm_kernel_triton, use_backend
 from seqarch.kernels.ssm_kernel import (
     cauchy_kernel,
@@ -16,8 +18,6 @@ from seqarch.kernels.ssm_kernel import (
     vandermonde_kernel,
     vandermonde_reference,
 )
-
-import seqarch
 
 
 def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:

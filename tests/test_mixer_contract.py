@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import D_MODEL, small_mixer
 
 import seqarch
-from conftest import D_MODEL, small_mixer
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SMALL_OPTIONS
 
 import seqarch
-from conftest import SMALL_OPTIONS
 
 
 def small_config(mixer, **changes):

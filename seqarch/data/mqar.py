@@ -119,7 +119,7 @@ def build_mqar(spec: Mapping[str, Any], *, seed: int, cache_dir=None) -> DataBun
     num_test = check_int(options, "num_test")
     power_a = check_float(options, "power_a", low=0.0, high=1.0, open_low=True)
     if not isinstance(options["random_non_queries"], bool):
-        raise ValueError(f"data.random_non_queries: expected true or false, got {options['random_non_queries']!r}")  # noqa: TRY004 (house rule: bad config values are ValueErrors)
+        raise ValueError(f"data.random_non_queries: expected true or false, got {options['random_non_queries']!r}")
     check_mqar_shape(vocab_size, seq_len, num_kv_pairs, prefix="data.")
     shape = {"vocab_size": vocab_size, "seq_len": seq_len, "num_kv_pairs": num_kv_pairs, "power_a": power_a,
                  "random_non_queries": options["random_non_queries"]}

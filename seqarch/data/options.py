@@ -28,7 +28,7 @@ def check_int(options: Mapping[str, Any], key: str, *, minimum: int = 1, maximum
     """``options[key]`` as an int in ``[minimum, maximum]`` (bools are not ints here)."""
     value = options[key]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"data.{key}: expected an integer, got {value!r}")  # noqa: TRY004
+        raise ValueError(f"data.{key}: expected an integer, got {value!r}")
     if value < minimum or (maximum is not None and value > maximum):
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ValueError(f"data.{key}: expected an integer {bound}, got {value}")
@@ -43,7 +43,7 @@ def check_float(options: Mapping[str, Any], key: str, *, low: float, high: float
     """``options[key]`` as a float in ``[low, high]`` (``(low, high]`` when ``open_low``)."""
     value = options[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"data.{key}: expected a number, got {value!r}")  # noqa: TRY004
+        raise ValueError(f"data.{key}: expected a number, got {value!r}")
     if value > high or value < low or (open_low and value == low):
         bracket = "(" if open_low else "["
         raise ValueError(f"data.{key}: expected a number in {bracket}{low}, {high}], got {value}")

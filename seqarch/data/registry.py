@@ -34,7 +34,7 @@ def build_data(spec: Mapping[str, Any], *, seed: int, cache_dir: str | os.PathLi
     defaults to ``$SEQARCH_CACHE`` or ``~/.cache/seqarch``.
     """
     if not isinstance(spec, Mapping):
-        raise ValueError(f"data: expected a mapping with a 'task' key, got {type(spec).__name__}")  # noqa: TRY004
+        raise ValueError(f"data: expected a mapping with a 'task' key, got {type(spec).__name__}")
     task = spec.get("task")
     if task not in DATA_SOURCES:
         raise ValueError(f"data.task: expected one of {', '.join(DATA_SOURCES)}, got {task!r}")

@@ -95,7 +95,7 @@ def _read_records(path: Path, relative: str, text_field: str) -> Iterator[tuple[
 
 def _field(record: Any, text_field: str, where: str) -> str:
     if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-        raise ValueError(  # noqa: TRY004
+        raise ValueError(
             f"data.text_field: expected a string field {text_field!r} in every record, got none at {where}"
         )
     return record[text_field]

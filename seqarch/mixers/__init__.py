@@ -3,6 +3,6 @@
 from .base import MIXERS, Mixer, build_mixer, register_mixer
 
 # Importing a family module registers its mixers.
-from . import attention, m2, s4, s4d  # noqa: E402,F401  isort: skip
+from . import attention, m2, s4, s4d
 
 __all__ = ["MIXERS", "Mixer", "build_mixer", "register_mixer"]

@@ -26,17 +26,18 @@ contract (see DESIGN.md):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 State = dict[str, Any]
 
-MIXERS: dict[str, type["Mixer"]] = {}
+MIXERS: dict[str, type[Mixer]] = {}
 
 
-def register_mixer(name: str) -> Callable[[type["Mixer"]], type["Mixer"]]:
+def register_mixer(name: str) -> Callable[[type[Mixer]], type[Mixer]]:
     """Class decorator: register a :class:`Mixer` subclass under ``name``."""
 
     def decorate(cls: type[Mixer]) -> type[Mixer]:
@@ -52,7 +53,7 @@ def register_mixer(name: str) -> Callable[[type["Mixer"]], type["Mixer"]]:
     return decorate
 
 
-def build_mixer(name: str, d_model: int, **options: Any) -> "Mixer":
+def build_mixer(name: str, d_model: int, **options: Any) -> Mixer:
     """Build the mixer registered as ``name`` with width ``d_model``.
 
     Raises ``ValueError`` naming the known mixers when ``name`` is unknown.

@@ -25,12 +25,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..modules.fft_conv import fft_conv_flops, fft_flops, ssm_conv
-from ..modules.mlp import GLUOutput
 from ..modules.cauchy import cauchy_sums, cauchy_sums_flops
+from ..modules.fft_conv import fft_conv_flops, fft_flops, ssm_conv
 from ..modules.hippo import hippo_legs_dplr
+from ..modules.mlp import GLUOutput
 from .base import (
-    Mixer, State, check_choice, check_dropout, check_positive_int, check_real, complex_dtype, compute_dtype, register_mixer,
+    Mixer,
+    State,
+    check_choice,
+    check_dropout,
+    check_positive_int,
+    check_real,
+    complex_dtype,
+    compute_dtype,
+    register_mixer,
 )
 
 _PARAM_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -163,7 +171,7 @@ class S4(Mixer):
         log_dt = torch.rand(h, dtype=torch.float64) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         self.log_dt = param(log_dt)
         for p in (self.log_lambda_re, self.lambda_im, self.P, self.B, self.log_dt):
-            setattr(p, "_optim", {"lr": lr, "weight_decay": 0.0})
+            p._optim = {"lr": lr, "weight_decay": 0.0}
         self.output = GLUOutput(d_model, dropout=dropout, device=device, dtype=dtype)
 
     # -- the SSM ----------------------------------------------------------------------

@@ -5,4 +5,4 @@ from .classifier import SequenceClassifier
 from .config import ModelConfig
 from .language_model import LanguageModel
 
-__all__ = ["ModelConfig", "ResidualBlock", "LanguageModel", "SequenceClassifier"]
+__all__ = ["LanguageModel", "ModelConfig", "ResidualBlock", "SequenceClassifier"]

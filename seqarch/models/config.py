@@ -87,7 +87,7 @@ class ModelConfig:
             options.setdefault("max_length", self.max_length)
         return options
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         """A copy with ``changes`` applied (and validated)."""
         return dataclasses.replace(self, **changes)
 
@@ -95,7 +95,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """Build from a dict, naming any key that is not a field."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)

@@ -12,7 +12,9 @@ shapes, dtypes and strides, no memory and no device), so the launchers pick thei
 real GPU tiles. It records each Triton launch instead of running it. Then it compiles
 each recorded launch (kernel, argument types, constexprs, ``num_warps``,
 ``num_stages``) with ``triton.compile`` for ``cuda:<arch>``, through ptxas. It prints
-one line per kernel and exits 1 if any compile fails.
+one line per launch with the registers per thread and spill bytes (``ptxas -v``) and
+the shared memory per block, and exits 1 if a compile fails or a launch needs more
+shared memory than the architecture has.
 
 Needs triton and must run without ``TRITON_INTERPRET`` (it unsets it for itself).
 """
@@ -22,9 +24,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 import types
+from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: compile, do not interpret
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # what Triton 3.9 does on a GPU, without its warning
@@ -196,12 +202,33 @@ def describe(launch: Launch) -> str:
     return f"{launch.kernel.__name__} [{' '.join(types_)}] {consts}; {opts}"
 
 
+# Shared memory one block may use (bytes): H100/H200, A100, and the consumer parts.
+SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912, 86: 101376, 89: 101376}
+
+
+def ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
+    """Registers per thread and spill-store bytes that ptxas reports for ``ptx`` (``ptxas -v``)."""
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "kernel.ptx"
+        source.write_text(ptx)
+        report = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name={sm_arch_from_capability(arch)}",
+                                 str(source), "-o", str(Path(folder) / "kernel.cubin")],
+                                check=True, capture_output=True, text=True)
+    text = report.stdout + report.stderr
+    registers = re.search(r"Used (\d+) registers", text)
+    spills = re.search(r"(\d+) bytes spill stores", text)
+    return int(registers.group(1)) if registers else -1, int(spills.group(1)) if spills else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (default 90: H100/H200)")
     parser.add_argument("--quick", action="store_true",
                         help="half precision only, one case per code path (what the test suite runs, ~1 min)")
     args = parser.parse_args(argv)
+    shared_limit = SHARED_MEMORY_LIMIT.get(args.arch, min(SHARED_MEMORY_LIMIT.values()))
     launches = exercise_kernels(args.quick)
     unique = {describe(launch): launch for launch in launches}
     failures = 0
@@ -209,13 +236,21 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         try:
             compiled = compile_launch(launch, args.arch)
-        except Exception as error:
+            registers, spills = ptxas_usage(compiled.asm["ptx"], args.arch)
+        except Exception as error:  # noqa: BLE001 - report every kernel, then fail
             failures += 1
             sys.stdout.write(f"FAIL {text}\n     {type(error).__name__}: {str(error)[-2000:]}\n")
             continue
+        shared = compiled.metadata.shared
+        status = "ok  "
+        if shared > shared_limit:  # it compiles, but the launch would fail on the card
+            failures += 1
+            status = "FAIL"
         mma = "mma" in compiled.asm["ptx"]
-        sys.stdout.write(f"ok   {time.perf_counter() - start:5.1f}s  tensor cores={mma}  {text}\n")
-    sys.stdout.write(f"{len(unique) - failures} of {len(unique)} kernel launches compiled for sm_{args.arch}\n")
+        sys.stdout.write(f"{status} {time.perf_counter() - start:5.1f}s  regs={registers:3d} spill={spills:5d}B "
+                         f"smem={shared / 1024:5.1f}KiB  tensor cores={mma}  {text}\n")
+    sys.stdout.write(f"{len(unique) - failures} of {len(unique)} kernel launches compiled for sm_{args.arch} "
+                     f"within its {shared_limit // 1024} KiB of shared memory per block\n")
     return 1 if failures else 0
 
 

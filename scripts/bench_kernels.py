@@ -288,7 +288,7 @@ def measure_side(fn: Callable, inputs: dict, mode: str, grad_args: list[str], gr
         # The memory run comes first: it also compiles and warms up the Triton kernels.
         peak = benchlib.peak_memory(run, device) if device.type == "cuda" else None
         return {"ms": time_ms(run, device, repeats), "peak_bytes": peak}
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 (one failing side must not stop the sweep)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         return {"error": f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"}
@@ -299,7 +299,7 @@ def output_probe(op: Op, inputs: dict) -> torch.Tensor:
     with torch.no_grad():
         try:
             return op.theirs(**inputs)
-        except Exception:
+        except Exception:  # noqa: BLE001 (its own error is recorded when it is timed)
             return op.ours(**inputs)
 
 
@@ -357,7 +357,7 @@ def bench_case(name: str, op: Op, case: Case, device: torch.device, dtype: torch
         probe = output_probe(op, inputs)
         grad_out = torch.randn_like(probe)
         base["backend"] = backend(next(t for t in inputs.values() if isinstance(t, torch.Tensor)))
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 (recorded in the rows; the sweep goes on)
         return [{**base, "mode": mode, "error": f"setup: {type(error).__name__}: {error}"} for mode in MODES]
     peaks = device_peaks(benchlib.device_name(device)) if device.type == "cuda" else None
     rows = []

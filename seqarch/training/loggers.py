@@ -44,7 +44,7 @@ class FailSafeLogger(Logger):
             return None
         try:
             return getattr(self.inner, method)(*args, **kwargs)
-        except Exception as error:  # a logger must never stop training
+        except Exception as error:  # noqa: BLE001 - a logger must never stop training
             self.failed = True
             log.warning("logger %s failed (%s: %s); training continues without it",
                         type(self.inner).__name__, type(error).__name__, error)
@@ -110,6 +110,6 @@ def build_loggers(kind: str, run_dir: Path, run_name: str, wandb_options: dict, 
             inner = WandbLogger(project=wandb_options.get("project"), entity=wandb_options.get("entity"),
                                 name=run_name, save_dir=str(run_dir), mode=mode)
             loggers.append(FailSafeLogger(inner))
-        except Exception as error:  # a missing or broken wandb must not stop the run
+        except Exception as error:  # noqa: BLE001 - a missing or broken wandb must not stop the run
             log.warning("wandb logger unavailable (%s: %s); logging to CSV only", type(error).__name__, error)
     return loggers

@@ -122,7 +122,7 @@ class _CudaFreeOps(torch.overrides.TorchFunctionMode):
         part = getattr(getattr(func, "__self__", None), "__name__", None)  # a getter: the attribute's name
         if getattr(func, "__name__", None) == "__get__" and part in ("real", "imag"):
             # a fresh real tensor: its copies (``.contiguous()``) need no guard, and fake values do not matter
-            return torch.empty(args[0].shape, device=args[0].device, dtype=args[0].real.dtype)
+            return torch.empty(args[0].shape, device=args[0].device, dtype=args[0].dtype.to_real())
         if func is torch.complex:
             return torch.view_as_complex(torch.stack([args[0], args[1]], -1))
         return func(*args, **kwargs)

@@ -1,6 +1,6 @@
 """Which implementation a kernel call takes: the Triton kernel or its PyTorch twin.
 
-Rule (DESIGN.md, "Kernels"): Triton on CUDA tensors when Triton imports, the
+Rule: Triton on CUDA tensors when Triton imports, the
 PyTorch twin otherwise. ``SEQARCH_KERNELS=auto|triton|torch`` forces a choice
 for the whole process; :func:`use_backend` forces one inside a ``with`` block
 (tests swap backends inside one model this way).

@@ -19,7 +19,7 @@ from typing import Literal
 
 from torch import nn
 
-from .mixers.base import check_choice, check_positive_int
+from .checks import check_choice, check_positive_int
 from .models import LanguageModel, ModelConfig, SequenceClassifier
 from .modules.mlp import default_hidden
 
@@ -83,12 +83,33 @@ def _measure(config: ModelConfig, metric: str, length: int) -> float:
     return forward_flops_per_token(config, length)
 
 
-def _try(config: ModelConfig, metric: str, length: int, **changes) -> tuple[ModelConfig, float] | None:
-    """The config with ``changes`` and its measure, or None where the options reject it."""
+class _Rejections:
+    """The errors of the sizes the options reject, kept so that a budget no size can meet
+    reports the options' own message (``d_state: expected an even ...``), not a generic one."""
+
+    def __init__(self) -> None:
+        self.first: tuple[dict, ValueError] | None = None
+
+    def note(self, changes: dict, error: ValueError) -> None:
+        if self.first is None:
+            self.first = (changes, error)
+
+    def raise_if_all_rejected(self, by: str, mixers: list[str]) -> None:
+        changes, error = self.first if self.first is not None else ({}, None)
+        at = ", ".join(f"{k}={v}" for k, v in changes.items() if v is not None)
+        raise ValueError(f"config: no {by} of {mixers} is valid for these options; at {at}: {error}") from error
+
+
+def _try(config: ModelConfig, metric: str, length: int, rejections: _Rejections | None = None,
+         **changes) -> tuple[ModelConfig, float] | None:
+    """The config with ``changes`` and its measure, or None where the options reject that size
+    (e.g. a width the heads do not divide); the rejection is noted in ``rejections``."""
     try:
         candidate = config.replace(**changes)
         return candidate, _measure(candidate, metric, length)
-    except ValueError:
+    except ValueError as error:
+        if rejections is not None:
+            rejections.note(changes, error)
         return None
 
 
@@ -184,9 +205,10 @@ def match_budget(
             "n_layers": depth,
             "mixer": config.mixer if isinstance(config.mixer, str) else [names[i % len(names)] for i in range(depth)],
         }
-    scanned = _scan(values, lambda v: _try(config, metric, length, **resize(v)), target)
+    rejections = _Rejections()
+    scanned = _scan(values, lambda v: _try(config, metric, length, rejections, **resize(v)), target)
     if not scanned:
-        raise ValueError(f"config: no {by} of {config.layer_mixers} is valid for these options")
+        rejections.raise_if_all_rejected(by, config.layer_mixers)
     # The two sizes around the target, each with its hidden width tuned.
     below = [c for c in scanned if c[1] <= target][-1:]
     above = [c for c in scanned if c[1] > target][:1]

@@ -1,4 +1,4 @@
-"""The mixer contract (DESIGN.md), run over every registered mixer."""
+"""The mixer contract, run over every registered mixer."""
 
 from __future__ import annotations
 

@@ -56,3 +56,11 @@ def test_registering_an_incomplete_mixer_fails_loudly():
             def flops_breakdown(self, length):
                 return {}
     assert "incomplete_for_test" not in seqarch.MIXERS
+
+
+def test_building_blocks_are_exported_where_users_import_them():
+    from seqarch.modules import GLUOutput, ImplicitFilter, MonarchLinear, RMSNorm, ShortConv, ssm_conv
+
+    layer = MonarchLinear(16, 16, nblocks=4)
+    assert layer(__import__("torch").randn(2, 16)).shape == (2, 16)
+    assert all(callable(c) for c in (GLUOutput, ImplicitFilter, RMSNorm, ShortConv, ssm_conv))

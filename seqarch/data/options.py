@@ -12,6 +12,8 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from .. import checks
+
 
 def resolve_options(task: str, spec: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """``defaults`` updated by ``spec`` (less its ``task`` key); a key the task does not know is an error."""
@@ -26,13 +28,7 @@ def resolve_options(task: str, spec: Mapping[str, Any], defaults: Mapping[str, A
 
 def check_int(options: Mapping[str, Any], key: str, *, minimum: int = 1, maximum: int | None = None) -> int:
     """``options[key]`` as an int in ``[minimum, maximum]`` (bools are not ints here)."""
-    value = options[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"data.{key}: expected an integer, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"data.{key}: expected an integer {bound}, got {value}")
-    return value
+    return checks.check_int(f"data.{key}", options[key], minimum=minimum, maximum=maximum)
 
 
 def check_optional_int(options: Mapping[str, Any], key: str, *, minimum: int = 1) -> int | None:
@@ -41,26 +37,16 @@ def check_optional_int(options: Mapping[str, Any], key: str, *, minimum: int = 1
 
 def check_float(options: Mapping[str, Any], key: str, *, low: float, high: float, open_low: bool = False) -> float:
     """``options[key]`` as a float in ``[low, high]`` (``(low, high]`` when ``open_low``)."""
-    value = options[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"data.{key}: expected a number, got {value!r}")
-    if value > high or value < low or (open_low and value == low):
-        bracket = "(" if open_low else "["
-        raise ValueError(f"data.{key}: expected a number in {bracket}{low}, {high}], got {value}")
-    return float(value)
+    bracket = "(" if open_low else "["
+    return checks.check_real(f"data.{key}", options[key], low=low, high=high, low_inclusive=not open_low,
+                             high_inclusive=True, expected=f"a number in {bracket}{low}, {high}]")
 
 
 def check_str(options: Mapping[str, Any], key: str) -> str:
-    value = options[key]
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"data.{key}: expected a non-empty string, got {value!r}")
-    return value
+    return checks.check_str(f"data.{key}", options[key])
 
 
-def check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
-    return seed
+check_seed = checks.check_seed
 
 
 def split_seed(seed: int, split: str) -> int:

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_divides, check_dropout, check_positive_int
 from ..kernels.attention import attention
 from ..modules.rotary import RotaryEmbedding
-from .base import Mixer, State, check_divides, check_dropout, check_positive_int, register_mixer
+from .base import Mixer, State, register_mixer
 
 
 @register_mixer("attention")

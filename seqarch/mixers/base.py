@@ -2,7 +2,7 @@
 
 Every sequence mixer maps ``(batch, length, d_model)`` to the same shape and, when
 causal, also runs token by token through ``step`` with a recurrent state.  The
-contract (see DESIGN.md):
+contract:
 
 ``forward(x)``
     ``x: (batch, length, d_model)`` -> ``(batch, length, d_model)``.
@@ -25,12 +25,13 @@ contract (see DESIGN.md):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from ..checks import check_positive_int
 
 State = dict[str, Any]
 
@@ -62,57 +63,6 @@ def build_mixer(name: str, d_model: int, **options: Any) -> Mixer:
         known = ", ".join(sorted(MIXERS))
         raise ValueError(f"name: unknown mixer {name!r}; expected one of: {known}")
     return MIXERS[name](d_model, **options)
-
-
-def check_positive_int(argument: str, value: Any) -> int:
-    """Return ``value`` if it is a positive int, else raise a ValueError naming ``argument``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{argument}: expected a positive integer, got {value!r}")
-    return value
-
-
-def check_real(argument: str, value: Any, *, low: float = -math.inf, high: float = math.inf,
-               low_inclusive: bool = False, high_inclusive: bool = False, expected: str | None = None) -> float:
-    """Return ``value`` as a float if it is a finite real number in the range, else a ValueError
-    naming ``argument``, the expected range and what came."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= low if low_inclusive else value > low)
-    ok = ok and (value <= high if high_inclusive else value < high)
-    if not ok:
-        if expected is None:
-            expected = f"a number in {'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
-        raise ValueError(f"{argument}: expected {expected}, got {value!r}")
-    return float(value)
-
-
-def check_dropout(value: Any, argument: str = "dropout") -> float:
-    """A dropout probability in ``[0, 1)``."""
-    return check_real(argument, value, low=0.0, high=1.0, low_inclusive=True, expected="a number in [0, 1)")
-
-
-def check_divides(argument: str, divisor: int, dividend_name: str, dividend: int) -> None:
-    """Raise a ValueError unless ``divisor`` divides ``dividend``."""
-    if dividend % divisor != 0:
-        raise ValueError(
-            f"{argument}: expected a divisor of {dividend_name}={dividend}, got {divisor}"
-        )
-
-
-def check_choice(argument: str, value: Any, choices: tuple) -> Any:
-    """Return ``value`` if it is one of ``choices``, else raise a ValueError naming ``argument``."""
-    if value not in choices:
-        raise ValueError(f"{argument}: expected one of {list(choices)}, got {value!r}")
-    return value
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype numerically sensitive parts (FFTs, SSM kernels) run in: at least float32."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def complex_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The complex dtype whose parts are ``compute_dtype(dtype)``: complex64 or complex128."""
-    return torch.complex128 if compute_dtype(dtype) == torch.float64 else torch.complex64
 
 
 class Mixer(nn.Module):

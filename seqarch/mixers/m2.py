@@ -19,10 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import check_dropout, check_positive_int, check_real
 from ..modules.fft_conv import bidirectional_fft_conv, fft_conv, fft_conv_flops
 from ..modules.implicit_filter import ImplicitFilter, check_decay, check_emb_dim
 from ..modules.short_conv import ShortConv
-from .base import Mixer, State, check_dropout, check_positive_int, check_real, compute_dtype, register_mixer
+from ..precision import compute_dtype
+from .base import Mixer, State, register_mixer
 
 
 @register_mixer("m2")

@@ -25,21 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import check_choice, check_dropout, check_positive_int, check_real
 from ..modules.cauchy import cauchy_sums, cauchy_sums_flops
 from ..modules.fft_conv import fft_conv_flops, fft_flops, ssm_conv
 from ..modules.hippo import hippo_legs_dplr
 from ..modules.mlp import GLUOutput
-from .base import (
-    Mixer,
-    State,
-    check_choice,
-    check_dropout,
-    check_positive_int,
-    check_real,
-    complex_dtype,
-    compute_dtype,
-    register_mixer,
-)
+from ..precision import complex_dtype, compute_dtype
+from .base import Mixer, State, register_mixer
 
 _PARAM_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 

@@ -21,20 +21,13 @@ import math
 import torch
 from torch import nn
 
+from ..checks import check_choice, check_dropout, check_positive_int
 from ..kernels.ssm_kernel import vandermonde_kernel
 from ..modules.fft_conv import fft_conv_flops, ssm_conv
 from ..modules.mlp import GLUOutput
 from ..modules.vandermonde import decayed_sum, vandermonde_real_flops
-from .base import (
-    Mixer,
-    State,
-    check_choice,
-    check_dropout,
-    check_positive_int,
-    complex_dtype,
-    compute_dtype,
-    register_mixer,
-)
+from ..precision import complex_dtype, compute_dtype
+from .base import Mixer, State, register_mixer
 
 SSM_INITS = ("lin", "inv")
 

@@ -7,7 +7,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..mixers.base import MIXERS, check_choice, check_dropout, check_positive_int
+from ..checks import check_choice, check_dropout, check_positive_int
+from ..mixers.base import MIXERS
 from ..modules.mlp import CHANNEL_MIXERS
 from ..modules.norm import NORMS
 

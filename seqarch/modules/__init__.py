@@ -1,1 +1,35 @@
-"""Building blocks shared by mixers and models."""
+"""Building blocks shared by mixers and models: ``from seqarch.modules import MonarchLinear``.
+
+The long convolution itself is ``seqarch.modules.fft_conv.fft_conv`` (the submodule keeps
+the name).  Nothing here imports :mod:`seqarch.mixers`: blocks sit below the layers that use them.
+"""
+
+from .fft_conv import bidirectional_fft_conv, fft_conv_flops, fft_flops, ssm_conv, two_sided_filter
+from .hippo import hippo_legs, hippo_legs_dplr, hippo_legs_nplr
+from .implicit_filter import ImplicitFilter
+from .mlp import MLP, GLUOutput, build_channel_mixer, default_hidden
+from .monarch import MonarchLinear
+from .norm import RMSNorm, build_norm
+from .rotary import RotaryEmbedding
+from .short_conv import ShortConv
+
+__all__ = [
+    "MLP",
+    "GLUOutput",
+    "ImplicitFilter",
+    "MonarchLinear",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "ShortConv",
+    "bidirectional_fft_conv",
+    "build_channel_mixer",
+    "build_norm",
+    "default_hidden",
+    "fft_conv_flops",
+    "fft_flops",
+    "hippo_legs",
+    "hippo_legs_dplr",
+    "hippo_legs_nplr",
+    "ssm_conv",
+    "two_sided_filter",
+]

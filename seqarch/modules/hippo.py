@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..mixers.base import check_positive_int
+from ..checks import check_positive_int
 
 
 def hippo_legs(d_state: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,35 +15,23 @@ forward.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..mixers.base import check_positive_int, check_real, compute_dtype
+from ..checks import check_nonnegative_int, check_odd_int, check_positive_int, check_range_pair, check_real
+from ..precision import compute_dtype
 
 
 def check_decay(argument: str, value) -> tuple[float, float]:
-    """Validate a ``(fast, slow)`` decay pair: positive numbers with ``fast <= slow``."""
-    ok = (
-        isinstance(value, Sequence)
-        and len(value) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in value)
-        and value[0] <= value[1]
-    )
-    if not ok:
-        raise ValueError(
-            f"{argument}: expected a pair (fast, slow) of positive numbers with fast <= slow, got {value!r}"
-        )
-    return float(value[0]), float(value[1])
+    """A ``(fast, slow)`` decay pair: positive numbers with ``fast <= slow``."""
+    return check_range_pair(argument, value, what="(fast, slow)")
 
 
 def check_emb_dim(argument: str, value) -> int:
-    """Validate the positional-feature width: odd and at least 3 (t, one cosine, one sine)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 3 or value % 2 == 0:
-        raise ValueError(f"{argument}: expected an odd integer >= 3, got {value!r}")
-    return value
+    """The positional-feature width: odd and at least 3 (t, one cosine, one sine)."""
+    return check_odd_int(argument, value, minimum=3)
 
 
 class ImplicitFilter(nn.Module):
@@ -85,9 +73,7 @@ class ImplicitFilter(nn.Module):
         self.max_length = check_positive_int("max_length", max_length)
         self.order = check_positive_int("order", order)
         self.emb_dim = check_emb_dim("emb_dim", emb_dim)
-        if isinstance(num_inner, bool) or not isinstance(num_inner, int) or num_inner < 0:
-            raise ValueError(f"num_inner: expected a non-negative integer, got {num_inner!r}")
-        self.num_inner = num_inner
+        self.num_inner = check_nonnegative_int("num_inner", num_inner)
         check_real("sine_freq", sine_freq, low=0.0, expected="a positive number")
         self.decay = check_decay("decay", decay)
         self.target = check_real("target", target, low=0.0, high=1.0, expected="a number in (0, 1)")

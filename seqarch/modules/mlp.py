@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..mixers.base import check_choice, check_positive_int
+from ..checks import check_choice, check_positive_int
 
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu}
 CHANNEL_MIXERS = ("glu", "mlp", "monarch", "none")

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_divides, check_positive_int
 from ..kernels.monarch_matmul import monarch_matmul
-from ..mixers.base import check_divides, check_positive_int
 
 
 def monarch_mid_features(in_features: int, out_features: int, nblocks: int) -> int:

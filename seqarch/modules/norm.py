@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..mixers.base import check_choice
+from ..checks import check_choice
 
 NORMS = ("rmsnorm", "layernorm")
 

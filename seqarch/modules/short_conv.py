@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_positive_int
 from ..kernels.short_conv import short_conv
-from ..mixers.base import check_positive_int
 
 
 class ShortConv(nn.Module):

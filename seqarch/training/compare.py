@@ -25,7 +25,7 @@ from .run import model_config_for, primary_metric, train_run
 
 log = logging.getLogger(__name__)
 
-# Every compared model must be this close to the budget (issue 4's acceptance bound).
+# Every compared model must be this close to the budget (the acceptance bound of a matched comparison).
 BUDGET_TOLERANCE = 0.02
 
 

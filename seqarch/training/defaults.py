@@ -2,7 +2,7 @@
 
 The same config is ``experiments/mqar.yaml`` (a test keeps them equal). Sized so
 that the four architectures train in under 10 minutes on 2 CPU cores: the
-Zoology smallest example (vocab 256, length 64, 4 key-value pairs; REFERENCES.md)
+Zoology smallest example (vocab 256, length 64, 4 key-value pairs)
 at 120k parameters (attention: width 64), 2 layers, stopping at 0.99
 validation accuracy as Zoology does.
 """

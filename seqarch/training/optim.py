@@ -3,7 +3,7 @@ parameter groups, linear warmup then cosine decay.
 
 Layers mark parameters that need their own treatment with an ``_optim`` dict
 (S4/S4D ``A`` and ``dt``, Hyena filters: a smaller learning rate and no weight
-decay; DESIGN.md, "The mixer contract"). Biases, norms and embeddings get no
+decay, as the mixer contract says). Biases, norms and embeddings get no
 weight decay, as in GPT-2/Chinchilla recipes.
 """
 

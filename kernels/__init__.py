@@ -1,22 +1,42 @@
 """Triton kernels for seqarch's hot paths, installed as ``seqarch.kernels``.
 
-One module per op; each holds the Triton forward and backward kernels, the
-PyTorch reference twin, the autograd wrapper and one public function (imported from its module, e.g.
-``from seqarch.kernels.fft_conv import fft_conv``: the package does not re-export
-them, so that each name keeps meaning its module):
+Layout: one module per op, each holding everything about it and named alike:
+
+- the Triton forward and backward kernels and their launchers;
+- the PyTorch twin ``<op>_reference`` (same arguments, same result) and, for benchmarks,
+  an off-the-shelf baseline ``offtheshelf_<op>``;
+- the autograd wrapper of the Triton path, ``<Op>Function``;
+- ``triton_limits(<the op's arguments>) -> str | None``: why the Triton path cannot take a
+  call (or None), which :mod:`.backend` consults;
+- one public function, imported from its module (``from seqarch.kernels.fft_conv import
+  fft_conv``: the package does not re-export them, so that each name keeps meaning its module).
+
+The ops:
 
 - ``attention.attention`` - fused (flash) softmax attention, causal or not, grouped-query heads;
 - ``monarch_matmul.monarch_matmul`` - block-diagonal, stride permutation, block-diagonal, fused;
 - ``fft_conv.fft_conv`` - long convolution by the Monarch decomposition of the DFT, fused gates;
 - ``ssm_kernel.vandermonde_kernel``, ``ssm_kernel.cauchy_kernel`` - the S4D and S4 SSM kernels
-  without the ``(channels, state, length)`` tensor;
+  without the ``(channels, state, length)`` tensor (one module: they share the complex
+  arithmetic helpers; their limits are ``vandermonde_triton_limits``, ``cauchy_triton_limits``);
 - ``short_conv.short_conv`` - causal depthwise convolution with 1 to 8 taps.
 
-Calls on CUDA tensors run Triton (when it imports), other calls run the twin;
-``SEQARCH_KERNELS=auto|triton|torch`` or :func:`use_backend` forces a choice and
-:func:`backend` says which one a call would take.
+Why a module per op and not a folder per op (``ops/<op>/{chunk, fused_recurrent, naive}.py``
+as flash-linear-attention keeps them): each op here has one Triton algorithm, and its
+kernels, twin and wrapper (230 to 560 lines) read best together; a folder would split
+every op into three small files that always change together.  When an op gains a second
+Triton algorithm (say a chunked and a recurrent form), that op becomes a folder with one
+module per algorithm and its public function in the folder's ``__init__``, without
+changing its import path.
+
+Shared pieces: :mod:`.backend` alone decides which path a call takes (Triton on CUDA
+tensors within the op's limits, the twin otherwise; ``SEQARCH_KERNELS=auto|triton|torch``
+or :func:`use_backend` forces a choice, forced ``triton`` raises ``ValueError`` for a call
+the Triton path cannot take, and :func:`backend` says which path a call takes);
+:mod:`.tensor_checks` holds the dtype and device checks every op makes, and the empty
+result of a call with nothing to compute.
 """
 
-from .backend import BACKENDS, backend, interpreting, triton_available, use_backend
+from .backend import BACKENDS, OPS, backend, interpreting, select, triton_available, use_backend
 
-__all__ = ["BACKENDS", "backend", "interpreting", "triton_available", "use_backend"]
+__all__ = ["BACKENDS", "OPS", "backend", "interpreting", "select", "triton_available", "use_backend"]

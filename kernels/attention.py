@@ -22,7 +22,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .backend import backend, device_guard, interpreting, triton_available
+from .backend import device_guard, interpreting, select, triton_available
+from .tensor_checks import check_dtype, check_like, dtype_names, empty_result
 
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -85,14 +86,31 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         ``(batch, n_heads, length_q, head_dim)`` in the dtype of ``q``.
 
     Dtypes float16, bfloat16, float32 (and float64, on the twin only); q, k, v share
-    dtype and device.  Any lengths (block tails are masked).  The Triton path
-    handles head dims 16, 32, 64, 128 and float16/bfloat16/float32; other head dims
-    and float64 fall back to the PyTorch twin (SDPA) on that path.
+    dtype and device.  Any lengths (block tails are masked).  ``batch = 0`` or
+    ``n_heads = 0`` gives an empty result; ``n_kv_heads`` must be positive.
+
+    Backends (:mod:`seqarch.kernels.backend`): the Triton path takes head dims 16, 32, 64,
+    128 in float16/bfloat16/float32 (:func:`triton_limits`); other calls run the PyTorch
+    twin (:func:`attention_reference`, SDPA) under ``auto`` and raise ``ValueError`` under
+    forced ``triton``.
     """
     scale = _check_inputs(q, k, v, causal, scale)
-    if backend(q) == "triton" and q.shape[-1] in TRITON_HEAD_DIMS and q.dtype in TRITON_DTYPES:
-        return FlashAttention.apply(q, k, v, causal, scale)
+    if q.numel() == 0:
+        return empty_result(q.shape, q, q, k, v)
+    if select("attention", q, triton_limits(q, k, v, causal=causal, scale=scale)) == "triton":
+        return AttentionFunction.apply(q, k, v, causal, scale)
     return attention_reference(q, k, v, causal=causal, scale=scale)
+
+
+def triton_limits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                  scale: float | None = None) -> str | None:
+    """Why the Triton path cannot take ``attention(q, k, v, ...)``, or None when it can."""
+    if q.shape[-1] not in TRITON_HEAD_DIMS:
+        dims = ", ".join(map(str, TRITON_HEAD_DIMS))
+        return f"q: expected head_dim in ({dims}) for the Triton path, got {q.shape[-1]}"
+    if q.dtype not in TRITON_DTYPES:
+        return f"q: expected dtype {dtype_names(TRITON_DTYPES)} for the Triton path, got {q.dtype}"
+    return None
 
 
 def _check_inputs(q, k, v, causal, scale) -> float:
@@ -101,19 +119,15 @@ def _check_inputs(q, k, v, causal, scale) -> float:
         if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
             got = f"shape {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise ValueError(f"{name}: expected rank 4 (batch, heads, length, head_dim), got {got}")
-        if tensor.dtype not in DTYPES:
-            raise ValueError(f"{name}: expected dtype float16, bfloat16, float32 or float64, got {tensor.dtype}")
-        if tensor.device != q.device:
-            raise ValueError(f"{name}: expected device {q.device} (that of q), got {tensor.device}")
-        if tensor.dtype != q.dtype:
-            raise ValueError(f"{name}: expected dtype {q.dtype} (that of q), got {tensor.dtype}")
+        check_dtype(name, tensor, DTYPES)
+        check_like("q", q, {name: tensor})
         if tensor.shape[2] == 0 or tensor.shape[3] == 0:
             raise ValueError(f"{name}: expected a positive length and head_dim, got shape {tuple(tensor.shape)}")
     batch, n_heads, length_q, head_dim = q.shape
     if k.shape[0] != batch or k.shape[3] != head_dim:
         raise ValueError(f"k: expected shape ({batch}, n_kv_heads, length_kv, {head_dim}), got {tuple(k.shape)}")
-    if n_heads % k.shape[1]:
-        raise ValueError(f"k: expected n_kv_heads dividing n_heads={n_heads}, got {k.shape[1]}")
+    if k.shape[1] == 0 or n_heads % k.shape[1]:
+        raise ValueError(f"k: expected n_kv_heads >= 1 dividing n_heads={n_heads}, got {k.shape[1]}")
     if v.shape != k.shape:
         raise ValueError(f"v: expected shape {tuple(k.shape)} (that of k), got {tuple(v.shape)}")
     if type(causal) is not bool:  # 0 and 1 would pass isinstance(bool) checks of other kinds
@@ -209,7 +223,7 @@ def _backward(grad_out, q, k, v, out, lse, causal: bool, scale: float):
     return dq, dk, dv
 
 
-class FlashAttention(torch.autograd.Function):
+class AttentionFunction(torch.autograd.Function):
     """Autograd wrapper of the Triton kernels: ``apply(q, k, v, causal, scale)``, inputs checked by :func:`attention`."""
 
     @staticmethod

@@ -1,9 +1,23 @@
 """Which implementation a kernel call takes: the Triton kernel or its PyTorch twin.
 
-Rule: Triton on CUDA tensors when Triton imports, the
-PyTorch twin otherwise. ``SEQARCH_KERNELS=auto|triton|torch`` forces a choice
-for the whole process; :func:`use_backend` forces one inside a ``with`` block
+This module alone decides.  The device-level rule: Triton on CUDA tensors when Triton
+imports, the PyTorch twin otherwise.  ``SEQARCH_KERNELS=auto|triton|torch`` forces a
+choice for the whole process; :func:`use_backend` forces one inside a ``with`` block
 (tests swap backends inside one model this way).
+
+On top of it, each op module declares the calls its Triton kernels take as one function
+``triton_limits(<the op's arguments>) -> str | None``: the reason the Triton path cannot
+take this call (a message naming the argument, the expected value and what came), or
+None.  The public op asks :func:`select` once; :func:`backend` answers the same question
+from outside, for a tensor (the device-level answer) or for an actual call
+(``backend("attention", q, k, v, causal=True)``).  The answer is the path the call
+takes:
+
+- ``torch`` forced: the twin;
+- ``auto``: Triton where the device allows it and the op's limits do, the twin otherwise;
+- ``triton`` forced: Triton, or a ``ValueError`` saying why it cannot take the call
+  (Triton not importable, CPU tensors outside the interpreter, or the op's reason).
+  Nothing falls back silently.
 
 Forcing ``triton`` on CPU tensors is allowed only under ``TRITON_INTERPRET=1``
 (Triton's interpreter, which runs kernels on the CPU, slowly): that is how the
@@ -14,14 +28,25 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
 ENV_VAR = "SEQARCH_KERNELS"
+# Each op's limits: (module of seqarch.kernels, name of its ``triton_limits`` function).  Looked up
+# on first use, since the op modules import this one.
+OPS = {
+    "attention": ("attention", "triton_limits"),
+    "fft_conv": ("fft_conv", "triton_limits"),
+    "monarch_matmul": ("monarch_matmul", "triton_limits"),
+    "short_conv": ("short_conv", "triton_limits"),
+    "vandermonde_kernel": ("ssm_kernel", "vandermonde_triton_limits"),
+    "cauchy_kernel": ("ssm_kernel", "cauchy_triton_limits"),
+}
 
 _override = threading.local()
 
@@ -61,15 +86,9 @@ def _device_of(where: torch.Tensor | torch.device | str | None) -> torch.device:
     return torch.device(where)
 
 
-def backend(where: torch.Tensor | torch.device | str | None = None) -> str:
-    """The backend a kernel call on ``where`` (a tensor or device) takes: ``"triton"`` or ``"torch"``.
-
-    With no argument, the answer is for the default device (CUDA when present).
-    Raises ``ValueError`` when ``triton`` is forced where it cannot run: Triton
-    not importable, or CPU tensors outside the interpreter.
-    """
+def _device_backend(device: torch.device) -> str:
+    """The device-level rule (no op limits); raises when ``triton`` is forced where it cannot run."""
     choice = requested_backend()
-    device = _device_of(where)
     if choice == "torch":
         return "torch"
     if choice == "auto":
@@ -82,6 +101,51 @@ def backend(where: torch.Tensor | torch.device | str | None = None) -> str:
             "(or TRITON_INTERPRET=1 to run Triton's CPU interpreter)"
         )
     return "triton"
+
+
+def select(op: str, where: torch.Tensor | torch.device | str | None, reason: str | None) -> str:
+    """The path of one call of ``op`` on ``where``'s device: ``"triton"`` or ``"torch"``.
+
+    ``reason`` is the op's ``triton_limits`` answer for the call (None: the Triton path takes
+    it).  Raises ``ValueError`` under forced ``triton`` when the device or ``reason`` rules
+    Triton out; under ``auto`` those calls take the twin.
+    """
+    if _device_backend(_device_of(where)) == "torch":
+        return "torch"
+    if reason is None:
+        return "triton"
+    if requested_backend() == "triton":
+        raise ValueError(f"{reason} ({op}: 'triton' was forced; the Triton path cannot take this call, "
+                         "'auto' would run the PyTorch twin)")
+    return "torch"
+
+
+def triton_limits_of(op: str) -> Callable[..., str | None]:
+    """The ``triton_limits`` function of ``op`` (one of :data:`OPS`)."""
+    if op not in OPS:
+        raise ValueError(f"op: expected one of {', '.join(OPS)}, got {op!r}")
+    module, name = OPS[op]
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+
+
+def backend(where: torch.Tensor | torch.device | str | None = None, *args, **kwargs) -> str:
+    """The backend a kernel call takes: ``"triton"`` or ``"torch"``.
+
+    ``backend(tensor_or_device)``: the device-level answer, for any op within its Triton
+    limits (with no argument, for the default device: CUDA when present).
+    ``backend(op, *args, **kwargs)`` with ``op`` a name of :data:`OPS` and the arguments of
+    a call the op accepts (``backend("short_conv", x, weight)``): the answer for that call,
+    the op's Triton limits included.  Raises ``ValueError`` when ``triton`` is forced where
+    it cannot run: Triton not importable, CPU tensors outside the interpreter, or (for a
+    call) the reason the op's Triton path cannot take it.
+    """
+    if isinstance(where, str) and where in OPS:
+        reason = triton_limits_of(where)(*args, **kwargs)
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        return select(where, tensors[0] if tensors else None, reason)
+    if args or kwargs:
+        raise ValueError(f"where: expected an op name ({', '.join(OPS)}) when call arguments follow, got {where!r}")
+    return _device_backend(_device_of(where))
 
 
 @contextlib.contextmanager

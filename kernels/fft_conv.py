@@ -35,16 +35,18 @@ import math
 
 import torch
 
-from .backend import backend, device_guard, requested_backend, triton_available
+from .backend import device_guard, select, triton_available
+from .tensor_checks import check_like, dtype_names, empty_result
 
 MIN_LENGTH = 256  # the smallest DFT factor a GPU tl.dot takes is 16, and 16 * 16 = 256
 MAX_LENGTH = 65536  # the outer DFT factor N1 stays <= 128 up to N = 2 * 65536
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_ROW_FFT = 4096  # largest FFT size run as two factors in registers; larger ones use three
 _PROGRAMS_PER_SM = 2  # three-factor path: persistent programs, each with its own scratch
 
 
 # -- PyTorch twin ------------------------------------------------------------------------
-def reference_fft_conv(
+def fft_conv_reference(
     u: torch.Tensor,
     k: torch.Tensor,
     *,
@@ -69,7 +71,7 @@ def reference_fft_conv(
 
 def offtheshelf_fft_conv(u: torch.Tensor, k: torch.Tensor, *, causal: bool = True) -> torch.Tensor:
     """The off-the-shelf alternative for benchmarks: ``torch.fft`` rfft/irfft convolution (cuFFT on GPUs)."""
-    return reference_fft_conv(u, k, causal=causal)
+    return fft_conv_reference(u, k, causal=causal)
 
 
 # -- plan and constant tables ------------------------------------------------------------
@@ -355,7 +357,7 @@ def _contiguous(x: torch.Tensor | None) -> torch.Tensor | None:
     return None if x is None else x.contiguous()
 
 
-class _FFTConvFunction(torch.autograd.Function):
+class FFTConvFunction(torch.autograd.Function):
     """Triton forward and backward of ``post_gate * conv(pre_gate * u, k)``; see the module docstring."""
 
     @staticmethod
@@ -405,12 +407,14 @@ class _FFTConvFunction(torch.autograd.Function):
 
 
 # -- public function ---------------------------------------------------------------------
-def triton_unsupported(length: int, dtype: torch.dtype) -> str | None:
-    """Why the Triton path cannot take ``u`` of this length and dtype, or None when it can."""
+def triton_limits(u: torch.Tensor, k: torch.Tensor, *, causal: bool = True, pre_gate: torch.Tensor | None = None,
+                  post_gate: torch.Tensor | None = None) -> str | None:
+    """Why the Triton path cannot take ``fft_conv(u, k, ...)``, or None when it can."""
+    length = u.shape[-1]
     if length < MIN_LENGTH or length > MAX_LENGTH or length & (length - 1):
         return f"u: expected a power-of-two length in [{MIN_LENGTH}, {MAX_LENGTH}] for the Triton path, got {length}"
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return f"u: expected dtype float32, bfloat16 or float16 for the Triton path, got {dtype}"
+    if u.dtype not in TRITON_DTYPES:
+        return f"u: expected dtype {dtype_names(TRITON_DTYPES)} for the Triton path, got {u.dtype}"
     return None
 
 
@@ -425,16 +429,14 @@ def _check_inputs(u, k, pre_gate, post_gate, causal) -> None:
         raise ValueError(f"k: expected {u.shape[1]} channels to match u, got {k.shape[0]}")
     if not 1 <= k.shape[1] <= u.shape[2]:
         raise ValueError(f"k: expected a filter length in [1, {u.shape[2]}], got {k.shape[1]}")
-    if k.device != u.device:
-        raise ValueError(f"k: expected device {u.device} like u, got {k.device}")
     for name, gate in (("pre_gate", pre_gate), ("post_gate", post_gate)):
         if gate is None:
             continue
         if not isinstance(gate, torch.Tensor) or gate.shape != u.shape or not gate.is_floating_point():
             got = tuple(gate.shape) if isinstance(gate, torch.Tensor) else type(gate).__name__
             raise ValueError(f"{name}: expected a floating tensor of u's shape {tuple(u.shape)}, got {got}")
-        if gate.device != u.device:
-            raise ValueError(f"{name}: expected device {u.device} like u, got {gate.device}")
+    # the filter and the gates may have other float dtypes (each is cast where it is read)
+    check_like("u", u, {"k": k, "pre_gate": pre_gate, "post_gate": post_gate}, dtype=False)
     if not isinstance(causal, bool):
         raise ValueError(f"causal: expected a bool, got {causal!r}")
 
@@ -459,17 +461,17 @@ def fft_conv(
         ``(batch, channels, length)`` in ``u``'s dtype, computed in float32 (products in tf32 for
         half-precision inputs on the Triton path). Differentiable in ``u``, ``k`` and both gates.
 
-    Limits: the Triton path takes power-of-two lengths in ``[MIN_LENGTH, MAX_LENGTH] = [256, 65536]``
-    and float32 / bfloat16 / float16 ``u``. Other lengths or dtypes raise ``ValueError`` when
-    ``triton`` is forced (``use_backend("triton")`` or ``SEQARCH_KERNELS=triton``) and run the
-    PyTorch twin (:func:`reference_fft_conv`) in ``auto`` mode. Bad shapes raise ``ValueError``.
+    Backends (:mod:`seqarch.kernels.backend`): the Triton path takes power-of-two lengths in
+    ``[MIN_LENGTH, MAX_LENGTH] = [256, 65536]`` and float32 / bfloat16 / float16 ``u``
+    (:func:`triton_limits`). Other lengths or dtypes run the PyTorch twin
+    (:func:`fft_conv_reference`) under ``auto`` and raise ``ValueError`` when ``triton`` is forced
+    (``use_backend("triton")`` or ``SEQARCH_KERNELS=triton``). Zero batch or channels: an empty
+    result. Bad shapes raise ``ValueError``.
     """
     _check_inputs(u, k, pre_gate, post_gate, causal)
-    if backend(u) == "triton":
-        problem = triton_unsupported(u.shape[-1], u.dtype)
-        if problem is None:
-            keep_conv = post_gate is not None and post_gate.requires_grad and torch.is_grad_enabled()
-            return _FFTConvFunction.apply(u, k, pre_gate, post_gate, causal, keep_conv)
-        if requested_backend() == "triton":
-            raise ValueError(problem)
-    return reference_fft_conv(u, k, causal=causal, pre_gate=pre_gate, post_gate=post_gate)
+    if u.numel() == 0:
+        return empty_result(u.shape, u, u, k, pre_gate, post_gate)
+    if select("fft_conv", u, triton_limits(u, k, causal=causal, pre_gate=pre_gate, post_gate=post_gate)) == "triton":
+        keep_conv = post_gate is not None and post_gate.requires_grad and torch.is_grad_enabled()
+        return FFTConvFunction.apply(u, k, pre_gate, post_gate, causal, keep_conv)
+    return fft_conv_reference(u, k, causal=causal, pre_gate=pre_gate, post_gate=post_gate)

@@ -30,7 +30,8 @@ from typing import NamedTuple
 
 import torch
 
-from .backend import backend, device_guard, interpreting, triton_available
+from .backend import device_guard, interpreting, select, triton_available
+from .tensor_checks import check_dtype, check_like, dtype_names, empty_result
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 DTYPES = (*TRITON_DTYPES, torch.float64)
@@ -87,18 +88,29 @@ def monarch_matmul(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tens
         ``y[t, k*ob + o] = sum_{l, rem} L[k, o, l*s + rem] * sum_i R[l, rem*nb + k, i] x[t, l*ib + i]``
         with ``s = mid / nblocks**2``, ``ib = in / nblocks``, ``ob = out / nblocks``.
 
-    Backends: the Triton kernels run float16, bfloat16 and float32 (float32 accumulation;
-    fp32 dots in IEEE precision, not tf32).  On the Triton path, float64 inputs and inputs
-    with no tokens run the PyTorch twin instead.  A program holds a hidden tile of
-    ``16 * mid / nblocks`` float32 numbers or more; past 16k (``nblocks = 2`` at width 4096)
-    it spills registers: slower, still correct.
+    Backends (:mod:`seqarch.kernels.backend`): the Triton kernels run float16, bfloat16 and
+    float32 (float32 accumulation; fp32 dots in IEEE precision, not tf32), see
+    :func:`triton_limits`; float64 runs the PyTorch twin (:func:`monarch_matmul_reference`)
+    under ``auto`` and raises ``ValueError`` under forced ``triton``.  No tokens: an empty
+    result.  A program holds a hidden tile of ``16 * mid / nblocks`` float32 numbers or more;
+    past 16k (``nblocks = 2`` at width 4096) it spills registers: slower, still correct.
     """
     _check_inputs(x, blkdiag1, blkdiag2)
-    if backend(x) == "triton" and x.dtype in TRITON_DTYPES and x.numel() > 0:
-        lead = x.shape[:-1]
+    lead = x.shape[:-1]
+    out_features = blkdiag2.shape[0] * blkdiag2.shape[1]
+    if x.numel() == 0:
+        return empty_result((*lead, out_features), x, x, blkdiag1, blkdiag2)
+    if select("monarch_matmul", x, triton_limits(x, blkdiag1, blkdiag2)) == "triton":
         y = MonarchMatmulFunction.apply(x.reshape(-1, x.shape[-1]), blkdiag1, blkdiag2)
-        return y.reshape(*lead, y.shape[-1])
+        return y.reshape(*lead, out_features)
     return monarch_matmul_reference(x, blkdiag1, blkdiag2)
+
+
+def triton_limits(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> str | None:
+    """Why the Triton path cannot take ``monarch_matmul(x, blkdiag1, blkdiag2)``, or None when it can."""
+    if x.dtype not in TRITON_DTYPES:
+        return f"x: expected dtype {dtype_names(TRITON_DTYPES)} for the Triton path, got {x.dtype}"
+    return None
 
 
 def _check_inputs(x, blkdiag1, blkdiag2) -> None:
@@ -119,13 +131,8 @@ def _check_inputs(x, blkdiag1, blkdiag2) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != nb * in_block:
         got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x: expected shape (..., in_features={nb * in_block}), got {got}")
-    if x.dtype not in DTYPES:
-        raise ValueError(f"x: expected dtype float16, bfloat16, float32 or float64, got {x.dtype}")
-    for name, tensor in (("blkdiag1", blkdiag1), ("blkdiag2", blkdiag2)):
-        if tensor.dtype != x.dtype:
-            raise ValueError(f"{name}: expected dtype {x.dtype} (that of x), got {tensor.dtype}")
-        if tensor.device != x.device:
-            raise ValueError(f"{name}: expected device {x.device} (that of x), got {tensor.device}")
+    check_dtype("x", x, DTYPES)
+    check_like("x", x, {"blkdiag1": blkdiag1, "blkdiag2": blkdiag2})
 
 
 class _Tiles(NamedTuple):

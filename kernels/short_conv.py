@@ -1,4 +1,4 @@
-"""Short causal depthwise convolution (2 to 8 taps): Triton forward and backward kernels.
+"""Short causal depthwise convolution (1 to 8 taps): Triton forward and backward kernels.
 
 The short convolution of H3 (Fu et al., "Hungry Hungry Hippos", ICLR 2023), Hyena
 (Poli et al., 2023) and Monarch Mixer (Fu et al., NeurIPS 2023): every channel has
@@ -25,7 +25,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .backend import backend, device_guard, interpreting, triton_available
+from .backend import device_guard, interpreting, select, triton_available
+from .tensor_checks import check_dtype, check_like, dtype_names, empty_result
 
 MAX_TRITON_KERNEL_SIZE = 8
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -62,15 +63,28 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     Returns:
         ``(batch, channels, length)`` in ``x``'s dtype (contiguous).
 
-    Backends: the Triton kernels (float32 accumulation) run kernel sizes 1 to
-    ``MAX_TRITON_KERNEL_SIZE = 8`` in float16, bfloat16 and float32.  On the Triton
-    path, a longer filter (the job of ``seqarch.kernels`` FFT convolutions) and
-    float64 inputs run the PyTorch twin instead.
+    Backends (:mod:`seqarch.kernels.backend`): the Triton kernels (float32 accumulation) run
+    kernel sizes 1 to ``MAX_TRITON_KERNEL_SIZE = 8`` in float16, bfloat16 and float32
+    (:func:`triton_limits`).  A longer filter (the job of the FFT convolution) or float64
+    runs the PyTorch twin (:func:`short_conv_reference`) under ``auto`` and raises
+    ``ValueError`` under forced ``triton``.  Zero batch, channels or length: an empty result.
     """
     _check_inputs(x, weight, bias)
-    if backend(x) == "triton" and weight.shape[1] <= MAX_TRITON_KERNEL_SIZE and x.dtype in TRITON_DTYPES:
+    if x.numel() == 0:
+        return empty_result(x.shape, x, x, weight, bias)
+    if select("short_conv", x, triton_limits(x, weight, bias)) == "triton":
         return ShortConvFunction.apply(x, weight, bias)
     return short_conv_reference(x, weight, bias)
+
+
+def triton_limits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> str | None:
+    """Why the Triton path cannot take ``short_conv(x, weight, bias)``, or None when it can."""
+    if weight.shape[1] > MAX_TRITON_KERNEL_SIZE:
+        return (f"weight: expected kernel_size <= {MAX_TRITON_KERNEL_SIZE} for the Triton path, "
+                f"got {weight.shape[1]}")
+    if x.dtype not in TRITON_DTYPES:
+        return f"x: expected dtype {dtype_names(TRITON_DTYPES)} for the Triton path, got {x.dtype}"
+    return None
 
 
 def _check_inputs(x, weight, bias) -> None:
@@ -78,23 +92,15 @@ def _check_inputs(x, weight, bias) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x: expected rank 3 (batch, channels, length), got {got}")
-    if x.dtype not in DTYPES:
-        raise ValueError(f"x: expected dtype float16, bfloat16, float32 or float64, got {x.dtype}")
+    check_dtype("x", x, DTYPES)
     channels = x.shape[1]
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != channels or weight.shape[1] < 1:
         got = f"shape {tuple(weight.shape)}" if isinstance(weight, torch.Tensor) else type(weight).__name__
         raise ValueError(f"weight: expected shape ({channels}, kernel_size >= 1), got {got}")
-    named = [("weight", weight)]
-    if bias is not None:
-        if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (channels,):
-            got = f"shape {tuple(bias.shape)}" if isinstance(bias, torch.Tensor) else type(bias).__name__
-            raise ValueError(f"bias: expected shape ({channels},) or None, got {got}")
-        named.append(("bias", bias))
-    for name, tensor in named:
-        if tensor.dtype != x.dtype:
-            raise ValueError(f"{name}: expected dtype {x.dtype} (that of x), got {tensor.dtype}")
-        if tensor.device != x.device:
-            raise ValueError(f"{name}: expected device {x.device} (that of x), got {tensor.device}")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (channels,)):
+        got = f"shape {tuple(bias.shape)}" if isinstance(bias, torch.Tensor) else type(bias).__name__
+        raise ValueError(f"bias: expected shape ({channels},) or None, got {got}")
+    check_like("x", x, {"weight": weight, "bias": bias})
 
 
 class _Tile(NamedTuple):
@@ -121,8 +127,10 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
     tile = _tile(x)
     grid = (triton.cdiv(length, tile.block_l), triton.cdiv(channels, tile.block_c), batch)
     _short_conv_forward_kernel[grid](
-        x, weight, weight if bias is None else bias, out, *x.stride(), *weight.stride(), *out.stride(),
-        channels, length, KERNEL_SIZE=weight.shape[1], HAS_BIAS=bias is not None,
+        # the bias may be a strided view (a column of a parameter matrix): pass its stride
+        x, weight, weight if bias is None else bias, out, *x.stride(), *weight.stride(),
+        1 if bias is None else bias.stride(0), *out.stride(), channels, length,
+        KERNEL_SIZE=weight.shape[1], HAS_BIAS=bias is not None,
         BLOCK_C=tile.block_c, BLOCK_L=tile.block_l, num_warps=tile.num_warps,
     )
     return out
@@ -176,7 +184,7 @@ if triton_available():
     @triton.jit
     def _short_conv_forward_kernel(
         x_ptr, w_ptr, b_ptr, out_ptr,
-        stride_xb, stride_xc, stride_xl, stride_wc, stride_wk, stride_ob, stride_oc, stride_ol,
+        stride_xb, stride_xc, stride_xl, stride_wc, stride_wk, stride_bc, stride_ob, stride_oc, stride_ol,
         channels, length,
         KERNEL_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
     ):
@@ -193,7 +201,7 @@ if triton_available():
             wj = tl.load(w_ptr + c * stride_wc + j * stride_wk, mask=c_ok, other=0.0).to(tl.float32)
             acc += wj[:, None] * xv
         if HAS_BIAS:
-            acc += tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[:, None]
+            acc += tl.load(b_ptr + c * stride_bc, mask=c_ok, other=0.0).to(tl.float32)[:, None]
         out = out_ptr + pid_b.to(tl.int64) * stride_ob + c[:, None] * stride_oc + t[None, :] * stride_ol
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=c_ok[:, None] & (t < length)[None, :])
 

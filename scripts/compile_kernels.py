@@ -46,9 +46,8 @@ from seqarch.kernels import fft_conv as fft_conv_mod
 from seqarch.kernels import monarch_matmul as monarch_mod
 from seqarch.kernels import short_conv as short_conv_mod
 from seqarch.kernels import ssm_kernel as ssm_mod
-from seqarch.kernels import ssm_kernel_triton as ssm_triton_mod
 
-KERNEL_MODULES = (attention_mod, fft_conv_mod, monarch_mod, short_conv_mod, ssm_triton_mod)
+KERNEL_MODULES = (attention_mod, fft_conv_mod, monarch_mod, short_conv_mod, ssm_mod)
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.float64: "*fp64",
                  torch.int32: "*i32", torch.int64: "*i64"}
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
@@ -161,20 +160,20 @@ def exercise_kernels(quick: bool = False) -> list[Launch]:
         for dtype, head_dim, n_kv_heads, causal in attention_cases:
             q = empty(2, 8, 1024, head_dim, dtype=dtype)
             k, v = (empty(2, n_kv_heads, 1024, head_dim, dtype=dtype) for _ in range(2))
-            _run(attention_mod.FlashAttention, q, k, v, causal, head_dim**-0.5)
+            _run(attention_mod.AttentionFunction, q, k, v, causal, head_dim**-0.5)
         for width, nblocks, dtype in monarch_cases:
             block = width // nblocks
             _run(monarch_mod.MonarchMatmulFunction, empty(512, width, dtype=dtype),
                  empty(nblocks, block, block, dtype=dtype), empty(nblocks, block, block, dtype=dtype))
         for length, causal, dtype in fft_cases:
             u, pre, post = (empty(2, 64, length, dtype=dtype) for _ in range(3))
-            _run(fft_conv_mod._FFTConvFunction, u, empty(64, length, dtype=fp32), pre, post, causal, True)
+            _run(fft_conv_mod.FFTConvFunction, u, empty(64, length, dtype=fp32), pre, post, causal, True)
         for kernel_size, dtype in short_conv_cases:
             _run(short_conv_mod.ShortConvFunction, empty(4, 256, 2048, dtype=dtype),
                  empty(256, kernel_size, dtype=dtype), empty(256, dtype=dtype))
-        _run(ssm_mod.VandermondeTriton, empty(2, 256, 32, dtype=complex64), empty(256, 32, dtype=complex64),
+        _run(ssm_mod.VandermondeKernelFunction, empty(2, 256, 32, dtype=complex64), empty(256, 32, dtype=complex64),
              ssm_length)
-        _run(ssm_mod.CauchyTriton, empty(256, 4, 32, dtype=complex64), empty(ssm_length, dtype=complex64),
+        _run(ssm_mod.CauchyKernelFunction, empty(256, 4, 32, dtype=complex64), empty(ssm_length, dtype=complex64),
              empty(256, ssm_length, dtype=complex64), empty(256, 32, dtype=complex64))
     return launches
 

@@ -13,7 +13,7 @@ import seqarch
 from seqarch.kernels import attention as attention_module
 from seqarch.kernels import triton_available, use_backend
 from seqarch.kernels.attention import (
-    FlashAttention,
+    AttentionFunction,
     _Launch,
     attention,
     attention_reference,
@@ -128,7 +128,8 @@ def test_bad_inputs_name_the_argument():
         ("k: expected rank 4", {"k": k[0]}),
         ("k: expected shape", {"k": k[:, :, :, :8], "v": v[:, :, :, :8]}),
         ("k: expected shape", {"k": torch.cat([k, k]), "v": torch.cat([v, v])}),
-        ("k: expected n_kv_heads dividing", {"k": k[:, :1].expand(1, 3, 8, 16), "v": v[:, :1].expand(1, 3, 8, 16)}),
+        ("k: expected n_kv_heads >= 1 dividing", {"k": k[:, :1].expand(1, 3, 8, 16), "v": v[:, :1].expand(1, 3, 8, 16)}),
+        ("k: expected n_kv_heads >= 1 dividing n_heads=4, got 0", {"k": k[:, :0], "v": v[:, :0]}),
         ("v: expected shape", {"v": v[:, :, :5]}),
         ("v: expected dtype torch.float32", {"v": v.double()}),
         ("q: expected dtype float16", {"q": q.int(), "k": k.int(), "v": v.int()}),
@@ -156,16 +157,61 @@ def test_backend_choice_is_honoured(monkeypatch):
     q, k, v = (t.detach() for t in random_qkv(1, 2, 2, 8, 8, 16))
     expected = attention_reference(q, k, v, causal=True)
     with use_backend("torch"), monkeypatch.context() as patch:
-        patch.setattr(FlashAttention, "apply", _forbid("the Triton path"))
+        patch.setattr(AttentionFunction, "apply", _forbid("the Triton path"))
         assert torch.equal(attention(q, k, v, causal=True), expected)
     with use_backend("triton"), monkeypatch.context() as patch:
         patch.setattr(attention_module, "attention_reference", _forbid("the twin"))
         assert relative_rms(attention(q, k, v, causal=True), expected) <= 1e-5
-    # Head dim 8 is outside the Triton kernels' set: the documented fallback to the twin.
+    # Head dim 8 is outside the Triton kernels' set: the twin under auto, a ValueError saying why when forced.
     q8, k8, v8 = q[..., :8], k[..., :8], v[..., :8]
-    with use_backend("triton"), monkeypatch.context() as patch:
-        patch.setattr(FlashAttention, "apply", _forbid("the Triton path"))
+    with use_backend("triton"), pytest.raises(ValueError, match=r"q: expected head_dim in \(16, 32, 64, 128\)"):
+        attention(q8, k8, v8, causal=False)
+    with use_backend("auto"), monkeypatch.context() as patch:
+        patch.setattr(AttentionFunction, "apply", _forbid("the Triton path"))
         assert torch.equal(attention(q8, k8, v8, causal=False), attention_reference(q8, k8, v8, causal=False))
+
+
+@pytest.mark.parametrize("choice", ["torch", "triton"])
+@pytest.mark.parametrize("batch, n_heads, n_kv_heads", [(0, 2, 2), (2, 0, 2), (0, 0, 1)])
+def test_empty_batch_or_query_heads_give_an_empty_result(choice, batch, n_heads, n_kv_heads):
+    if choice == "triton" and not triton_available():
+        pytest.skip("needs triton")
+    q, k, v = random_qkv(batch, n_heads, n_kv_heads, 5, 7, 16)
+    with use_backend(choice):
+        out = attention(q, k, v, causal=True)
+    assert out.shape == (batch, n_heads, 5, 16) and out.dtype == q.dtype
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert [g.shape for g in grads] == [q.shape, k.shape, v.shape]
+    assert all(torch.count_nonzero(g) == 0 for g in grads)
+
+
+@needs_triton
+@pytest.mark.parametrize("length", [1, 5])
+def test_mixer_kv_cache_and_chunked_prefill_call_the_kernel(monkeypatch, length):
+    """A prompt prefilled in two chunks, then decoded token by token, gives the parallel forward's
+    outputs; every step and chunk is one call of the kernel, with fewer queries than keys."""
+    import seqarch.mixers.attention as mixer_module
+
+    calls = []
+    original = mixer_module.attention
+    monkeypatch.setattr(mixer_module, "attention",
+                        lambda q, k, v, **kw: calls.append((q.shape[2], k.shape[2])) or original(q, k, v, **kw))
+    torch.manual_seed(9)
+    mixer = seqarch.build_mixer("attention", 64, n_heads=2, n_kv_heads=1, max_length=32).eval()
+    x = torch.randn(2, 12, 64)
+    for choice in ("torch", "triton"):
+        calls.clear()
+        with use_backend(choice), torch.no_grad():
+            full = mixer(x)
+            y1, state = mixer.prefill(x[:, :4])
+            y2, state = mixer.prefill(x[:, 4:4 + length], state)
+            steps = []
+            for t in range(4 + length, 12):
+                y_t, state = mixer.step(x[:, t], state)
+                steps.append(y_t)
+        incremental = torch.cat([y1, y2, torch.stack(steps, 1)], dim=1)
+        assert relative_rms(incremental, full) <= 1e-5, choice
+        assert calls == [(12, 12), (4, 4), (length, 4 + length)] + [(1, t + 1) for t in range(4 + length, 12)]
 
 
 @needs_triton

@@ -10,9 +10,9 @@ from seqarch.kernels import fft_conv as fc
 from seqarch.kernels import use_backend
 from seqarch.kernels.fft_conv import (
     fft_conv,
+    fft_conv_reference,
     fft_plan,
     offtheshelf_fft_conv,
-    reference_fft_conv,
 )
 from seqarch.modules import fft_conv as seqarch_fft_conv
 
@@ -44,7 +44,7 @@ def check_triton_matches_twin(batch, channels, length, filter_length, causal, ga
     grad_y = torch.randn(batch, channels, length)
     with use_backend("triton"):
         y, grads = forward_and_grads(fft_conv, u, k, pre, post, causal, grad_y)
-    y_ref, grads_ref = forward_and_grads(reference_fft_conv, u, k, pre, post, causal, grad_y)
+    y_ref, grads_ref = forward_and_grads(fft_conv_reference, u, k, pre, post, causal, grad_y)
     assert rel_err(y, y_ref) <= tol
     assert len(grads) == len(grads_ref)
     for grad, grad_ref in zip(grads, grads_ref):
@@ -67,7 +67,7 @@ def test_triton_partial_gradients_match_twin(wanted):
         tensor.requires_grad_(name == wanted)
     with use_backend("triton"):
         (grad,) = torch.autograd.grad(fft_conv(u, k, pre_gate=pre).pow(2).sum(), inputs[wanted])
-    (grad_ref,) = torch.autograd.grad(reference_fft_conv(u, k, pre_gate=pre).pow(2).sum(), inputs[wanted])
+    (grad_ref,) = torch.autograd.grad(fft_conv_reference(u, k, pre_gate=pre).pow(2).sum(), inputs[wanted])
     assert rel_err(grad, grad_ref) <= 1e-4
 
 
@@ -97,7 +97,7 @@ def test_triton_half_precision_inputs_keep_their_dtypes():
     with use_backend("triton"):
         y, grads = forward_and_grads(fft_conv, u, k, pre, post, True, grad_y)
     fp32 = [t.detach().float().requires_grad_() for t in (u, k, pre, post)]
-    y_ref, grads_ref = forward_and_grads(reference_fft_conv, *fp32, True, grad_y.float())
+    y_ref, grads_ref = forward_and_grads(fft_conv_reference, *fp32, True, grad_y.float())
     assert y.dtype == torch.bfloat16
     assert [g.dtype for g in grads] == [torch.bfloat16] * 3 + [torch.float16]
     assert rel_err(y, y_ref) <= 1e-2
@@ -134,7 +134,7 @@ def direct_conv(u, k, *, causal, pre_gate=None, post_gate=None):
 def test_twin_matches_direct_float64(causal, length, filter_length):
     u, k, pre, post = make_inputs(2, 3, length, filter_length, gates="both", dtype=torch.float64)
     grad_y = torch.randn(2, 3, length, dtype=torch.float64)
-    y, grads = forward_and_grads(reference_fft_conv, u, k, pre, post, causal, grad_y)
+    y, grads = forward_and_grads(fft_conv_reference, u, k, pre, post, causal, grad_y)
     y_ref, grads_ref = forward_and_grads(direct_conv, u, k, pre, post, causal, grad_y)
     assert y.dtype == torch.float64
     assert torch.allclose(y, y_ref, atol=1e-11)
@@ -185,13 +185,13 @@ def test_forced_triton_rejects_unsupported_lengths(length):
 
 def test_backend_choice_is_honoured(monkeypatch):
     calls = []
-    original = fc._FFTConvFunction.apply
+    original = fc.FFTConvFunction.apply
 
     def spy(*args):
         calls.append(args[0].shape)
         return original(*args)
 
-    monkeypatch.setattr(fc._FFTConvFunction, "apply", spy)
+    monkeypatch.setattr(fc.FFTConvFunction, "apply", spy)
     u, k = torch.randn(1, 2, 256), torch.randn(2, 256)
     with use_backend("torch"):
         y_torch = fft_conv(u, k)
@@ -213,13 +213,13 @@ def test_backend_choice_is_honoured(monkeypatch):
 def kernel_calls(monkeypatch):
     """Records the ``(batch, channels, length)`` of every call that reaches the Triton autograd Function."""
     calls = []
-    original = fc._FFTConvFunction.apply
+    original = fc.FFTConvFunction.apply
 
     def spy(*args):
         calls.append(tuple(args[0].shape))
         return original(*args)
 
-    monkeypatch.setattr(fc._FFTConvFunction, "apply", spy)
+    monkeypatch.setattr(fc.FFTConvFunction, "apply", spy)
     return calls
 
 
@@ -248,12 +248,29 @@ def test_module_fft_conv_routes_through_the_kernel(kernel_calls):
     u4, pre4, post4 = (t.detach().reshape(1, 2, 3, 256) for t in (u, pre, post))  # leading dims fold into batch
     with use_backend("triton"):
         y = seqarch_fft_conv.fft_conv(u4, k.detach(), pre_gate=pre4, post_gate=post4)
-        # a length the kernel does not take runs the twin, even with triton forced
+        # a length the kernel does not take: the module does not pre-empt the kernel's rule, forced triton raises
+        with pytest.raises(ValueError, match="u: expected a power-of-two length in \\[256, 65536\\] .* got 100"):
+            seqarch_fft_conv.fft_conv(u[..., :100].detach(), k[:, :50].detach(), causal=False)
+    with use_backend("auto"):  # and auto runs the twin
         odd = seqarch_fft_conv.fft_conv(u[..., :100].detach(), k[:, :50].detach(), causal=False)
     assert kernel_calls == [(2, 3, 256)]
     assert y.shape == (1, 2, 3, 256)
-    assert rel_err(y.reshape(2, 3, 256), reference_fft_conv(u, k, pre_gate=pre, post_gate=post)) <= 1e-4
-    assert rel_err(odd, reference_fft_conv(u[..., :100], k[:, :50], causal=False)) <= 1e-6
+    assert rel_err(y.reshape(2, 3, 256), fft_conv_reference(u, k, pre_gate=pre, post_gate=post)) <= 1e-4
+    assert rel_err(odd, fft_conv_reference(u[..., :100], k[:, :50], causal=False)) <= 1e-6
+
+
+@pytest.mark.parametrize("choice", ["torch", "triton"])
+@pytest.mark.parametrize("batch, channels", [(0, 3), (2, 0)])
+def test_zero_batch_or_channels_give_an_empty_result(choice, batch, channels):
+    u, k, pre, post = make_inputs(batch, channels, 256, 16, gates="both")
+    with use_backend(choice):
+        y = fft_conv(u, k, pre_gate=pre, post_gate=post)
+        module_y = seqarch_fft_conv.fft_conv(u.detach()[None], k.detach())  # leading dims folded, channels 0 too
+    assert y.shape == (batch, channels, 256) and y.dtype == u.dtype
+    assert module_y.shape == (1, batch, channels, 256)
+    grads = torch.autograd.grad(y.sum(), (u, k, pre, post))
+    assert [g.shape for g in grads] == [t.shape for t in (u, k, pre, post)]
+    assert all(torch.count_nonzero(g) == 0 for g in grads)
 
 
 def test_module_bidirectional_gates_match_direct():
@@ -283,7 +300,7 @@ class TestGpu:
         with use_backend("triton"):
             y, grads = forward_and_grads(fft_conv, u, k, pre, post, causal, grad_y)
         fp32 = [t.detach().float().requires_grad_() for t in (u, k, pre, post)]
-        y_ref, grads_ref = forward_and_grads(reference_fft_conv, *fp32, causal, grad_y.float())
+        y_ref, grads_ref = forward_and_grads(fft_conv_reference, *fp32, causal, grad_y.float())
         assert y.dtype == torch.bfloat16
         assert rel_err(y, y_ref) <= 1e-2
         for grad, grad_ref in zip(grads, grads_ref):
@@ -295,15 +312,15 @@ class TestGpu:
         grad_y = torch.randn(4, 64, length, device="cuda")
         with use_backend("triton"):
             y, grads = forward_and_grads(fft_conv, u, k, None, None, True, grad_y)
-        y_ref, grads_ref = forward_and_grads(reference_fft_conv, u, k, None, None, True, grad_y)
+        y_ref, grads_ref = forward_and_grads(fft_conv_reference, u, k, None, None, True, grad_y)
         assert rel_err(y, y_ref) <= 1e-4
         for grad, grad_ref in zip(grads, grads_ref):
             assert rel_err(grad, grad_ref) <= 1e-4
 
     def test_gpu_auto_takes_triton(self, monkeypatch):
         calls = []
-        original = fc._FFTConvFunction.apply
-        monkeypatch.setattr(fc._FFTConvFunction, "apply", lambda *a: calls.append(1) or original(*a))
+        original = fc.FFTConvFunction.apply
+        monkeypatch.setattr(fc.FFTConvFunction, "apply", lambda *a: calls.append(1) or original(*a))
         u, k = torch.randn(2, 8, 1024, device="cuda"), torch.randn(8, 1024, device="cuda")
         with use_backend("auto"):
             fft_conv(u, k)

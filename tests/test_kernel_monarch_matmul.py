@@ -118,12 +118,27 @@ def test_twin_matches_float64_dense_matrix(in_features, out_features, nblocks, t
     torch.testing.assert_close(offtheshelf_monarch_matmul(x, w1, w2), want[0], rtol=1e-12, atol=1e-12)
 
 
-def test_float64_and_empty_inputs_run_the_twin_on_the_triton_path():
+def test_float64_raises_on_the_triton_path_and_takes_the_twin_under_auto():
     w1, w2 = factors(16, 16, 2, dtype=torch.float64)
     x = torch.randn(3, 16, dtype=torch.float64)
-    with use_backend("triton"):
+    with use_backend("triton"), pytest.raises(ValueError, match="x: expected dtype float16, bfloat16 or float32 for "
+                                                               "the Triton path, got torch.float64"):
+        monarch_matmul(x, w1, w2)
+    with use_backend("auto"):
+        assert backend("monarch_matmul", x, w1, w2) == "torch"
         torch.testing.assert_close(monarch_matmul(x, w1, w2), monarch_matmul_reference(x, w1, w2))
-        assert monarch_matmul(x[:0], w1, w2).shape == (0, 16)
+
+
+@pytest.mark.parametrize("choice", ["torch", "triton"])
+def test_no_tokens_give_an_empty_result(choice):
+    w1, w2 = factors(16, 24, 2)
+    x = torch.randn(2, 0, 16, requires_grad=True)
+    with use_backend(choice):
+        y = monarch_matmul(x, w1, w2)
+    assert y.shape == (2, 0, 24)
+    grads = torch.autograd.grad(y.sum(), (x, w1, w2))
+    assert [g.shape for g in grads] == [x.shape, w1.shape, w2.shape]
+    assert all(torch.count_nonzero(g) == 0 for g in grads)
 
 
 def test_backend_choice_is_honoured(monkeypatch):

@@ -101,12 +101,41 @@ def test_causal():
     assert not torch.equal(y[..., 9:], y2[..., 9:])
 
 
-def test_long_filter_and_float64_fall_back_to_the_twin_on_the_triton_path():
+def test_long_filter_and_float64_raise_on_the_triton_path_and_take_the_twin_under_auto():
     x, weight, b = inputs(1, 2, 12, 9)
+    x64, w64, b64 = (t.detach().double() for t in inputs(1, 2, 12, 3))
     with use_backend("triton"):
+        with pytest.raises(ValueError, match="weight: expected kernel_size <= 8 for the Triton path, got 9"):
+            short_conv(x, weight, b)
+        with pytest.raises(ValueError, match="x: expected dtype float16, bfloat16 or float32 for the Triton path"):
+            short_conv(x64, w64, b64)
+    with use_backend("auto"):
         torch.testing.assert_close(short_conv(x, weight, b), short_conv_reference(x, weight, b))
-        x64, w64, b64 = (t.detach().double() for t in (x, weight, b))
         torch.testing.assert_close(short_conv(x64, w64, b64), direct_short_conv(x64, w64, b64))
+
+
+@pytest.mark.parametrize("choice", ["torch", "triton"])
+def test_strided_bias_is_read_with_its_stride(choice):
+    x, weight = (t.detach() for t in inputs(2, 4, 10, 3, bias=False)[:2])
+    bias = torch.arange(8.0).reshape(4, 2)[:, 1]  # a column view: stride 2
+    assert bias.stride() == (2,)
+    with use_backend(choice):
+        got = short_conv(x, weight, bias)
+    torch.testing.assert_close(got, direct_short_conv(x, weight, bias.contiguous()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("choice", ["torch", "triton"])
+@pytest.mark.parametrize("batch, channels, length", [(2, 3, 0), (2, 0, 5), (0, 3, 5)])
+def test_zero_size_inputs_give_an_empty_result(choice, batch, channels, length):
+    x, weight, b = inputs(batch, channels, length, 3)
+    with use_backend(choice):
+        y = short_conv(x, weight, b)
+    assert y.shape == (batch, channels, length) and y.dtype == x.dtype
+    grads = torch.autograd.grad(y.sum(), (x, weight, b))
+    assert [g.shape for g in grads] == [x.shape, weight.shape, b.shape]
+    assert all(torch.count_nonzero(g) == 0 for g in grads)
+    layer = ShortConv(channels or 1, 3)
+    assert layer(torch.randn(batch, channels or 1, length)).shape == (batch, channels or 1, length)
 
 
 def test_backend_choice_is_honoured(monkeypatch):

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 import seqarch
-from seqarch.kernels import ssm_kernel, ssm_kernel_triton, use_backend
+from seqarch.kernels import ssm_kernel, use_backend
 from seqarch.kernels.ssm_kernel import (
     cauchy_kernel,
     offtheshelf_cauchy,
     offtheshelf_vandermonde,
     vandermonde_kernel,
-    vandermonde_reference,
+    vandermonde_kernel_reference,
 )
 
 
@@ -81,7 +81,7 @@ def assert_triton_matches_twin(fn, inputs, differentiable, tol=1e-4):
 @pytest.mark.parametrize("batch, channels, state, length, max_block_state",
                          [((), 2, 4, 32, 32), ((2,), 3, 6, 77, 32), ((2,), 2, 8, 150, 4)])
 def test_vandermonde_triton_matches_twin(monkeypatch, batch, channels, state, length, max_block_state):
-    monkeypatch.setattr(ssm_kernel_triton, "MAX_BLOCK_STATE", max_block_state)
+    monkeypatch.setattr(ssm_kernel, "MAX_BLOCK_STATE", max_block_state)
     coef, log_z = vandermonde_inputs(batch, channels, state)
     assert_triton_matches_twin(lambda c, z: vandermonde_kernel(c, z, length), (coef, log_z), (0, 1))
 
@@ -96,7 +96,7 @@ def test_triton_gradient_of_one_input_only():
     coef, log_z = vandermonde_inputs((), 2, 4)
     with use_backend("triton"):
         (grad_z,) = torch.autograd.grad(vandermonde_kernel(coef.detach(), log_z, 40).sum(), [log_z])
-    (ref,) = torch.autograd.grad(vandermonde_reference(coef.detach(), log_z, 40).sum(), [log_z])
+    (ref,) = torch.autograd.grad(vandermonde_kernel_reference(coef.detach(), log_z, 40).sum(), [log_z])
     assert rel_rms(grad_z, ref) <= 1e-4
 
 
@@ -115,7 +115,7 @@ def impulse_response(coef, log_z, length):
 @pytest.mark.parametrize("length", [2, 33, 100])
 def test_vandermonde_twin_matches_recurrence_float64(length):
     inputs = vandermonde_inputs((2,), 3, 5, dtype=torch.float64)
-    out, grads = forward_and_grads(lambda c, z: vandermonde_reference(c, z, length), inputs, (0, 1))
+    out, grads = forward_and_grads(lambda c, z: vandermonde_kernel_reference(c, z, length), inputs, (0, 1))
     direct, direct_grads = forward_and_grads(lambda c, z: impulse_response(c, z, length), inputs, (0, 1))
     assert torch.allclose(out, direct, atol=1e-12)
     for got, ref in zip(grads, direct_grads):
@@ -138,7 +138,7 @@ def test_vandermonde_formulas_of_triton_backward_match_autograd_float64():
 
 def test_vandermonde_twin_passes_gradcheck():
     coef, log_z = vandermonde_inputs((2,), 2, 3, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda c, z: vandermonde_reference(c, z, 19), (coef, log_z))
+    assert torch.autograd.gradcheck(lambda c, z: vandermonde_kernel_reference(c, z, 19), (coef, log_z))
 
 
 @pytest.mark.parametrize("chunk_elements", [1 << 22, 10])  # one chunk, and chunks of one frequency
@@ -156,7 +156,7 @@ def test_cauchy_twin_matches_explicit_sum_float64(chunk_elements):
 
 def test_offtheshelf_vandermonde_matches_twin():
     coef, log_z = vandermonde_inputs((2,), 3, 4, dtype=torch.float64)
-    assert torch.allclose(offtheshelf_vandermonde(coef, log_z, 50), vandermonde_reference(coef, log_z, 50), atol=1e-12)
+    assert torch.allclose(offtheshelf_vandermonde(coef, log_z, 50), vandermonde_kernel_reference(coef, log_z, 50), atol=1e-12)
 
 
 # -- 3. bad inputs and the backend choice ---------------------------------------------------------
@@ -167,7 +167,7 @@ def test_offtheshelf_vandermonde_matches_twin():
     (lambda c, z, n: (c, z.real, n), "log_z: expected complex"),
     (lambda c, z, n: (c[..., :3], z, n), "coef: expected shape"),
     (lambda c, z, n: (c[0, 0], z, n), "coef: expected shape"),
-    (lambda c, z, n: (c.to(torch.complex128), z, n), "coef: expected torch.complex64"),
+    (lambda c, z, n: (c.to(torch.complex128), z, n), "coef: expected dtype torch.complex64"),
 ])
 def test_vandermonde_rejects_bad_inputs(change, match):
     coef, log_z = vandermonde_inputs((2,), 3, 4)
@@ -183,7 +183,7 @@ def test_vandermonde_rejects_bad_inputs(change, match):
     (lambda v, a, b, lam: (v, a[None], b, lam), "a: expected rank 1"),
     (lambda v, a, b, lam: (v, a.clone().requires_grad_(), b, lam), "a: expected a constant"),
     (lambda v, a, b, lam: (v, a, b[:, :3], lam), "b: expected shape"),
-    (lambda v, a, b, lam: (v, a.to(torch.complex128), b, lam), "a: expected torch.complex64"),
+    (lambda v, a, b, lam: (v, a.to(torch.complex128), b, lam), "a: expected dtype torch.complex64"),
 ])
 def test_cauchy_rejects_bad_inputs(change, match):
     inputs = [t.detach() for t in cauchy_inputs(2, 3, 4, 9)]
@@ -197,12 +197,12 @@ def test_backend_choice_is_honoured(monkeypatch):
     calls = []
 
     def spy(name, fn):
-        return lambda *args: calls.append(name) or fn(*args)
+        return lambda *args, **kwargs: calls.append(name) or fn(*args, **kwargs)
 
-    monkeypatch.setattr(ssm_kernel.VandermondeTriton, "apply", spy("triton", ssm_kernel.VandermondeTriton.apply))
-    monkeypatch.setattr(ssm_kernel, "vandermonde_reference", spy("torch", ssm_kernel.vandermonde_reference))
-    monkeypatch.setattr(ssm_kernel.CauchyTriton, "apply", spy("triton", ssm_kernel.CauchyTriton.apply))
-    monkeypatch.setattr(ssm_kernel.CauchyReference, "apply", spy("torch", ssm_kernel.CauchyReference.apply))
+    monkeypatch.setattr(ssm_kernel.VandermondeKernelFunction, "apply", spy("triton", ssm_kernel.VandermondeKernelFunction.apply))
+    monkeypatch.setattr(ssm_kernel, "vandermonde_kernel_reference", spy("torch", ssm_kernel.vandermonde_kernel_reference))
+    monkeypatch.setattr(ssm_kernel.CauchyKernelFunction, "apply", spy("triton", ssm_kernel.CauchyKernelFunction.apply))
+    monkeypatch.setattr(ssm_kernel, "cauchy_kernel_reference", spy("torch", ssm_kernel.cauchy_kernel_reference))
     coef, log_z = vandermonde_inputs((), 2, 4)
     cauchy = cauchy_inputs(2, 3, 4, 9)
     for choice in ("torch", "triton"):
@@ -211,11 +211,36 @@ def test_backend_choice_is_honoured(monkeypatch):
             cauchy_kernel(*cauchy)
         assert calls == [choice, choice]
         calls.clear()
-    # complex128 takes the twin even when Triton is forced (documented limit).
+    # complex128 is outside the Triton kernels: a ValueError saying why when forced, the twin under auto.
+    coef128, log_z128 = coef.detach().to(torch.complex128), log_z.detach().to(torch.complex128)
+    cauchy128 = [t.detach().to(torch.complex128) for t in cauchy]
     with use_backend("triton"):
-        vandermonde_kernel(coef.detach().to(torch.complex128), log_z.detach().to(torch.complex128), 20)
-        cauchy_kernel(*[t.detach().to(torch.complex128) for t in cauchy])
+        with pytest.raises(ValueError, match="coef: expected dtype complex64 for the Triton path, got torch.complex128"):
+            vandermonde_kernel(coef128, log_z128, 20)
+        with pytest.raises(ValueError, match="lam: expected dtype complex64 for the Triton path, got torch.complex128"):
+            cauchy_kernel(*cauchy128)
+    assert calls == []
+    with use_backend("auto"):
+        vandermonde_kernel(coef128, log_z128, 20)
+        cauchy_kernel(*cauchy128)
     assert calls == ["torch", "torch"]
+
+
+@pytest.mark.parametrize("choice", ["torch", "triton"])
+def test_empty_results(choice):
+    """No frequencies, channels or sums (Cauchy), no rows (Vandermonde): empty results, zero gradients."""
+    with use_backend(choice):
+        for channels, sums, length in [(2, 3, 0), (0, 3, 9), (2, 0, 9)]:
+            numerators, a, b, lam = cauchy_inputs(channels, sums, 4, max(length, 1))
+            a, b = a[:length], b.detach()[:, :length].requires_grad_()
+            out = cauchy_kernel(numerators, a, b, lam)
+            assert out.shape == (channels, sums, length) and out.dtype == torch.complex64
+            grads = torch.autograd.grad(out.abs().sum(), (numerators, b, lam))
+            assert all(torch.count_nonzero(g) == 0 for g in grads)
+        coef, log_z = vandermonde_inputs((0,), 3, 4)
+        out = vandermonde_kernel(coef, log_z, 10)
+        assert out.shape == (0, 3, 10) and out.dtype == torch.float32
+        assert torch.count_nonzero(torch.autograd.grad(out.sum(), log_z)[0]) == 0
 
 
 # -- 5. the layers: swapping the backend changes nothing beyond rounding ---------------------------
@@ -223,7 +248,8 @@ def test_backend_choice_is_honoured(monkeypatch):
 def test_layer_loss_and_gradients_do_not_depend_on_backend(name):
     torch.manual_seed(0)
     layer = seqarch.build_mixer(name, 4, d_state=8)
-    x = torch.randn(2, 45, 4)
+    # a length the FFT convolution's Triton kernel takes: forced triton covers every op of the layer
+    x = torch.randn(2, 256, 4)
     results = {}
     for choice in ("torch", "triton"):
         with use_backend(choice):

@@ -4,8 +4,10 @@ Grouped-query heads (Ainslie et al., "GQA", 2023): ``n_kv_heads`` key/value head
 shared by ``n_heads / n_kv_heads`` query heads each.  Rotary position embedding
 (Su et al., 2021) on queries and keys by default.  The parallel path calls the
 fused kernel :func:`seqarch.kernels.attention.attention` (FlashAttention-2 in
-Triton on GPUs, SDPA elsewhere); the recurrent path keeps a KV cache of at most
-``max_length`` tokens and calls ``torch.nn.functional.scaled_dot_product_attention``.
+Triton on GPUs, SDPA elsewhere); so do the recurrent paths, which keep a KV cache of at
+most ``max_length`` tokens: a step or a prefill is the newest queries against every
+cached key (the kernel's bottom-right causal alignment).  Attention dropout, in training,
+runs SDPA (the fused kernel has none).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_divides, check_dropout, check_positive_int
-from ..kernels.attention import attention
+from ..kernels.attention import attention, causal_mask
 from ..modules.rotary import RotaryEmbedding
 from .base import Mixer, State, register_mixer
 
@@ -89,26 +91,24 @@ class Attention(Mixer):
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         return q, k, v
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int) -> torch.Tensor:
-        """Attention of queries at positions ``offset + i`` over keys at positions ``0..``;
-        returns ``(batch, length, d_model)``."""
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of queries, the newest ``length_q`` of the ``length_kv`` tokens whose keys are
+        given, over those keys; returns ``(batch, length_q, d_model)``.
+
+        The parallel forward (``length_q == length_kv``), a KV-cache step (one query) and a
+        prefill after earlier tokens (``length_q < length_kv``) are the same call: the kernel's
+        causal mask is bottom-right aligned, query ``i`` sees keys up to ``i + length_kv - length_q``.
+        """
         batch, _, length, _ = q.shape
         dropout = self.dropout if self.training else 0.0
-        if offset == 0 and k.shape[2] == length and dropout == 0.0:
-            # The whole sequence at once: the fused kernel (it has no dropout, SDPA keeps that case).
+        if dropout == 0.0:
             y = attention(q, k, v, causal=self.causal)
         else:
-            mask = None
-            is_causal = False
-            if self.causal and length > 1:
-                if offset == 0 and k.shape[2] == length:
-                    is_causal = True
-                else:
-                    key_pos = torch.arange(k.shape[2], device=q.device)
-                    query_pos = torch.arange(offset, offset + length, device=q.device)
-                    mask = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1)
+            # The fused kernel has no dropout: SDPA, whose is_causal aligns top-left, so the kernel
+            # module's bottom-right mask when the lengths differ.
+            mask = causal_mask(length, k.shape[2], q.device) if self.causal and k.shape[2] != length else None
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout,
+                q, k, v, attn_mask=mask, is_causal=self.causal and mask is None, dropout_p=dropout,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )
         return self.out(y.transpose(1, 2).reshape(batch, length, self.d_model))
@@ -116,7 +116,7 @@ class Attention(Mixer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_sequence(x)
         q, k, v = self._project(x, 0)
-        return self._attend(q, k, v, 0)
+        return self._attend(q, k, v)
 
     # -- recurrent form: the KV cache ---------------------------------------------------
     def init_state(self, batch_size, *, device=None, dtype=None, max_length=None) -> State:
@@ -151,7 +151,7 @@ class Attention(Mixer):
         cache_k, cache_v = state["k"], state["v"]
         cache_k[:, :, start:start + new] = k
         cache_v[:, :, start:start + new] = v
-        y = self._attend(q, cache_k[:, :, :start + new], cache_v[:, :, :start + new], start)
+        y = self._attend(q, cache_k[:, :, :start + new], cache_v[:, :, :start + new])
         return y, {**state, "k": cache_k, "v": cache_v, "length": start + new}
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels.fft_conv import fft_conv as _kernel_fft_conv
-from ..kernels.fft_conv import reference_fft_conv, triton_unsupported
 
 
 def _check_conv_args(u: torch.Tensor, k: torch.Tensor, filter_name: str, max_len: int) -> None:
@@ -53,9 +52,12 @@ def fft_conv(
     Returns:
         ``(..., channels, length)`` in ``u``'s dtype; computed in at least float32.
 
-    Lengths and dtypes the Triton kernel takes (:func:`seqarch.kernels.fft_conv.fft_conv`:
-    powers of two from 256 to 65536, float32 / bfloat16 / float16) go through it, so CUDA
-    tensors run the Monarch FFT kernel; any other call runs its rfft twin.
+    Every call goes through :func:`seqarch.kernels.fft_conv.fft_conv` with the leading
+    dimensions folded into its batch, so its dispatch rule holds here unchanged: CUDA
+    tensors at the lengths and dtypes its Triton kernel takes (powers of two from 256 to
+    65536, float32 / bfloat16 / float16) run the Monarch FFT kernel, other calls its rfft
+    twin under ``auto``, and forced ``triton`` raises ``ValueError`` for a call the kernel
+    cannot take.
     """
     length = u.shape[-1]
     _check_conv_args(u, k, "k", length)
@@ -63,11 +65,11 @@ def fft_conv(
     for name, gate in gates.items():
         if gate is not None and gate.shape != u.shape:
             raise ValueError(f"{name}: expected shape {tuple(u.shape)} like u, got {tuple(gate.shape)}")
-    if triton_unsupported(length, u.dtype) is not None:
-        return reference_fft_conv(u, k, causal=causal, **gates)
-    # the kernel takes (batch, channels, length): fold the leading dimensions into one
-    flat = {name: None if g is None else g.reshape(-1, *u.shape[-2:]) for name, g in gates.items()}
-    return _kernel_fft_conv(u.reshape(-1, *u.shape[-2:]), k, causal=causal, **flat).reshape(u.shape)
+    # the kernel takes (batch, channels, length): fold the leading dimensions into one (counted,
+    # not -1, which reshape cannot infer when channels is 0)
+    flat_shape = (math.prod(u.shape[:-2]), *u.shape[-2:])
+    flat = {name: None if g is None else g.reshape(flat_shape) for name, g in gates.items()}
+    return _kernel_fft_conv(u.reshape(flat_shape), k, causal=causal, **flat).reshape(u.shape)
 
 
 def two_sided_filter(k_forward: torch.Tensor, k_backward: torch.Tensor) -> torch.Tensor:

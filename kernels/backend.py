@@ -19,6 +19,9 @@ takes:
   (Triton not importable, CPU tensors outside the interpreter, or the op's reason).
   Nothing falls back silently.
 
+A call whose result is empty (a zero batch, no channels...) returns it before dispatch on
+every backend: there is nothing to compute (``tensor_checks.empty_result``).
+
 Forcing ``triton`` on CPU tensors is allowed only under ``TRITON_INTERPRET=1``
 (Triton's interpreter, which runs kernels on the CPU, slowly): that is how the
 test suite checks every Triton kernel without a GPU.

@@ -33,7 +33,7 @@ import torch
 from .backend import device_guard, interpreting, select, triton_available
 from .tensor_checks import check_like, dtype_names, empty_result
 
-# Complex dtypes the Triton kernels run in; complex128 inputs take the twin (see triton_limits).
+# Complex dtypes the Triton kernels run in (see vandermonde_triton_limits, cauchy_triton_limits).
 TRITON_DTYPES = (torch.complex64,)
 DTYPES = (torch.complex64, torch.complex128)
 # Complex elements of one (channels, state, chunk) block of the Cauchy twin: 2^22 complex64 is 32 MiB.
@@ -71,7 +71,7 @@ def vandermonde_kernel_reference(coef: torch.Tensor, log_z: torch.Tensor, length
     return out.flatten(-2)[..., :length]
 
 
-def offtheshelf_vandermonde(coef: torch.Tensor, log_z: torch.Tensor, length: int) -> torch.Tensor:
+def offtheshelf_vandermonde_kernel(coef: torch.Tensor, log_z: torch.Tensor, length: int) -> torch.Tensor:
     """The materialising baseline for benchmarks: builds the ``(..., channels, state, length)`` powers."""
     steps = torch.arange(length, device=log_z.device, dtype=log_z.real.dtype)
     return 2 * (coef.unsqueeze(-1) * torch.exp(log_z.unsqueeze(-1) * steps)).sum(-2).real
@@ -128,7 +128,8 @@ class _CauchyReferenceFunction(torch.autograd.Function):
         return grad_num, None, grad_b, grad_lam, None
 
 
-def offtheshelf_cauchy(numerators: torch.Tensor, a: torch.Tensor, b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+def offtheshelf_cauchy_kernel(numerators: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                              lam: torch.Tensor) -> torch.Tensor:
     """The materialising baseline for benchmarks: the broadcast ``(channels, state, length)`` Cauchy matrix."""
     return numerators @ (1 / (a - b[:, None, :] * lam[..., None]))
 

@@ -44,8 +44,8 @@ from seqarch.kernels.monarch_matmul import monarch_matmul, offtheshelf_monarch_m
 from seqarch.kernels.short_conv import offtheshelf_short_conv, short_conv
 from seqarch.kernels.ssm_kernel import (
     cauchy_kernel,
-    offtheshelf_cauchy,
-    offtheshelf_vandermonde,
+    offtheshelf_cauchy_kernel,
+    offtheshelf_vandermonde_kernel,
     vandermonde_kernel,
 )
 
@@ -235,7 +235,7 @@ OPS: dict[str, Op] = {
         "flops", "fwd 2 tokens (numel(blkdiag1) + numel(blkdiag2)); fwd+bwd 3 x fwd", monarch_flops, monarch_cases,
         {mode: [("speedup", ">=", 1.2)] for mode in MODES}),
     "ssm_kernel": Op(
-        _dispatch(vandermonde_kernel, cauchy_kernel), _dispatch(offtheshelf_vandermonde, offtheshelf_cauchy),
+        _dispatch(vandermonde_kernel, cauchy_kernel), _dispatch(offtheshelf_vandermonde_kernel, offtheshelf_cauchy_kernel),
         "materialising einsum / broadcast over (channels, state, length)", ("coef", "log_z", "numerators", "b", "lam"),
         "flops", "8 real flops per complex multiply-add: Vandermonde 8 c N L, Cauchy 8 c sums N L "
         "(reciprocals not counted); fwd+bwd 3 x fwd. Memory linear in length: peak <= 4 x the bytes of inputs, "

@@ -58,7 +58,7 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         x: ``(batch, channels, length)``, float16, bfloat16, float32 or float64, any strides.
         weight: ``(channels, kernel_size)``, same dtype and device as ``x``; ``weight[:, -1]``
             multiplies the present token.
-        bias: ``(channels,)`` or None.
+        bias: ``(channels,)`` or None, any stride (a column view of a parameter matrix is read in place).
 
     Returns:
         ``(batch, channels, length)`` in ``x``'s dtype (contiguous).

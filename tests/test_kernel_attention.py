@@ -215,6 +215,20 @@ def test_mixer_kv_cache_and_chunked_prefill_call_the_kernel(monkeypatch, length)
         assert calls == [(12, 12), (4, 4), (length, 4 + length)] + [(1, t + 1) for t in range(4 + length, 12)]
 
 
+def test_mixer_dropout_path_aligns_cached_queries_bottom_right():
+    """With dropout (training) the mixer runs SDPA with the kernel module's mask; at a dropout so small
+    that nothing is dropped, a prefill in two chunks then a step equal the parallel forward."""
+    torch.manual_seed(10)
+    mixer = seqarch.build_mixer("attention", 16, n_heads=2, max_length=16, dropout=1e-12).train()
+    x = torch.randn(2, 9, 16)
+    with torch.no_grad():
+        full = mixer(x)
+        y1, state = mixer.prefill(x[:, :3])
+        y2, state = mixer.prefill(x[:, 3:8], state)
+        y3, _ = mixer.step(x[:, 8], state)
+    assert relative_rms(torch.cat([y1, y2, y3[:, None]], dim=1), full) <= 1e-6
+
+
 @needs_triton
 @pytest.mark.parametrize("causal", [True, False])
 def test_mixer_loss_is_the_same_on_both_backends(causal):

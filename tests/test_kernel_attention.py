@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import relative_rms
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import seqarch
@@ -21,11 +22,6 @@ from seqarch.kernels.attention import (
 )
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="needs triton")
-
-
-def relative_rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt())
 
 
 def random_qkv(batch, n_heads, n_kv_heads, length_q, length_kv, head_dim, *, dtype=torch.float32, device="cpu"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import relative_rms
 
 import seqarch
 from seqarch.kernels import fft_conv as fc
@@ -15,10 +16,6 @@ from seqarch.kernels.fft_conv import (
     offtheshelf_fft_conv,
 )
 from seqarch.modules import fft_conv as seqarch_fft_conv
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).pow(2).mean().sqrt() / b.float().pow(2).mean().sqrt()).item()
 
 
 def make_inputs(batch, channels, length, filter_length, *, gates, dtype=torch.float32, device="cpu", seed=0):
@@ -45,10 +42,10 @@ def check_triton_matches_twin(batch, channels, length, filter_length, causal, ga
     with use_backend("triton"):
         y, grads = forward_and_grads(fft_conv, u, k, pre, post, causal, grad_y)
     y_ref, grads_ref = forward_and_grads(fft_conv_reference, u, k, pre, post, causal, grad_y)
-    assert rel_err(y, y_ref) <= tol
+    assert relative_rms(y, y_ref) <= tol
     assert len(grads) == len(grads_ref)
     for grad, grad_ref in zip(grads, grads_ref):
-        assert rel_err(grad, grad_ref) <= tol
+        assert relative_rms(grad, grad_ref) <= tol
 
 
 # -- 1. the Triton kernels under the interpreter, against the twin ----------------------
@@ -68,7 +65,7 @@ def test_triton_partial_gradients_match_twin(wanted):
     with use_backend("triton"):
         (grad,) = torch.autograd.grad(fft_conv(u, k, pre_gate=pre).pow(2).sum(), inputs[wanted])
     (grad_ref,) = torch.autograd.grad(fft_conv_reference(u, k, pre_gate=pre).pow(2).sum(), inputs[wanted])
-    assert rel_err(grad, grad_ref) <= 1e-4
+    assert relative_rms(grad, grad_ref) <= 1e-4
 
 
 def test_triton_short_filter_matches_twin():
@@ -100,9 +97,9 @@ def test_triton_half_precision_inputs_keep_their_dtypes():
     y_ref, grads_ref = forward_and_grads(fft_conv_reference, *fp32, True, grad_y.float())
     assert y.dtype == torch.bfloat16
     assert [g.dtype for g in grads] == [torch.bfloat16] * 3 + [torch.float16]
-    assert rel_err(y, y_ref) <= 1e-2
+    assert relative_rms(y, y_ref) <= 1e-2
     for grad, grad_ref in zip(grads, grads_ref):
-        assert rel_err(grad, grad_ref) <= 1e-2
+        assert relative_rms(grad, grad_ref) <= 1e-2
 
 
 def test_fft_plan_factors():
@@ -202,7 +199,7 @@ def test_backend_choice_is_honoured(monkeypatch):
     with use_backend("triton"):
         y_triton = fft_conv(u, k)
     assert calls == [u.shape]
-    assert rel_err(y_triton, y_torch) <= 1e-4
+    assert relative_rms(y_triton, y_torch) <= 1e-4
     # auto falls back to the twin for a length the kernel does not take, and gets it right
     u_odd, k_odd = torch.randn(1, 2, 100, dtype=torch.float64), torch.randn(2, 100, dtype=torch.float64)
     assert torch.allclose(fft_conv(u_odd, k_odd), direct_conv(u_odd, k_odd, causal=True), atol=1e-11)
@@ -240,7 +237,7 @@ def test_layer_backend_swap(name, causal, kernel_calls):
     # only the triton pass reaches the kernel; bidirectional layers run one circular FFT of 2L
     assert kernel_calls == [(1, 8, 256 if causal else 512)]
     assert abs(losses[1] - losses[0]) <= 1e-4 * abs(losses[0])
-    assert rel_err(grads[1], grads[0]) <= 1e-4
+    assert relative_rms(grads[1], grads[0]) <= 1e-4
 
 
 def test_module_fft_conv_routes_through_the_kernel(kernel_calls):
@@ -255,8 +252,8 @@ def test_module_fft_conv_routes_through_the_kernel(kernel_calls):
         odd = seqarch_fft_conv.fft_conv(u[..., :100].detach(), k[:, :50].detach(), causal=False)
     assert kernel_calls == [(2, 3, 256)]
     assert y.shape == (1, 2, 3, 256)
-    assert rel_err(y.reshape(2, 3, 256), fft_conv_reference(u, k, pre_gate=pre, post_gate=post)) <= 1e-4
-    assert rel_err(odd, fft_conv_reference(u[..., :100], k[:, :50], causal=False)) <= 1e-6
+    assert relative_rms(y.reshape(2, 3, 256), fft_conv_reference(u, k, pre_gate=pre, post_gate=post)) <= 1e-4
+    assert relative_rms(odd, fft_conv_reference(u[..., :100], k[:, :50], causal=False)) <= 1e-6
 
 
 @pytest.mark.parametrize("choice", ["torch", "triton"])
@@ -302,9 +299,9 @@ class TestGpu:
         fp32 = [t.detach().float().requires_grad_() for t in (u, k, pre, post)]
         y_ref, grads_ref = forward_and_grads(fft_conv_reference, *fp32, causal, grad_y.float())
         assert y.dtype == torch.bfloat16
-        assert rel_err(y, y_ref) <= 1e-2
+        assert relative_rms(y, y_ref) <= 1e-2
         for grad, grad_ref in zip(grads, grads_ref):
-            assert rel_err(grad, grad_ref) <= 1e-2
+            assert relative_rms(grad, grad_ref) <= 1e-2
 
     @pytest.mark.parametrize("length", [1024, 16384])
     def test_gpu_float32_matches_twin(self, length):
@@ -313,9 +310,9 @@ class TestGpu:
         with use_backend("triton"):
             y, grads = forward_and_grads(fft_conv, u, k, None, None, True, grad_y)
         y_ref, grads_ref = forward_and_grads(fft_conv_reference, u, k, None, None, True, grad_y)
-        assert rel_err(y, y_ref) <= 1e-4
+        assert relative_rms(y, y_ref) <= 1e-4
         for grad, grad_ref in zip(grads, grads_ref):
-            assert rel_err(grad, grad_ref) <= 1e-4
+            assert relative_rms(grad, grad_ref) <= 1e-4
 
     def test_gpu_auto_takes_triton(self, monkeypatch):
         calls = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import relative_rms
 
 import seqarch.kernels.monarch_matmul as module
 from seqarch.kernels import backend, use_backend
@@ -14,11 +15,6 @@ from seqarch.kernels.monarch_matmul import (
     offtheshelf_monarch_matmul,
 )
 from seqarch.modules.monarch import MonarchLinear, monarch_mid_features
-
-
-def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
 
 
 def factors(in_features, out_features, nblocks, *, dtype=torch.float32, device="cpu", seed=0):
@@ -50,7 +46,7 @@ def test_triton_matches_twin_forward_and_grads(in_features, out_features, nblock
     want = forward_and_grads(monarch_matmul_reference, x, w1, w2, grad_out)
     for name, g, w in zip(["y", "dx", "dblkdiag1", "dblkdiag2"], got, want):
         assert g.shape == w.shape and g.dtype == w.dtype, name
-        assert rel_rms(g, w) <= 1e-4, name
+        assert relative_rms(g, w) <= 1e-4, name
 
 
 def test_triton_half_precision_against_float32_twin():
@@ -65,7 +61,7 @@ def test_triton_half_precision_against_float32_twin():
     want = forward_and_grads(monarch_matmul_reference, *ref, grad_out.float())
     for name, g, w in zip(["y", "dx", "dblkdiag1", "dblkdiag2"], got, want):
         assert g.dtype == torch.float16, name
-        assert rel_rms(g, w) <= 1e-2, name
+        assert relative_rms(g, w) <= 1e-2, name
 
 
 def test_triton_with_several_output_block_groups(monkeypatch):
@@ -81,7 +77,7 @@ def test_triton_with_several_output_block_groups(monkeypatch):
         got = forward_and_grads(monarch_matmul, x, w1, w2, grad_out)
     want = forward_and_grads(monarch_matmul_reference, x, w1, w2, grad_out)
     for name, g, w in zip(["y", "dx", "dblkdiag1", "dblkdiag2"], got, want):
-        assert rel_rms(g, w) <= 1e-4, name
+        assert relative_rms(g, w) <= 1e-4, name
 
 
 def test_weight_grad_kernel_split_over_token_ranges():
@@ -91,7 +87,7 @@ def test_weight_grad_kernel_split_over_token_ranges():
     want = torch.einsum("tbm,tbn->bmn", grads.reshape(tokens, nb, rows), acts.reshape(tokens, nb, cols))
     for target_programs in (1, 64):  # one token range, then several
         got = module._blockdiag_weight_grad(grads, acts, nb, like, target_programs=target_programs)
-        assert rel_rms(got, want) <= 1e-5
+        assert relative_rms(got, want) <= 1e-5
 
 
 @pytest.mark.parametrize("in_features,out_features,nblocks,tokens", SHAPES)
@@ -194,7 +190,7 @@ def test_layer_backend_swap_changes_output_and_loss_by_at_most_1e4(in_features, 
         results[choice] = (y.detach(), loss.detach(), *(p.grad.clone() for p in layer.parameters()))
     assert len(results["triton"]) == 5
     for got, want in zip(results["triton"], results["torch"]):
-        assert rel_rms(got, want) <= 1e-4
+        assert relative_rms(got, want) <= 1e-4
 
 
 def test_layer_under_autocast_runs_the_product_in_the_autocast_dtype(monkeypatch):
@@ -209,7 +205,7 @@ def test_layer_under_autocast_runs_the_product_in_the_autocast_dtype(monkeypatch
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
     assert seen == [{torch.bfloat16}]
-    assert 0 < rel_rms(y.float(), layer(x)) <= 1e-2
+    assert 0 < relative_rms(y.float(), layer(x)) <= 1e-2
     y.float().square().sum().backward()
     assert layer.blkdiag1.grad.dtype == torch.float32 and layer.blkdiag1.grad.abs().sum() > 0
 
@@ -229,7 +225,7 @@ class TestGPU:
         want = forward_and_grads(monarch_matmul_reference, *ref, grad_out.float())
         for name, g, w in zip(["y", "dx", "dblkdiag1", "dblkdiag2"], got, want):
             assert g.dtype == torch.bfloat16, name
-            assert rel_rms(g.float(), w) <= 1e-2, name
+            assert relative_rms(g.float(), w) <= 1e-2, name
 
     def test_gpu_float32_rectangular_matches_twin_tightly(self):
         w1, w2 = factors(1024, 3072, 8, device="cuda")
@@ -238,7 +234,7 @@ class TestGPU:
         got = forward_and_grads(monarch_matmul, x, w1, w2, grad_out)
         want = forward_and_grads(monarch_matmul_reference, x, w1, w2, grad_out)
         for g, w in zip(got, want):
-            assert rel_rms(g, w) <= 1e-5
+            assert relative_rms(g, w) <= 1e-5
 
     def test_gpu_layer_under_autocast(self):
         layer = MonarchLinear(1024, 1024, 32, device="cuda")
@@ -247,4 +243,4 @@ class TestGPU:
             y = layer(x)  # the product runs in bfloat16 (Triton), the float32 bias add promotes
         y.float().square().mean().backward()
         assert layer.blkdiag1.grad.dtype == torch.float32
-        assert rel_rms(y.float(), x @ layer.dense_matrix().T + layer.bias) <= 1e-2
+        assert relative_rms(y.float(), x @ layer.dense_matrix().T + layer.bias) <= 1e-2

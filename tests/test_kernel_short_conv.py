@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import relative_rms
 
 from seqarch.kernels import backend, use_backend
 from seqarch.kernels.short_conv import (
@@ -13,11 +14,6 @@ from seqarch.kernels.short_conv import (
     short_conv_reference,
 )
 from seqarch.modules.short_conv import ShortConv
-
-
-def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
 
 
 def inputs(batch, channels, length, kernel_size, *, bias=True, dtype=torch.float32, device="cpu", seed=0):
@@ -62,7 +58,7 @@ def test_triton_matches_twin_forward_and_grads(batch, channels, length, kernel_s
     assert len(got) == len(want) == (4 if bias else 3)
     for name, g, w in zip(["y", "dx", "dweight", "dbias"], got, want):
         assert g.shape == w.shape and g.dtype == w.dtype, name
-        assert rel_rms(g, w) <= 1e-4, name
+        assert relative_rms(g, w) <= 1e-4, name
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -75,7 +71,7 @@ def test_triton_half_precision_against_float32_twin(dtype):
     want = forward_and_grads(short_conv_reference, *ref, grad_out.float())
     for name, g, w in zip(["y", "dx", "dweight", "dbias"], got, want):
         assert g.dtype == dtype, name
-        assert rel_rms(g, w) <= 1e-2, name
+        assert relative_rms(g, w) <= 1e-2, name
 
 
 @pytest.mark.parametrize("kernel_size,bias", [(1, True), (3, True), (4, False), (8, True)])
@@ -185,7 +181,7 @@ def test_layer_backend_swap_changes_output_and_loss_by_at_most_1e4(kernel_size):
         loss.backward()
         results[choice] = (y.detach(), loss.detach(), layer.weight.grad.clone(), layer.bias.grad.clone())
     for got, want in zip(results["triton"], results["torch"]):
-        assert rel_rms(got, want) <= 1e-4
+        assert relative_rms(got, want) <= 1e-4
 
 
 def test_layer_under_autocast_runs_in_the_autocast_dtype():
@@ -195,7 +191,7 @@ def test_layer_under_autocast_runs_in_the_autocast_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
     assert y.dtype == torch.bfloat16  # as conv1d under autocast
-    assert 0 < rel_rms(y.float(), layer(x)) <= 1e-2
+    assert 0 < relative_rms(y.float(), layer(x)) <= 1e-2
     y.float().sum().backward()
     assert layer.weight.grad.dtype == torch.float32 and layer.weight.grad.abs().sum() > 0
 
@@ -217,7 +213,7 @@ class TestGPU:
         want = forward_and_grads(short_conv_reference, *ref, grad_out.float())
         for name, g, w in zip(["y", "dx", "dweight", "dbias"], got, want):
             assert g.dtype == torch.bfloat16, name
-            assert rel_rms(g.float(), w) <= 1e-2, name
+            assert relative_rms(g.float(), w) <= 1e-2, name
 
     def test_gpu_float32_matches_twin_tightly(self):
         x, weight, b = inputs(4, 768, 1024, 4, device="cuda")
@@ -225,4 +221,4 @@ class TestGPU:
         got = forward_and_grads(short_conv, x, weight, b, grad_out)
         want = forward_and_grads(short_conv_reference, x, weight, b, grad_out)
         for g, w in zip(got, want):
-            assert rel_rms(g, w) <= 1e-5
+            assert relative_rms(g, w) <= 1e-5

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import relative_rms
 
 import seqarch
 from seqarch.kernels import ssm_kernel, use_backend
@@ -18,10 +19,6 @@ from seqarch.kernels.ssm_kernel import (
     vandermonde_kernel,
     vandermonde_kernel_reference,
 )
-
-
-def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().pow(2).mean().sqrt() / b.abs().pow(2).mean().sqrt()).item()
 
 
 def s4d_like_log_z(channels, state, dtype=torch.float32, device=None, seed=0):
@@ -71,9 +68,9 @@ def assert_triton_matches_twin(fn, inputs, differentiable, tol=1e-4):
         out, grads = forward_and_grads(fn, inputs, differentiable)
     with use_backend("torch"):
         ref_out, ref_grads = forward_and_grads(fn, inputs, differentiable)
-    assert rel_rms(out, ref_out) <= tol
+    assert relative_rms(out, ref_out) <= tol
     for got, ref in zip(grads, ref_grads):
-        assert rel_rms(got, ref) <= tol
+        assert relative_rms(got, ref) <= tol
 
 
 # -- 1. Triton (interpreter) against the twin -----------------------------------------------------
@@ -97,7 +94,7 @@ def test_triton_gradient_of_one_input_only():
     with use_backend("triton"):
         (grad_z,) = torch.autograd.grad(vandermonde_kernel(coef.detach(), log_z, 40).sum(), [log_z])
     (ref,) = torch.autograd.grad(vandermonde_kernel_reference(coef.detach(), log_z, 40).sum(), [log_z])
-    assert rel_rms(grad_z, ref) <= 1e-4
+    assert relative_rms(grad_z, ref) <= 1e-4
 
 
 # -- 2. the twins against float64 direct computations ---------------------------------------------
@@ -260,9 +257,9 @@ def test_layer_loss_and_gradients_do_not_depend_on_backend(name):
             loss.backward()
         results[choice] = (loss.detach(), [p.grad.clone() for p in layer.parameters()])
     (loss_t, grads_t), (loss_r, grads_r) = results["triton"], results["torch"]
-    assert rel_rms(loss_t, loss_r) <= 1e-4
+    assert relative_rms(loss_t, loss_r) <= 1e-4
     for got, ref in zip(grads_t, grads_r):
-        assert rel_rms(got, ref) <= 1e-4
+        assert relative_rms(got, ref) <= 1e-4
 
 
 # -- 4. real shapes on a GPU (fp32: these layers compute their SSM kernels in complex64) ----------
@@ -282,9 +279,9 @@ def assert_close_to(out, grads, fn, inputs, differentiable, dtype, tol_out, tol_
     cast = [t.detach().to(dtype).requires_grad_(t.requires_grad) for t in inputs]
     with use_backend("torch"):
         ref, ref_grads = forward_and_grads(fn, cast, differentiable)
-    assert rel_rms(out.to(ref.dtype), ref) <= tol_out
+    assert relative_rms(out.to(ref.dtype), ref) <= tol_out
     for got, want in zip(grads, ref_grads):
-        assert rel_rms(got.to(want.dtype), want) <= tol_grad
+        assert relative_rms(got.to(want.dtype), want) <= tol_grad
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -21,7 +21,7 @@ import seqarch
 SMALL_OPTIONS = {
     "attention": {"n_heads": 2},
     "s4d": {"d_state": 8},
-    "s4": {"d_state": 8},
+    "s4": {"d_state": 8, "max_length": 256},
     "m2": {"max_length": 256},
 }
 D_MODEL = 16

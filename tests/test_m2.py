@@ -113,7 +113,8 @@ def test_filter_of_length_is_prefix_of_max_length():
     with pytest.raises(ValueError, match="length"):
         filt(101)
     mixer = make(max_length=64)
-    torch.testing.assert_close(mixer.filter(10), mixer.filter(64)[:, :10], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(mixer.kernel(10), mixer.kernel(64)[..., :10], rtol=1e-12, atol=1e-14)
+    assert mixer.kernel(10).shape == (1, 8, 10)
 
 
 def test_filter_decays():
@@ -144,7 +145,8 @@ def test_every_parameter_gets_a_gradient(causal):
 
 def test_optimizer_hints_on_filter_parameters():
     mixer = make(causal=False, lr=3e-4)
-    filter_params = {id(p) for f in (mixer.filter, mixer.filter_backward) for p in f.parameters()}
+    assert len(mixer.kernel.filters) == 2  # M2-BERT: separate forward and backward filters
+    filter_params = {id(p) for p in mixer.kernel.parameters()}
     assert filter_params
     for p in mixer.parameters():
         if id(p) in filter_params:

@@ -5,11 +5,15 @@ Both layers are built at the same width and state size and timed alternately
 both; the S4/S4D ratio of the medians is the number to compare across runs.
 
     python scripts/bench_s4_vs_s4d.py                 # B=8, d_model=256, L=1024, float32, 1 thread
+
+S4 is built with ``max_length`` = the timed length (where the layer takes that option):
+the kernel length its learned ``C~`` is defined by, i.e. a model trained at that length.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 import sys
@@ -33,7 +37,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     options = {} if args.state is None else {"d_state": args.state}
     torch.manual_seed(0)
-    layers = {name: seqarch.build_mixer(name, args.width, **options) for name in ("s4d", "s4")}
+    layers = {}
+    for name in ("s4d", "s4"):
+        takes_length = "max_length" in inspect.signature(seqarch.MIXERS[name].__init__).parameters
+        layers[name] = seqarch.build_mixer(name, args.width, **options,
+                                           **({"max_length": args.length} if takes_length else {}))
     x = torch.randn(args.batch, args.length, args.width, requires_grad=True)
 
     def forward_backward(layer: torch.nn.Module) -> float:

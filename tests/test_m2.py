@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from seqarch.mixers.long_conv import LongConv
 from seqarch.mixers.m2 import M2
 from seqarch.modules.fft_conv import fft_conv_flops
-from seqarch.modules.implicit_filter import ImplicitFilter
+from seqarch.modules.implicit_filter import ImplicitFilter, ImplicitKernel
 
 
 def make(d_model=8, dtype=torch.float64, seed=0, **options):
@@ -209,3 +210,44 @@ def test_registered():
     assert seqarch.MIXERS["m2"] is M2
     mixer = seqarch.build_mixer("m2", 16, max_length=32)
     assert mixer(torch.randn(1, 8, 16)).shape == (1, 8, 16)
+
+
+class HyenaOrder3(LongConv):
+    """Hyena of order 3 as a configuration of the shell: two gated long convolutions."""
+
+    kernel_class = ImplicitKernel
+
+    def __init__(self, d_model, *, causal=True, max_length=64, dtype=None, device=None, layer_idx=None):
+        super().__init__(d_model, {"max_length": max_length, "order": 16}, causal=causal, order=3,
+                         dtype=dtype, device=device, layer_idx=layer_idx)
+
+
+def test_hyena_order_3_from_the_shell_steps_like_forward():
+    torch.manual_seed(0)
+    mixer = HyenaOrder3(8, dtype=torch.float64).eval()
+    assert mixer.kernel(10).shape == (1, 16, 10) and mixer.skip.shape == (16,)
+    x = torch.randn(2, 40, 8, dtype=torch.float64)
+    with torch.no_grad():
+        expected = mixer(x)
+        stepped, state = run_steps(mixer, x, mixer.init_state(2))
+        prompt, prefilled = mixer.prefill(x[:, :25])
+        rest, _ = run_steps(mixer, x[:, 25:], prefilled)
+    assert relative_error(stepped, expected) < 1e-8
+    assert relative_error(torch.cat([prompt, rest], 1), expected) < 1e-8
+    held_per_sequence = (state["short_conv"].numel() + state["v"].numel()) // 2
+    assert mixer.state_size(40) == held_per_sequence == 4 * 8 * 2 + 2 * 8 * 40
+    bidirectional = HyenaOrder3(8, causal=False, dtype=torch.float64)
+    bumped = x.clone()
+    bumped[:, 30] += 1.0
+    assert (bidirectional(bumped)[:, 10] - bidirectional(x)[:, 10]).abs().max() > 1e-6
+
+
+def test_a_recurrent_kernel_runs_one_long_convolution():
+    from seqarch.modules.diagonal_ssm import DiagonalSSMKernel
+
+    class GatedDiagonal(LongConv):
+        kernel_class = DiagonalSSMKernel
+
+    assert GatedDiagonal.has_fixed_size_state and not M2.has_fixed_size_state
+    with pytest.raises(ValueError, match="order: a recurrent kernel runs one long convolution"):
+        GatedDiagonal(8, {"d_state": 4}, order=3)

@@ -17,6 +17,7 @@ forward.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -85,7 +86,7 @@ class ImplicitFilter(nn.Module):
 
         factory = {"device": device, "dtype": dtype}
         widths = [emb_dim] + [order] * (num_inner + 1)
-        self.hidden = nn.ModuleList(nn.Linear(a, b, **factory) for a, b in zip(widths[:-1], widths[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b, **factory) for a, b in itertools.pairwise(widths))
         # One trainable frequency per hidden unit and layer (Hyena's Sin activation).
         self.freqs = nn.ParameterList(
             nn.Parameter(torch.full((order,), float(sine_freq), **factory)) for _ in self.hidden

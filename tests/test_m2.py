@@ -251,3 +251,16 @@ def test_a_recurrent_kernel_runs_one_long_convolution():
     assert GatedDiagonal.has_fixed_size_state and not M2.has_fixed_size_state
     with pytest.raises(ValueError, match="order: a recurrent kernel runs one long convolution"):
         GatedDiagonal(8, {"d_state": 4}, order=3)
+    # Gates around a recurrent kernel (H3's shape): a fixed-size state that steps like forward.
+    torch.manual_seed(0)
+    mixer = GatedDiagonal(8, {"d_state": 4}, order=2, dtype=torch.float64)
+    x = torch.randn(2, 30, 8, dtype=torch.float64)
+    with torch.no_grad():
+        expected = mixer(x)
+        stepped, _ = run_steps(mixer, x, mixer.init_state(2))
+        prompt, state = mixer.prefill(x[:, :10])
+        more, state = mixer.prefill(x[:, 10:20], state)  # a non-empty state: the step loop
+        rest, _ = run_steps(mixer, x[:, 20:], state)
+    assert relative_error(stepped, expected) < 1e-8
+    assert relative_error(torch.cat([prompt, more, rest], 1), expected) < 1e-8
+    assert mixer.state_size(1) == mixer.state_size(1000) == 3 * 8 * 2 + 8 * 4

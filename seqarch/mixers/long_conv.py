@@ -115,24 +115,26 @@ class LongConv(Mixer):
         y = self.output(y) if self.order is None else self.out_proj(self.dropout(y))
         return y.to(dtype)
 
-    def _kernels(self, length: int) -> torch.Tensor:
-        """``(directions, channels, length)`` with the skip on the forward kernel's tap 0
-        (``k * v + D v``, fused into the convolution)."""
-        k = self.kernel(length)
+    def _kernels(self, length: int, dtype: torch.dtype) -> torch.Tensor:
+        """``(directions, channels, length)`` in ``compute_dtype(dtype)`` with the skip on the
+        forward kernel's tap 0 (``k * v + D v``, fused into the convolution)."""
+        k = self.kernel(length, dtype)
         forward = torch.cat([k[:1, :, :1] + self.skip.to(k.dtype)[None, :, None], k[:1, :, 1:]], dim=-1)
         return torch.cat([forward, k[1:]])
 
     def _long_convs(self, v: torch.Tensor, pre_gates: list, post_gate: torch.Tensor | None,
-                    readout: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                    readout: torch.Tensor | None = None, keep_inputs: bool = False,
+                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The gated long convolutions of ``v: (batch, d, length)``; returns the output and
-        each convolution's gated input.  ``readout`` (what a recurrent state adds) joins the
-        last convolution's output before the post-gate."""
-        k = self._kernels(v.shape[-1])
+        (``keep_inputs``) each convolution's gated input.  ``readout`` (what a recurrent state
+        adds) joins the last convolution's output before the post-gate."""
+        k = self._kernels(v.shape[-1], v.dtype)
         inputs = []
         for i, pre in enumerate(pre_gates):
             k_i = k[:, i * self.d_model:(i + 1) * self.d_model]
             post = post_gate if i == self.n_convs - 1 and readout is None else None
-            inputs.append(v if pre is None else pre * v)
+            if keep_inputs:
+                inputs.append(v if pre is None else pre * v)
             if self.causal:
                 v = fft_conv(v, k_i[0], pre_gate=pre, post_gate=post)
             else:
@@ -166,7 +168,7 @@ class LongConv(Mixer):
         max_length = self.max_length if max_length is None else max_length
         self.kernel.check_length(max_length, "max_length")
         work = compute_dtype(dtype)
-        taps = self._kernels(max_length)[0].to(device=device, dtype=work)
+        taps = self._kernels(max_length, work)[0].to(device=device, dtype=work)
         history = torch.zeros(batch_size, self.kernel.channels, 0, device=device, dtype=work)
         return {**state, "max_length": max_length, "v": history, "taps": taps.flip(-1)}
 
@@ -233,7 +235,7 @@ class LongConv(Mixer):
             readout, state = self.kernel.prefill(w.to(compute_dtype(w.dtype)), state, fresh)
             y, _ = self._long_convs(v, pre_gates, post_gate, readout)
         else:
-            y, inputs = self._long_convs(v, pre_gates, post_gate)
+            y, inputs = self._long_convs(v, pre_gates, post_gate, keep_inputs=True)
             state = {**state, "v": torch.cat(inputs, dim=1).to(state["v"].dtype)}
         if self.order is not None:
             state = {**state, "short_conv": self.short_conv.prefill_state(u).to(state["short_conv"].dtype)}

@@ -4,7 +4,7 @@ The minimal S4D of Gu et al. (2022) materialises the ``(channels, state/2, lengt
 Vandermonde tensor ``exp(dt A l)`` and contracts it with an einsum, then convolves
 by ``torch.fft``.  seqarch's S4D computes the same kernel as a blocked real matrix
 product (``seqarch.modules.vandermonde``) without that tensor.  Both run inside the
-same layer (only ``ssm_kernel`` differs), forward+backward, each in a fresh worker
+same layer (only the kernel generator's ``forward`` differs), forward+backward, each in a fresh worker
 process for the peak-memory measure.
 
     python scripts/bench_s4d.py                      # batch 1, width 256, state 64, L = 1k, 4k, 16k
@@ -23,10 +23,11 @@ import torch
 
 def minimal_kernel(layer, length: int, dtype: torch.dtype) -> torch.Tensor:
     """The materialising Vandermonde product of the S4D paper's minimal code."""
-    a = torch.complex(-torch.exp(layer.log_a_real.to(dtype)), layer.a_imag.to(dtype))
-    dt_a = torch.exp(layer.log_dt.to(dtype)).unsqueeze(-1) * a  # (H, N/2)
+    kernel = layer.kernel
+    a = torch.complex(-torch.exp(kernel.log_a_real.to(dtype)), kernel.a_imag.to(dtype))
+    dt_a = torch.exp(kernel.log_dt.to(dtype)).unsqueeze(-1) * a  # (H, N/2)
     powers = dt_a.unsqueeze(-1) * torch.arange(length, device=a.device, dtype=dtype)  # (H, N/2, L)
-    c = torch.view_as_complex(layer.c.to(dtype).contiguous()) * (torch.exp(dt_a) - 1.0) / a
+    c = torch.view_as_complex(kernel.C.to(dtype).contiguous()) * (torch.exp(dt_a) - 1.0) / a
     return 2 * torch.einsum("dhn,hnl->dhl", c, torch.exp(powers)).real
 
 
@@ -37,7 +38,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     layer = S4D(args.width, d_state=args.state, device=device)
     if args.variant == "minimal":
-        layer.ssm_kernel = lambda length, dtype=torch.float32: minimal_kernel(layer, length, dtype)
+        layer.kernel.forward = lambda length, dtype=None: minimal_kernel(layer, length, torch.float32)
     x = torch.randn(args.batch, args.length, args.width, device=device, requires_grad=True)
 
     def forward_backward():

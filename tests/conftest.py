@@ -13,15 +13,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+from torch import nn
 
 import seqarch
+from seqarch.mixers.base import MIXERS, Mixer
 
 # Small options per mixer so the contract suite stays fast on a CPU; a mixer not
 # listed here runs with its defaults.
 SMALL_OPTIONS = {
     "attention": {"n_heads": 2},
     "s4d": {"d_state": 8},
-    "s4": {"d_state": 8},
+    "s4": {"d_state": 8, "max_length": 256},
     "m2": {"max_length": 256},
 }
 D_MODEL = 16
@@ -36,3 +38,56 @@ def small_mixer(name: str, *, causal: bool = True, dtype=None, seed: int = 0, **
 @pytest.fixture(params=sorted(seqarch.MIXERS))
 def mixer_name(request) -> str:
     return request.param
+
+
+class CausalEMA(Mixer):
+    """A causal-only test mixer with a fixed-size state (as Mamba would be): a per-channel
+    exponential moving average ``h_t = a h_{t-1} + (1 - a) x_t``, then a linear map.
+
+    ``decays`` (one per layer, read at ``layer_idx``; default 0.5) shows a per-layer option
+    under one registered name.
+    """
+
+    has_bidirectional_form = False
+    has_fixed_size_state = True
+
+    def __init__(self, d_model, *, causal=True, decays=None, layer_idx=None, device=None, dtype=None):
+        super().__init__(d_model, causal=causal, layer_idx=layer_idx)
+        self.decay = 0.5 if decays is None else decays[layer_idx or 0]
+        self.out = nn.Linear(d_model, d_model, device=device, dtype=dtype)
+
+    def forward(self, x):
+        self.check_sequence(x)
+        h, outputs = torch.zeros_like(x[:, 0]), []
+        for t in range(x.shape[1]):
+            h = self.decay * h + (1 - self.decay) * x[:, t]
+            outputs.append(h)
+        return self.out(torch.stack(outputs, 1))
+
+    def _init_state(self, batch_size, *, device, dtype, max_length):
+        return {"h": torch.zeros(batch_size, self.d_model, device=device, dtype=dtype)}
+
+    def _step(self, x_t, state):
+        h = self.decay * state["h"] + (1 - self.decay) * x_t
+        return self.out(h), {**state, "h": h}
+
+    def flops_breakdown(self, length):
+        return {"matmul": 2 * length * self.d_model ** 2, "fft": 0, "other": 4 * length * self.d_model}
+
+    def state_size(self, length):
+        return self.d_model
+
+
+@pytest.fixture
+def registered():
+    """``registered(name, cls)`` registers a test mixer until the test ends."""
+    names = []
+
+    def register(name, cls):
+        seqarch.register_mixer(name)(cls)
+        names.append(name)
+        return cls
+
+    yield register
+    for name in names:
+        MIXERS.pop(name, None)

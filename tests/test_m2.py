@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from seqarch.mixers.long_conv import LongConv
 from seqarch.mixers.m2 import M2
 from seqarch.modules.fft_conv import fft_conv_flops
-from seqarch.modules.implicit_filter import ImplicitFilter
+from seqarch.modules.implicit_filter import ImplicitFilter, ImplicitKernel
 
 
 def make(d_model=8, dtype=torch.float64, seed=0, **options):
@@ -113,7 +114,8 @@ def test_filter_of_length_is_prefix_of_max_length():
     with pytest.raises(ValueError, match="length"):
         filt(101)
     mixer = make(max_length=64)
-    torch.testing.assert_close(mixer.filter(10), mixer.filter(64)[:, :10], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(mixer.kernel(10), mixer.kernel(64)[..., :10], rtol=1e-12, atol=1e-14)
+    assert mixer.kernel(10).shape == (1, 8, 10)
 
 
 def test_filter_decays():
@@ -144,7 +146,8 @@ def test_every_parameter_gets_a_gradient(causal):
 
 def test_optimizer_hints_on_filter_parameters():
     mixer = make(causal=False, lr=3e-4)
-    filter_params = {id(p) for f in (mixer.filter, mixer.filter_backward) for p in f.parameters()}
+    assert len(mixer.kernel.filters) == 2  # M2-BERT: separate forward and backward filters
+    filter_params = {id(p) for p in mixer.kernel.parameters()}
     assert filter_params
     for p in mixer.parameters():
         if id(p) in filter_params:
@@ -207,3 +210,57 @@ def test_registered():
     assert seqarch.MIXERS["m2"] is M2
     mixer = seqarch.build_mixer("m2", 16, max_length=32)
     assert mixer(torch.randn(1, 8, 16)).shape == (1, 8, 16)
+
+
+class HyenaOrder3(LongConv):
+    """Hyena of order 3 as a configuration of the shell: two gated long convolutions."""
+
+    kernel_class = ImplicitKernel
+
+    def __init__(self, d_model, *, causal=True, max_length=64, dtype=None, device=None, layer_idx=None):
+        super().__init__(d_model, {"max_length": max_length, "order": 16}, causal=causal, order=3,
+                         dtype=dtype, device=device, layer_idx=layer_idx)
+
+
+def test_hyena_order_3_from_the_shell_steps_like_forward():
+    torch.manual_seed(0)
+    mixer = HyenaOrder3(8, dtype=torch.float64).eval()
+    assert mixer.kernel(10).shape == (1, 16, 10) and mixer.skip.shape == (16,)
+    x = torch.randn(2, 40, 8, dtype=torch.float64)
+    with torch.no_grad():
+        expected = mixer(x)
+        stepped, state = run_steps(mixer, x, mixer.init_state(2))
+        prompt, prefilled = mixer.prefill(x[:, :25])
+        rest, _ = run_steps(mixer, x[:, 25:], prefilled)
+    assert relative_error(stepped, expected) < 1e-8
+    assert relative_error(torch.cat([prompt, rest], 1), expected) < 1e-8
+    held_per_sequence = (state["short_conv"].numel() + state["v"].numel()) // 2
+    assert mixer.state_size(40) == held_per_sequence == 4 * 8 * 2 + 2 * 8 * 40
+    bidirectional = HyenaOrder3(8, causal=False, dtype=torch.float64)
+    bumped = x.clone()
+    bumped[:, 30] += 1.0
+    assert (bidirectional(bumped)[:, 10] - bidirectional(x)[:, 10]).abs().max() > 1e-6
+
+
+def test_a_recurrent_kernel_runs_one_long_convolution():
+    from seqarch.modules.diagonal_ssm import DiagonalSSMKernel
+
+    class GatedDiagonal(LongConv):
+        kernel_class = DiagonalSSMKernel
+
+    assert GatedDiagonal.has_fixed_size_state and not M2.has_fixed_size_state
+    with pytest.raises(ValueError, match="order: a recurrent kernel runs one long convolution"):
+        GatedDiagonal(8, {"d_state": 4}, order=3)
+    # Gates around a recurrent kernel (H3's shape): a fixed-size state that steps like forward.
+    torch.manual_seed(0)
+    mixer = GatedDiagonal(8, {"d_state": 4}, order=2, dtype=torch.float64)
+    x = torch.randn(2, 30, 8, dtype=torch.float64)
+    with torch.no_grad():
+        expected = mixer(x)
+        stepped, _ = run_steps(mixer, x, mixer.init_state(2))
+        prompt, state = mixer.prefill(x[:, :10])
+        more, state = mixer.prefill(x[:, 10:20], state)  # a non-empty state: the step loop
+        rest, _ = run_steps(mixer, x[:, 20:], state)
+    assert relative_error(stepped, expected) < 1e-8
+    assert relative_error(torch.cat([prompt, more, rest], 1), expected) < 1e-8
+    assert mixer.state_size(1) == mixer.state_size(1000) == 3 * 8 * 2 + 8 * 4

@@ -1,12 +1,34 @@
-"""The mixer contract, run over every registered mixer."""
+"""The mixer contract, run over every registered mixer and a causal-only test mixer.
+
+Tests follow the capabilities each class declares: ``has_bidirectional_form`` (the
+``causal=False`` tests run only where it is True; elsewhere ``causal=False`` must be
+refused) and ``has_fixed_size_state`` (a step costs the same at every position).
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import D_MODEL, small_mixer
+from conftest import D_MODEL, CausalEMA, small_mixer
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import seqarch
+
+# Test-only mixers the contract runs over too, registered for the duration of each test.
+TEST_ONLY = {"causal_ema_for_test": CausalEMA}
+
+
+@pytest.fixture(params=sorted(seqarch.MIXERS) + sorted(TEST_ONLY))
+def mixer_name(request, registered) -> str:
+    if request.param in TEST_ONLY:
+        registered(request.param, TEST_ONLY[request.param])
+    return request.param
+
+
+def needs_bidirectional_form(name: str) -> None:
+    if not seqarch.MIXERS[name].has_bidirectional_form:
+        pytest.skip(f"{name} declares no bidirectional form")
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -16,6 +38,8 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("causal", [True, False])
 def test_forward_shape_and_dtype(mixer_name, dtype, causal):
+    if not causal:
+        needs_bidirectional_form(mixer_name)
     mixer = small_mixer(mixer_name, causal=causal, dtype=dtype)
     x = torch.randn(2, 33, D_MODEL, dtype=dtype)
     y = mixer(x)
@@ -53,6 +77,7 @@ def test_causal_mixer_never_sees_the_future(mixer_name):
 
 
 def test_bidirectional_mixer_sees_the_future(mixer_name):
+    needs_bidirectional_form(mixer_name)
     mixer = small_mixer(mixer_name, causal=False, dtype=torch.float64)
     x = torch.randn(1, 30, D_MODEL, dtype=torch.float64)
     x2 = x.clone()
@@ -116,6 +141,8 @@ def test_base_prefill_loop_equals_forward(mixer_name):
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_every_parameter_gets_a_gradient(mixer_name, causal):
+    if not causal:
+        needs_bidirectional_form(mixer_name)
     mixer = small_mixer(mixer_name, causal=causal)
     x = torch.randn(2, 24, D_MODEL)
     mixer(x).square().mean().backward()
@@ -126,12 +153,76 @@ def test_every_parameter_gets_a_gradient(mixer_name, causal):
 
 
 def test_step_on_bidirectional_mixer_raises(mixer_name):
+    needs_bidirectional_form(mixer_name)
     mixer = small_mixer(mixer_name, causal=False)
     assert mixer.causal is False
     with pytest.raises(ValueError, match="causal"):
         mixer.step(torch.randn(2, D_MODEL), {"batch_size": 2})
     with pytest.raises(ValueError, match="causal"):
         mixer.prefill(torch.randn(2, 5, D_MODEL))
+    with pytest.raises(ValueError, match="init_state: .*causal=False"):  # the base class's guard
+        mixer.init_state(2)
+
+
+def test_mixer_without_bidirectional_form_refuses_causal_false(mixer_name):
+    if seqarch.MIXERS[mixer_name].has_bidirectional_form:
+        pytest.skip(f"{mixer_name} has a bidirectional form")
+    with pytest.raises(ValueError, match="causal: .*no bidirectional form"):
+        small_mixer(mixer_name, causal=False)
+
+
+class ElementCounter(TorchDispatchMode):
+    """Counts the tensor elements every op reads and writes: a deterministic cost measure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        self.elements += sum(t.numel() for t in tensors)
+        return out
+
+
+def step_cost(mixer, position: int) -> int:
+    """Elements touched by one step after ``position`` tokens (prefilled)."""
+    state = mixer.init_state(1, max_length=256)
+    with torch.no_grad():
+        if position:
+            _, state = mixer.prefill(torch.randn(1, position, D_MODEL), state)
+        x_t = torch.randn(1, D_MODEL)
+        with ElementCounter() as counter:
+            mixer.step(x_t, state)
+    return counter.elements
+
+
+def test_step_cost_is_flat_in_position_exactly_for_fixed_state_mixers(mixer_name):
+    mixer = small_mixer(mixer_name).eval()
+    early, late = step_cost(mixer, 0), step_cost(mixer, 200)
+    if type(mixer).has_fixed_size_state:
+        assert early == late > 0
+        assert mixer.state_size(1) == mixer.state_size(200)
+    else:  # the state grows, and so does what a step reads (the declaration is not idle)
+        assert late > early
+        assert mixer.state_size(200) > mixer.state_size(1)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5])
+def test_init_state_checks_its_arguments(mixer_name, bad):
+    mixer = small_mixer(mixer_name)
+    with pytest.raises(ValueError, match="batch_size"):
+        mixer.init_state(bad)
+    with pytest.raises(ValueError, match="max_length"):
+        mixer.init_state(2, max_length=bad)
+    assert mixer.init_state(3)["batch_size"] == 3
+
+
+def test_layer_idx_is_checked_and_kept(mixer_name):
+    assert small_mixer(mixer_name, layer_idx=3).layer_idx == 3
+    assert small_mixer(mixer_name).layer_idx is None
+    with pytest.raises(ValueError, match="layer_idx"):
+        small_mixer(mixer_name, layer_idx=-1)
 
 
 def test_bad_input_names_the_argument(mixer_name):
@@ -149,7 +240,9 @@ def test_bad_input_names_the_argument(mixer_name):
 def test_accounting_is_positive_and_state_size_is_sensible(mixer_name):
     mixer = small_mixer(mixer_name)
     parts = mixer.flops_breakdown(128)
-    assert set(parts) >= {"matmul", "fft", "other"}
+    # The keys Mixer.flops_breakdown documents: "conv" where there is a short convolution.
+    assert {"matmul", "fft", "other"} <= set(parts) <= {"matmul", "conv", "fft", "other"}
+    assert all(isinstance(v, int) and v >= 0 for v in parts.values())
     assert mixer.flops(128) == sum(parts.values()) > 0
     assert mixer.flops(256) > mixer.flops(128)
     assert mixer.state_size(64) > 0
@@ -176,3 +269,17 @@ def test_registry_has_the_four_families():
     assert {"attention", "s4d", "s4", "m2"} <= set(seqarch.MIXERS)
     for name, cls in seqarch.MIXERS.items():
         assert issubclass(cls, seqarch.Mixer) and cls.name == name
+
+
+def test_blocks_pass_their_layer_index_to_the_mixer(registered):
+    """One registered name, per-layer options: the option list is indexed by the layer."""
+    registered("causal_ema_for_test", CausalEMA)
+    config = seqarch.ModelConfig(vocab_size=11, d_model=8, n_layers=3, mixer="causal_ema_for_test",
+                                 mixer_options={"decays": [0.1, 0.5, 0.9]})
+    model = seqarch.LanguageModel(config)
+    mixers = [block.mixer for block in model.backbone.blocks]
+    assert [m.layer_idx for m in mixers] == [0, 1, 2]
+    assert [m.decay for m in mixers] == [0.1, 0.5, 0.9]
+    hybrid = seqarch.LanguageModel(seqarch.ModelConfig(vocab_size=11, d_model=16, n_layers=2,
+                                                       mixer=["s4d", "attention"]))
+    assert [b.mixer.layer_idx for b in hybrid.backbone.blocks] == [0, 1]

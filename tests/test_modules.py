@@ -90,3 +90,46 @@ def test_mlp_flops_match_flop_counter():
         build_channel_mixer("moe", 64)
     with pytest.raises(ValueError, match="hidden"):
         MLP(8, 0)
+
+
+@pytest.mark.parametrize("generator", ["diagonal", "dplr"])
+def test_ssm_generators_recurrence_equals_their_kernel(generator):
+    """Every generator with a recurrence: step and prefill (fresh or from a state) give the
+    causal convolution by ``forward(length)[0]``, without the layer around them."""
+    from seqarch.modules import DiagonalSSMKernel, DPLRSSMKernel
+
+    torch.manual_seed(0)
+    f64 = torch.float64
+    if generator == "diagonal":
+        kernel = DiagonalSSMKernel(3, d_state=8, dtype=f64)
+    else:
+        kernel = DPLRSSMKernel(3, d_state=8, max_length=30, dtype=f64)
+    assert kernel.recurrent and kernel(30).shape == (1, 3, 30)
+    u = torch.randn(2, 3, 30, dtype=f64)
+    k = kernel(30)[0]
+    direct = torch.stack([(k[:, :t + 1].flip(-1) * u[..., :t + 1]).sum(-1) for t in range(30)], -1)
+    state = kernel.init_state(2, device="cpu", dtype=f64)
+    outputs = []
+    for t in range(30):
+        y_t, state = kernel.step(u[..., t], state)
+        outputs.append(y_t)
+    assert torch.allclose(torch.stack(outputs, -1), direct, atol=1e-10)
+    _, first = kernel.prefill(u[..., :12], kernel.init_state(2, device="cpu", dtype=f64), fresh=True)
+    readout, last = kernel.prefill(u[..., 12:], first, fresh=False)
+    rest = torch.stack([(k[:, :t + 1].flip(-1) * u[..., 12:12 + t + 1]).sum(-1) for t in range(18)], -1)
+    assert torch.allclose(readout + rest, direct[..., 12:], atol=1e-10)
+    assert torch.allclose(last["h"], state["h"], atol=1e-10)
+    assert kernel.state_size() == 3 * 8
+
+
+def test_generator_options_are_checked():
+    from seqarch.modules import DiagonalSSMKernel, ImplicitKernel
+
+    with pytest.raises(ValueError, match="directions: expected one of"):
+        DiagonalSSMKernel(3, d_state=8, directions=3)
+    with pytest.raises(ValueError, match="lr: expected None or a positive number"):
+        DiagonalSSMKernel(3, d_state=8, lr=-1.0)
+    with pytest.raises(ValueError, match="length: expected a length of at most max_length=16"):
+        ImplicitKernel(4, max_length=16)(17)
+    with pytest.raises(ValueError, match="init_state: ImplicitKernel has no finite-state recurrence"):
+        ImplicitKernel(4, max_length=16).init_state(1, device="cpu", dtype=torch.float32)

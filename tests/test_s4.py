@@ -7,7 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from seqarch.mixers.base import MIXERS
-from seqarch.mixers.s4 import S4, final_state, krylov, matrix_power, matrix_power_products, state_readout
+from seqarch.mixers.s4 import S4
+from seqarch.modules.dplr_ssm import final_state, krylov, matrix_power, state_readout
 from seqarch.modules.hippo import hippo_legs, hippo_legs_dplr, hippo_legs_nplr
 
 F64 = torch.float64
@@ -15,18 +16,22 @@ F64 = torch.float64
 
 def make(d_model: int = 6, d_state: int = 8, seed: int = 0, **options) -> S4:
     torch.manual_seed(seed)
+    options.setdefault("max_length", 256)
     return S4(d_model, d_state=d_state, **options).eval()
 
 
 def dense_ssm(model: S4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Dense bilinear ``(Abar, Bbar, C)`` by linear solves, independent of the layer's Woodbury."""
-    s = model.ssm_parameters(F64)
+    """Dense bilinear ``(Abar, Bbar, C)`` by linear solves, independent of the layer's Woodbury;
+    ``C = C~ (I - Abar^L)^{-1}`` from the learned ``C~`` and ``L = max_length``."""
+    s = model.kernel.discretize(F64)
     a = torch.diag_embed(s["Lambda"]) - s["P"][..., :, None] * s["P"].conj()[..., None, :]
     eye = torch.eye(a.shape[-1], dtype=a.dtype)
     dt = s["dt"][:, None, None]
     abar = torch.linalg.solve(eye - dt / 2 * a, eye + dt / 2 * a)
     bbar = torch.linalg.solve(eye - dt / 2 * a, (dt * s["B"][..., None]))[..., 0]
-    return abar, bbar, s["C"]
+    system = eye - torch.linalg.matrix_power(abar, model.max_length)
+    c = torch.linalg.solve(system.transpose(-1, -2), s["C_tilde"].unsqueeze(-1)).squeeze(-1)  # c system = C~
+    return abar, bbar, c
 
 
 def step_all(model: S4, x: torch.Tensor, state=None):
@@ -68,7 +73,6 @@ def test_matrix_power_and_krylov():
     a = torch.randn(3, 4, 4, dtype=F64) / 3
     for n in [1, 2, 5, 8, 13]:
         assert torch.allclose(matrix_power(a, n), torch.linalg.matrix_power(a, n), atol=1e-12)
-    assert matrix_power_products(13) == 3 + 2
     v = torch.randn(3, 4, dtype=F64)
     k = krylov(a, v, 11)
     assert k.shape == (3, 4, 11)
@@ -79,7 +83,8 @@ def test_matrix_power_and_krylov():
 # -- kernel -----------------------------------------------------------------------------
 @pytest.mark.parametrize("causal", [True, False])
 def test_kernel_equals_direct_recurrence(causal):
-    model = make(d_model=5, d_state=16, causal=causal, dtype=F64)
+    """Every length up to max_length gives the first taps of the SSM with C = C~ (I - Abar^L)^{-1}."""
+    model = make(d_model=5, d_state=16, causal=causal, dtype=F64, max_length=100)
     abar, bbar, c = dense_ssm(model)
     for length in [1, 2, 7, 16, 33, 100]:
         h, ref = bbar.clone(), []
@@ -87,15 +92,15 @@ def test_kernel_equals_direct_recurrence(causal):
             ref.append(2 * (c * h).sum(-1).real)  # (n_kernels, H)
             h = (abar @ h[..., None])[..., 0]
         ref = torch.stack(ref, dim=-1)
-        kernel = model.ssm_kernel(length)
-        assert kernel.shape == (model.n_kernels, 5, length) and kernel.dtype == F64
+        kernel = model.kernel(length)
+        assert kernel.shape == (model.kernel.directions, 5, length) and kernel.dtype == F64
         assert torch.allclose(kernel, ref, rtol=0, atol=1e-10), length
 
 
 def test_kernel_float32_close_to_float64():
     model = make(d_model=4, d_state=64, dtype=F64)
-    k64 = model.ssm_kernel(256)
-    k32 = model.ssm_kernel(256, dtype=torch.float32)
+    k64 = model.kernel(256)
+    k32 = model.kernel(256, dtype=torch.float32)
     assert k32.dtype == torch.float32
     assert (k32 - k64).abs().max() <= 1e-4 * k64.abs().max()
 
@@ -166,12 +171,12 @@ def test_every_parameter_gets_a_gradient():
 def test_optim_hints_and_parameter_dtypes():
     model = make(lr=2e-3, dtype=F64)
     hinted = {n for n, p in model.named_parameters() if hasattr(p, "_optim")}
-    assert hinted == {"log_lambda_re", "lambda_im", "P", "B", "log_dt"}
-    assert model.P._optim == {"lr": 2e-3, "weight_decay": 0.0}
+    assert hinted == {"kernel.log_a_real", "kernel.a_imag", "kernel.P", "kernel.B", "kernel.log_dt"}
+    assert model.kernel.P._optim == {"lr": 2e-3, "weight_decay": 0.0}
     assert all(p.dtype == F64 for p in model.parameters())
-    dt = model.ssm_parameters()["dt"]
+    dt = model.kernel.step_size(F64)
     assert (dt >= 1e-3 - 1e-12).all() and (dt <= 1e-1 + 1e-12).all()
-    assert (model.ssm_parameters()["Lambda"].real < 0).all()
+    assert (model.kernel.eigenvalues(F64).real < 0).all()
 
 
 # -- bidirectional, options, dtypes -----------------------------------------------------
@@ -199,6 +204,8 @@ def test_bidirectional_forward_and_no_recurrent_form():
         ({"dt_min": 0.0}, "dt_min"),
         ({"dt_min": 0.5, "dt_max": 0.1}, "dt_max"),
         ({"lr": -1.0}, "lr"),
+        ({"lr": 0.0}, "lr"),
+        ({"max_length": 0}, "max_length"),
         ({"dropout": 1.0}, "dropout"),
         ({"causal": "yes"}, "causal"),
         ({"dtype": torch.int32}, "dtype"),
@@ -237,7 +244,8 @@ def test_registered_and_accounting():
     model = make(d_model=16, d_state=8)
     assert model.state_size(10) == model.state_size(1000) == 16 * 8
     parts = model.flops_breakdown(64)
-    assert set(parts) == {"matmul", "fft", "other"} and all(v > 0 for v in parts.values())
+    assert set(parts) == {"matmul", "conv", "fft", "other"} and parts["conv"] == 0
+    assert all(parts[key] > 0 for key in ("matmul", "fft", "other"))
     assert model.flops(64) == sum(parts.values())
 
 
@@ -264,3 +272,42 @@ def test_chunked_state_and_readout_equal_loops(length):
     expected = torch.stack([(c * (matrix_power(a, t + 1) @ h0.unsqueeze(-1)).squeeze(-1)).sum(-1)
                             for t in range(length)], -1)
     assert torch.allclose(state_readout(a, c, h0, length), expected, atol=1e-12)
+
+
+def test_forward_computes_no_dense_power_of_abar():
+    """With d_state=64 and L=1024 a dense Abar^L (10 squarings of (m, m) matrices per channel)
+    would exceed the Cauchy sums and the projection; the counted forward FLOPs match the
+    accounting, which has no such product."""
+    model = make(d_model=4, d_state=64, max_length=1024)
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 1024, 4))
+    counted = counter.get_total_flops()
+    parts = model.flops_breakdown(1024)
+    assert abs(parts["matmul"] - counted) <= 0.05 * counted
+    dense_power = 2 * 10 * 4 * 32 ** 3
+    assert dense_power > 0.5 * counted
+
+
+def test_shorter_lengths_take_the_first_taps_and_longer_ones_raise():
+    model = make(dtype=F64, max_length=64)
+    full = model.kernel(64)
+    for length in (1, 10, 63):
+        assert torch.allclose(model.kernel(length), full[..., :length], rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="x: expected a length of at most max_length=64, got 65"):
+        model(torch.randn(1, 65, 6, dtype=F64))
+    # The recurrence has no such limit: it continues the SSM past max_length.
+    x = torch.randn(1, 70, 6, dtype=F64)
+    ys, _ = step_all(model, x)
+    assert ys.shape == (1, 70, 6) and torch.isfinite(ys).all()
+    assert torch.allclose(ys[:, :64], model(x[:, :64]), rtol=0, atol=1e-8)
+
+
+def test_initial_c_tilde_is_the_truncated_output_matrix():
+    """C~ is stored, the recurrence's C is solved from it: C (I - Abar^L) = C~."""
+    model = make(dtype=F64, max_length=50)
+    abar, _, _ = dense_ssm(model)
+    c = model.kernel.recurrent_output_matrix(F64)
+    eye = torch.eye(abar.shape[-1], dtype=abar.dtype)
+    rebuilt = (c.unsqueeze(-2) @ (eye - torch.linalg.matrix_power(abar, 50))).squeeze(-2)
+    assert torch.allclose(rebuilt, model.kernel.discretize(F64)["C_tilde"][0], atol=1e-12)
+    assert not c.requires_grad

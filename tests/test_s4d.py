@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from seqarch.mixers.s4d import S4D, s4d_eigenvalues
+from seqarch.mixers.s4d import S4D
+from seqarch.modules.diagonal_ssm import s4d_eigenvalues
 
 
 @pytest.mark.parametrize("init", ["lin", "inv"])
@@ -15,8 +16,8 @@ from seqarch.mixers.s4d import S4D, s4d_eigenvalues
 def test_kernel_equals_direct_recurrence(init, length):
     torch.manual_seed(0)
     layer = S4D(4, d_state=8, init=init, dtype=torch.float64)
-    log_z, b_bar, c = layer.discretize(torch.float64)
-    a = log_z / torch.exp(layer.log_dt).unsqueeze(-1)
+    log_z, b_bar, c = layer.kernel.discretize(torch.float64)
+    a = log_z / torch.exp(layer.kernel.log_dt).unsqueeze(-1)
     # ZOH by definition: z = exp(dt A), B-bar = A^{-1} (exp(dt A) - 1) B with B = 1.
     assert torch.allclose(b_bar, (torch.exp(log_z) - 1) / a)
     h = torch.zeros(4, 4, dtype=torch.complex128)
@@ -24,7 +25,7 @@ def test_kernel_equals_direct_recurrence(init, length):
     for t in range(length):
         h = torch.exp(log_z) * h + (b_bar if t == 0 else 0)
         impulse.append(2 * (c[0] * h).sum(-1).real)
-    assert torch.allclose(layer.ssm_kernel(length, torch.float64)[0], torch.stack(impulse, -1), atol=1e-12)
+    assert torch.allclose(layer.kernel(length, torch.float64)[0], torch.stack(impulse, -1), atol=1e-12)
 
 
 def test_initialisations_follow_the_paper():
@@ -38,9 +39,12 @@ def test_initialisations_follow_the_paper():
 
 def test_ssm_parameters_carry_optimizer_hints():
     layer = S4D(8, lr=2e-3)
-    for param in (layer.log_dt, layer.log_a_real, layer.a_imag):
+    for param in (layer.kernel.log_dt, layer.kernel.log_a_real, layer.kernel.a_imag):
         assert param._optim == {"lr": 2e-3, "weight_decay": 0.0}
-    assert not hasattr(layer.output.proj.weight, "_optim")
+    for param in (layer.output.proj.weight, layer.kernel.C, layer.skip):
+        assert not hasattr(param, "_optim")
+    # lr=None: the optimizer's learning rate, still no weight decay.
+    assert S4D(8, lr=None).kernel.log_dt._optim == {"weight_decay": 0.0}
 
 
 def test_state_is_constant_in_length():
@@ -50,7 +54,7 @@ def test_state_is_constant_in_length():
 
 @pytest.mark.parametrize("options,argument", [
     ({"d_state": 7}, "d_state"), ({"d_state": 0}, "d_state"), ({"init": "legs"}, "init"),
-    ({"dt_min": 0.1, "dt_max": 0.01}, "dt_min"), ({"dropout": 1.5}, "dropout"),
+    ({"dt_min": 0.1, "dt_max": 0.01}, "dt_min"), ({"dropout": 1.5}, "dropout"), ({"lr": 0.0}, "lr"),
 ])
 def test_bad_options_name_the_argument(options, argument):
     with pytest.raises(ValueError, match=argument):

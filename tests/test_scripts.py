@@ -60,4 +60,4 @@ def test_minimal_s4d_baseline_computes_the_same_kernel():
     from seqarch.mixers.s4d import S4D
 
     layer = S4D(6, d_state=8, causal=False, dtype=torch.float64)
-    assert torch.allclose(minimal_kernel(layer, 50, torch.float64), layer.ssm_kernel(50, torch.float64), atol=1e-12)
+    assert torch.allclose(minimal_kernel(layer, 50, torch.float64), layer.kernel(50, torch.float64), atol=1e-12)

@@ -74,8 +74,8 @@ def test_parameter_groups_follow_optim_hints():
     model = seqarch.LanguageModel(seqarch.ModelConfig(mixer="s4d", d_model=32, mixer_options={"lr": 1e-3}))
     groups = parameter_groups(model, lr=3e-3, weight_decay=0.1)
     by_name = {name: g for g in groups for name in g["names"]}
-    assert by_name["backbone.blocks.0.mixer.log_dt"]["lr"] == 1e-3
-    assert by_name["backbone.blocks.0.mixer.log_dt"]["weight_decay"] == 0.0
+    assert by_name["backbone.blocks.0.mixer.kernel.log_dt"]["lr"] == 1e-3
+    assert by_name["backbone.blocks.0.mixer.kernel.log_dt"]["weight_decay"] == 0.0
     assert by_name["backbone.blocks.0.channel.fc1.weight"]["lr"] == 3e-3
     assert by_name["backbone.blocks.0.channel.fc1.weight"]["weight_decay"] == 0.1
     assert by_name["backbone.embedding.weight"]["weight_decay"] == 0.0

@@ -39,6 +39,8 @@ class Attention(Mixer):
         bias: biases in the projections.
     """
 
+    has_bidirectional_form = True
+
     def __init__(
         self,
         d_model: int,
@@ -53,8 +55,9 @@ class Attention(Mixer):
         bias: bool = False,
         device=None,
         dtype=None,
+        layer_idx: int | None = None,
     ) -> None:
-        super().__init__(d_model, causal=causal)
+        super().__init__(d_model, causal=causal, layer_idx=layer_idx)
         n_heads = max(1, d_model // 64) if n_heads is None else check_positive_int("n_heads", n_heads)
         check_divides("n_heads", n_heads, "d_model", d_model)
         n_kv_heads = n_heads if n_kv_heads is None else check_positive_int("n_kv_heads", n_kv_heads)
@@ -119,7 +122,7 @@ class Attention(Mixer):
         return self._attend(q, k, v)
 
     # -- recurrent form: the KV cache ---------------------------------------------------
-    def init_state(self, batch_size, *, device=None, dtype=None, max_length=None) -> State:
+    def _init_state(self, batch_size, *, device=None, dtype=None, max_length=None) -> State:
         """``{"k", "v": (batch, n_kv_heads, max_length, head_dim), "length": 0}``.
 
         ``step`` and ``prefill`` write new keys and values into these tensors in place.

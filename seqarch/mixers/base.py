@@ -9,7 +9,9 @@ contract:
 ``causal``
     bool; bidirectional mixers have no recurrent form.
 ``init_state(batch_size, *, device=None, dtype=None, max_length=None)``
-    the empty recurrent state: a ``dict`` of tensors (and plain ints).
+    the empty recurrent state: a ``dict`` of tensors (and plain ints) holding
+    ``"batch_size"``.  A template, like ``step``: it checks its arguments (and that the
+    mixer is causal) once, here, then calls the mixer's ``_init_state``.
 ``step(x_t, state)``
     ``x_t: (batch, d_model)`` -> ``(y_t, state)``; equal to ``forward`` position by
     position.
@@ -18,9 +20,25 @@ contract:
     override it with their parallel form.
 ``flops(length)``
     forward FLOPs for one sequence (a multiply-add counts 2);
-    ``flops_breakdown(length)`` gives the parts by kind.
+    ``flops_breakdown(length)`` gives the parts by kind (keys below).
 ``state_size(length)``
     numbers held in the recurrent state for one sequence after ``length`` tokens.
+
+State updates, one rule for every mixer: ``step`` and ``prefill`` may update the state
+they are given in place and return it (the attention KV cache is written in place, so
+a token does not copy the whole cache), or return a new one (the SSM states); the
+caller always continues with the returned state and never reuses the one it passed.
+
+Capabilities are declared on the class, and the contract tests follow them:
+
+``has_bidirectional_form``
+    ``causal=False`` builds a bidirectional mixer (otherwise it is a ValueError);
+``has_fixed_size_state``
+    the recurrent state has the same size at every position, so a step costs the
+    same at position 0 and at position 1000.
+
+A mixer can learn its place in the model: ``layer_idx`` (the block's index, ``None``
+when built alone) lets one registered name take per-layer options.
 """
 
 from __future__ import annotations
@@ -31,7 +49,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..checks import check_positive_int
+from ..checks import check_nonnegative_int, check_positive_int
 
 State = dict[str, Any]
 
@@ -69,18 +87,29 @@ class Mixer(nn.Module):
     """Base class of every sequence mixer.
 
     Subclasses implement ``forward`` (calling :meth:`check_sequence` first),
-    ``init_state`` and ``_step`` (when causal), ``flops_breakdown`` and
-    ``state_size``; they may override ``prefill`` with a parallel form.
+    ``_init_state`` and ``_step`` (when causal), ``flops_breakdown`` and
+    ``state_size``; they may override ``prefill`` with a parallel form, and declare
+    their capabilities (:attr:`has_bidirectional_form`, :attr:`has_fixed_size_state`).
+
+    Args:
+        d_model: width.
+        causal: ``False`` builds the bidirectional form (where the class has one).
+        layer_idx: the index of the layer in its model, or ``None``.
     """
 
     name: ClassVar[str] = "mixer"
+    has_bidirectional_form: ClassVar[bool] = False
+    has_fixed_size_state: ClassVar[bool] = False
 
-    def __init__(self, d_model: int, *, causal: bool = True) -> None:
+    def __init__(self, d_model: int, *, causal: bool = True, layer_idx: int | None = None) -> None:
         super().__init__()
         self.d_model = check_positive_int("d_model", d_model)
         if not isinstance(causal, bool):
             raise ValueError(f"causal: expected a bool, got {causal!r}")
+        if not causal and not self.has_bidirectional_form:
+            raise ValueError(f"causal: {type(self).__name__} has no bidirectional form; expected True, got False")
         self.causal = causal
+        self.layer_idx = None if layer_idx is None else check_nonnegative_int("layer_idx", layer_idx)
 
     # -- input checks -----------------------------------------------------------------
     def check_sequence(self, x: torch.Tensor, argument: str = "x") -> None:
@@ -140,10 +169,27 @@ class Mixer(nn.Module):
         dtype: torch.dtype | None = None,
         max_length: int | None = None,
     ) -> State:
-        """The empty recurrent state for ``batch_size`` sequences."""
-        raise ValueError(
-            f"init_state: {type(self).__name__} (causal={self.causal}) has no recurrent form"
-        )
+        """The empty recurrent state for ``batch_size`` sequences (of at most ``max_length``
+        tokens, for mixers whose state grows).
+
+        Checks the arguments, fills in ``device`` and ``dtype`` from the parameters, then
+        returns ``{"batch_size": batch_size, **self._init_state(...)}``.
+        """
+        if not self.causal:
+            raise ValueError(
+                f"init_state: {type(self).__name__} was built with causal=False; a bidirectional "
+                "mixer has no recurrent form (expected causal=True)"
+            )
+        check_positive_int("batch_size", batch_size)
+        if max_length is not None:
+            check_positive_int("max_length", max_length)
+        device, dtype = self._state_like(device, dtype)
+        state = self._init_state(batch_size, device=device, dtype=dtype, max_length=max_length)
+        return {**state, "batch_size": batch_size}
+
+    def _init_state(self, batch_size: int, *, device: torch.device, dtype: torch.dtype,
+                    max_length: int | None) -> State:
+        raise ValueError(f"init_state: {type(self).__name__} has no recurrent form")
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One token: ``x_t: (batch, d_model)`` -> ``(y_t: (batch, d_model), state)``."""
@@ -184,9 +230,22 @@ class Mixer(nn.Module):
     def flops_breakdown(self, length: int) -> dict[str, int]:
         """Forward FLOPs for one sequence of ``length`` tokens, by kind.
 
-        Keys: ``"matmul"`` (dense and batched matrix products, what
-        ``torch.utils.flop_counter`` counts), ``"fft"`` (by the ``5 n log2 n``
-        formula), ``"other"`` (convolutions, gates, kernel generation).
+        Keys, the same meaning in every mixer:
+
+        ``"matmul"``
+            dense and batched matrix products, as ``torch.utils.flop_counter`` counts them
+            (2 per multiply-add, complex or not);
+        ``"conv"``
+            short (direct, not FFT) convolutions, as ``torch.utils.flop_counter`` counts
+            them, biases excluded; present only in mixers that have one;
+        ``"fft"``
+            FFTs by the ``5 n log2 n`` formula (half that for a real FFT) and the pointwise
+            products of FFT convolutions (0 for a mixer without any);
+        ``"other"``
+            everything else: elementwise work (gates, activations, biases, skips,
+            softmax), kernel generation outside its matrix products.
+
+        ``"matmul"``, ``"fft"`` and ``"other"`` are always present.
         """
         raise TypeError(f"{type(self).__name__} must define flops_breakdown")
 

@@ -34,7 +34,8 @@ class Backbone(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.embedding = nn.Embedding(config.vocab_size, config.d_model, **factory)
         nn.init.normal_(self.embedding.weight, std=config.d_model ** -0.5)
-        self.blocks = nn.ModuleList(ResidualBlock(config, name, **factory) for name in config.layer_mixers)
+        self.blocks = nn.ModuleList(ResidualBlock(config, name, layer_idx=i, **factory)
+                                    for i, name in enumerate(config.layer_mixers))
         self.norm = build_norm(config.norm, config.d_model, **factory)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

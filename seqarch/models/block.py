@@ -15,13 +15,16 @@ class ResidualBlock(nn.Module):
     """One layer of a model: a sequence mixer and a channel mixer, each pre-normed and residual.
 
     ``forward``: ``(batch, length, d_model)`` -> same; ``step``: ``(batch, d_model)`` -> same.
+    ``layer_idx`` (the block's index in its model) is passed on to the mixer.
     """
 
-    def __init__(self, config: ModelConfig, mixer_name: str, *, device=None, dtype=None) -> None:
+    def __init__(self, config: ModelConfig, mixer_name: str, *, layer_idx: int | None = None,
+                 device=None, dtype=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.mixer_norm = build_norm(config.norm, config.d_model, **factory)
-        self.mixer = build_mixer(mixer_name, config.d_model, **config.options_for(mixer_name), **factory)
+        self.mixer = build_mixer(mixer_name, config.d_model, **config.options_for(mixer_name), layer_idx=layer_idx,
+                                 **factory)
         self.channel = build_channel_mixer(config.channel_mixer, config.d_model, config.d_ff,
                                            nblocks=config.monarch_blocks, **factory)
         self.channel_norm = build_norm(config.norm, config.d_model, **factory) if self.channel is not None else None

@@ -10,10 +10,14 @@ Positions are normalised by ``max_length``, never by the requested length, so th
 filter of length ``L`` is exactly the first ``L`` taps of the filter of length
 ``max_length``: a recurrent step at position ``t`` uses the same taps as the full
 forward.
+
+:class:`ImplicitKernel` is the kernel generator a long-convolution layer uses: one
+``ImplicitFilter`` per direction (M2-BERT trains separate forward and backward filters).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -22,6 +26,7 @@ from torch import nn
 
 from ..checks import check_nonnegative_int, check_odd_int, check_positive_int, check_range_pair, check_real
 from ..precision import compute_dtype
+from .kernel_generator import KernelGenerator, tag_optim
 
 
 def check_decay(argument: str, value) -> tuple[float, float]:
@@ -81,14 +86,13 @@ class ImplicitFilter(nn.Module):
 
         factory = {"device": device, "dtype": dtype}
         widths = [emb_dim] + [order] * (num_inner + 1)
-        self.hidden = nn.ModuleList(nn.Linear(a, b, **factory) for a, b in zip(widths[:-1], widths[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b, **factory) for a, b in itertools.pairwise(widths))
         # One trainable frequency per hidden unit and layer (Hyena's Sin activation).
         self.freqs = nn.ParameterList(
             nn.Parameter(torch.full((order,), float(sine_freq), **factory)) for _ in self.hidden
         )
         self.output = nn.Linear(order, channels, bias=False, **factory)
-        for p in self.parameters():
-            p._optim = {"lr": self.lr, "weight_decay": 0.0}
+        tag_optim(self.parameters(), self.lr)
 
     def check_length(self, length: int, argument: str = "length") -> int:
         """Return ``length`` if ``1 <= length <= max_length``, else raise a ValueError."""
@@ -149,3 +153,30 @@ class ImplicitFilter(nn.Module):
             f"channels={self.channels}, max_length={self.max_length}, order={self.order}, "
             f"emb_dim={self.emb_dim}, num_inner={self.num_inner}, decay={self.decay}"
         )
+
+
+class ImplicitKernel(KernelGenerator):
+    """Implicit-filter kernel generator: ``forward(length) -> (directions, channels, length)``.
+
+    One :class:`ImplicitFilter` per direction (``filters[0]`` causal, ``filters[1]``
+    backward in time), positions normalised by ``max_length``.  No finite-state
+    recurrence: a layer steps it by keeping the history of its input.
+
+    Args: ``channels``, ``max_length``, ``directions`` and the :class:`ImplicitFilter`
+    options (``order``, ``emb_dim``, ``decay``, ``lr``, ...).
+    """
+
+    def __init__(self, channels: int, *, max_length: int, directions: int = 1, lr: float = 1e-3,
+                 **filter_options) -> None:
+        super().__init__(channels, directions=directions, max_length=max_length)
+        self.filters = nn.ModuleList(ImplicitFilter(channels, max_length, lr=lr, **filter_options)
+                                     for _ in range(directions))
+
+    def forward(self, length: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``(directions, channels, length)`` in at least float32 (the filters' dtype)."""
+        self.check_length(length)
+        return torch.stack([filt(length) for filt in self.filters])
+
+    def flops(self, length: int) -> dict[str, int]:
+        parts = [filt.flops(length) for filt in self.filters]
+        return {"matmul": sum(p["matmul"] for p in parts), "fft": 0, "other": sum(p["other"] for p in parts)}

@@ -22,7 +22,12 @@ from seqarch.training.config import (
     sweep_points,
     validate,
 )
+from seqarch.data import ACCURACY, LOSS
+from seqarch.devices import peak_flops
+from seqarch.losses import IGNORE_INDEX
+from seqarch.training.checkpoints import EvalHistory
 from seqarch.training.datamodule import StepBatchSampler
+from seqarch.training.module import SeqarchModule, device_peak_flops
 from seqarch.training.defaults import default_config
 from seqarch.training.optim import parameter_groups, warmup_cosine
 
@@ -223,3 +228,43 @@ def test_cli_corrupt_checkpoint_is_a_clear_error_and_is_left_alone(tmp_path, cap
     assert "already holds checkpoints" in caplog.text
     assert sorted(p.name for p in folder.iterdir()) == ["step-0000002.ckpt"]
     assert torch.__version__  # the process is intact after both errors
+
+
+def test_mfu_reads_the_shared_device_peaks():
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12  # not the SXM card's 989e12: MFU read ~30% low before
+    assert peak_flops("NVIDIA H100 80GB HBM3") == peak_flops("NVIDIA H200") == 989e12
+    assert peak_flops("NVIDIA A100-SXM4-40GB") == 312e12 and peak_flops("NVIDIA A100-SXM4-40GB", "fp32") == 19.5e12
+    assert peak_flops("NVIDIA GeForce GTX 1080") is None
+    assert device_peak_flops(torch.device("cpu")) is None
+
+
+def test_the_lightning_module_scores_with_the_models_own_loss():
+    config = validate({"model": {"d_model": 16, "mixer": "s4d"}})
+    model_config = seqarch.ModelConfig(vocab_size=20, d_model=16, mixer="s4d")
+    module = SeqarchModule(model_config, "lm", config.train, 1e-3, 8)
+    assert module.hparams["model_config"] == model_config.to_dict() and module.hparams["train"]["steps"] == 500
+    tokens = torch.randint(0, 20, (2, 8))
+    targets = torch.full_like(tokens, IGNORE_INDEX)
+    targets[:, -3:] = tokens[:, -3:]
+    loss, scored, correct = module._loss_and_counts((tokens, targets))
+    torch.testing.assert_close(loss, module.model.loss(tokens, targets))
+    assert int(scored) == 6 and 0 <= int(correct) <= 6
+
+
+class _Validated:
+    sanity_checking, global_step, should_stop = False, 5, False
+
+    def __init__(self, **metrics):
+        self.callback_metrics = {k.replace("_", "/"): torch.tensor(v) for k, v in metrics.items()}
+
+
+def test_stop_at_follows_the_tasks_metric():
+    for metric, stop_at, metrics, stops in [
+        (ACCURACY, 0.99, {"val_accuracy": 0.99, "val_loss": 3.0}, True),
+        (ACCURACY, 0.99, {"val_accuracy": 0.5, "val_loss": 0.1}, False),
+        (LOSS, 1.5, {"val_accuracy": 0.1, "val_loss": 1.4}, True),  # a language model stops at a low loss
+        (LOSS, 1.5, {"val_accuracy": 0.999, "val_loss": 1.6}, False),
+    ]:
+        trainer = _Validated(**metrics)
+        EvalHistory(10, 2.0, metric, stop_at).on_validation_end(trainer, None)
+        assert trainer.should_stop is stops, (metric, metrics)

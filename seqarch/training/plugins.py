@@ -39,7 +39,7 @@ def import_modules(names: list[str], *, source: str = "imports") -> list[ModuleT
     for name in names:
         try:
             modules.append(importlib.import_module(name))
-        except Exception as error:  # noqa: BLE001 - any failure of a researcher's module is reported by name
+        except Exception as error:  # any failure of a researcher's module is reported by its name
             raise PluginError(f"{source}: cannot import {name!r} ({type(error).__name__}: {error})") from error
     return modules
 
@@ -54,7 +54,7 @@ def load_entry_points(group: str = ENTRY_POINT_GROUP) -> list[str]:
     for entry in importlib.metadata.entry_points(group=group):
         try:
             entry.load()
-        except Exception as error:  # noqa: BLE001 - whatever a package raises is reported with its entry point
+        except Exception as error:  # whatever a package raises is reported with its entry point
             raise PluginError(f"entry point {entry.name!r} ({entry.value}) of group {group!r}: cannot be loaded "
                               f"({type(error).__name__}: {error})") from error
         loaded.append(entry.name)

@@ -136,9 +136,8 @@ DDP_SCRIPT = textwrap.dedent("""
     import lightning as L
     import torch
     from seqarch.data import build_data
-    from seqarch.training.config import RunConfig, validate
-    from seqarch.training.result import RunResult
-from seqarch.training.run import model_config_for, train_run
+    from seqarch.training.config import validate
+    from seqarch.training.run import model_config_for, train_run
 
     class SaveWeights(L.Callback):
         def on_train_end(self, trainer, pl_module):

@@ -22,7 +22,7 @@ from .checkpoints import CheckpointError, EvalHistory, StepCheckpoint, check_che
 from .config import Architecture, RunConfig, TrainSection
 from .datamodule import SeqarchDataModule
 from .loggers import build_loggers
-from .memory import PeakMemory
+from ..memory import PeakMemory
 from .module import SeqarchModule
 from .result import RunResult
 

@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ..data import build_data
 from .compare import compare, plan_comparison
-from .config import SAVED_CONFIG, RunConfig, sweep_points
+from .config import SAVED_CONFIG, RunConfig, saved_imports, sweep_points
 from .module import NonFiniteLossError
 from .report import text_table, write_report
 from .result import RunResult
@@ -20,9 +20,15 @@ log = logging.getLogger("seqarch")
 
 
 def save_config(config: RunConfig) -> None:
-    """Write the resolved config into the run folder (``--resume`` reads its ``imports`` back)."""
+    """Write the resolved config into the run folder (``--resume`` reads its ``imports`` back).
+
+    The imports an earlier config saved there are kept: a run started without ``--import`` in a
+    folder it then refuses to train over must not make a later ``--resume`` forget them.
+    """
+    values = config.to_dict()
+    values["imports"] = list(dict.fromkeys(saved_imports(config.folder) + config.imports))
     config.folder.mkdir(parents=True, exist_ok=True)
-    (config.folder / SAVED_CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (config.folder / SAVED_CONFIG).write_text(yaml.safe_dump(values, sort_keys=False))
 
 
 def run_command(command: str, config: RunConfig, *, resume: bool = False, cache_dir: str | None = None,

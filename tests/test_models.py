@@ -79,6 +79,9 @@ def test_presets_name_architectures_with_overrides():
     assert (m2.mixer, m2.channel_mixer, m2.d_model) == ("m2", "monarch", 32)  # the preset wins over the base
     assert build_preset("m2", d_model=32, monarch_blocks=2).monarch_blocks == 2  # overrides win over the preset
     assert build_preset("transformer").mixer == "attention" and build_preset("hyena").channel_mixer == "glu"
+    # Mixer options merge: the preset's rotary and the base's heads both hold.
+    transformer = build_preset("transformer", {"mixer_options": {"attention": {"n_heads": 2}, "dropout": 0.1}})
+    assert transformer.mixer_options == {"attention": {"n_heads": 2, "rotary": True}, "dropout": 0.1}
     assert {"transformer", "s4", "s4d", "m2", "hyena"} <= set(PRESETS)
     with pytest.raises(ValueError, match="preset: unknown preset 'm3'; expected one of"):
         build_preset("m3")

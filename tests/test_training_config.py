@@ -10,6 +10,10 @@ import torch
 import yaml
 
 import seqarch
+from seqarch.data import ACCURACY, LOSS
+from seqarch.devices import peak_flops
+from seqarch.losses import IGNORE_INDEX
+from seqarch.training.checkpoints import EvalHistory
 from seqarch.training.cli import build_parser, main
 from seqarch.training.config import (
     SECTIONS,
@@ -22,13 +26,9 @@ from seqarch.training.config import (
     sweep_points,
     validate,
 )
-from seqarch.data import ACCURACY, LOSS
-from seqarch.devices import peak_flops
-from seqarch.losses import IGNORE_INDEX
-from seqarch.training.checkpoints import EvalHistory
 from seqarch.training.datamodule import StepBatchSampler
-from seqarch.training.module import SeqarchModule, device_peak_flops
 from seqarch.training.defaults import default_config
+from seqarch.training.module import SeqarchModule, device_peak_flops
 from seqarch.training.optim import parameter_groups, warmup_cosine
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

@@ -64,10 +64,26 @@ def preset_fields(name: str) -> dict[str, Any]:
     return copy.deepcopy(PRESETS[name].fields)
 
 
+def merge_model_fields(*layers: dict[str, Any]) -> dict[str, Any]:
+    """ModelConfig fields of ``layers``, later ones winning; ``mixer_options`` are merged key by key
+    (and a mixer's own options dict by option), so a preset's options keep the model section's."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key == "mixer_options" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+                options = dict(merged[key])
+                for option, setting in value.items():
+                    both = isinstance(setting, dict) and isinstance(options.get(option), dict)
+                    options[option] = {**options[option], **setting} if both else setting
+                value = options
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
 def build_preset(name: str, base: dict[str, Any] | None = None, **overrides: Any) -> ModelConfig:
     """The :class:`ModelConfig` of preset ``name``: ``base`` fields (e.g. a run's shared model
     section: width, depth, vocabulary), then the preset's fields, then ``overrides``."""
-    return ModelConfig.from_dict({**(base or {}), **preset_fields(name), **overrides})
+    return ModelConfig.from_dict(merge_model_fields(base or {}, preset_fields(name), overrides))
 
 
 register_preset("transformer", "softmax attention with rotary positions and a SwiGLU channel mixer (GPT/Llama style)",

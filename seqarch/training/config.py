@@ -33,7 +33,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from ..checks import check_positive_int, check_positive_real
 from ..mixers import MIXERS
 from ..models import ModelConfig
-from ..models.presets import PRESETS, preset_fields
+from ..models.presets import PRESETS, merge_model_fields, preset_fields
 from .errors import ConfigError, format_validation_error, nested
 from .plugins import import_modules
 
@@ -195,7 +195,7 @@ class Architecture(ModelSection):
 
     def model_fields_over(self, base: dict[str, Any]) -> dict[str, Any]:
         """ModelConfig fields of this architecture: ``base`` (the model section), the preset's, then its own."""
-        return {**base, **(preset_fields(self.preset) if self.preset else {}), **self.overrides()}
+        return merge_model_fields(base, preset_fields(self.preset) if self.preset else {}, self.overrides())
 
     def renamed(self, name: str, **changes: Any) -> Architecture:
         """A copy called ``name`` with ModelConfig ``changes``."""

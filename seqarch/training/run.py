@@ -17,12 +17,12 @@ import torch
 
 from ..budget import TRAINING_FLOPS_PER_FORWARD
 from ..data import DataBundle
+from ..memory import PeakMemory
 from ..models import ModelConfig
 from .checkpoints import CheckpointError, EvalHistory, StepCheckpoint, check_checkpoint, latest_checkpoint
 from .config import Architecture, RunConfig, TrainSection
 from .datamodule import SeqarchDataModule
 from .loggers import build_loggers
-from ..memory import PeakMemory
 from .module import SeqarchModule
 from .result import RunResult
 

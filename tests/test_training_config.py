@@ -116,6 +116,16 @@ def test_architectures_name_presets_mixers_or_mappings_with_overrides():
     assert (s4d.name, s4d.preset, s4d.model_fields_over({})) == ("s4d", None, {"mixer": "s4d", "n_layers": 3})
 
 
+def test_a_saved_config_validates_back_to_the_same_config():
+    config = load_config(EXPERIMENTS / "lm_small.yaml", ["architectures=[transformer, attention, {mixer: s4d}]"])
+    saved = yaml.safe_load(yaml.safe_dump(config.to_dict()))
+    assert saved["model"] == {"d_model": 128, "n_layers": 4}
+    assert saved["architectures"] == [{"name": "transformer", "preset": "transformer"},
+                                      {"name": "attention", "mixer": "attention"}, {"name": "s4d", "mixer": "s4d"}]
+    assert saved["train"]["warmup_steps"] == 30 and saved["train"]["keep_checkpoints"] == 2  # defaults filled in
+    assert validate(saved) == config and validate(config) == config
+
+
 def test_schema_and_help_come_from_the_config_models():
     schema = config_schema()
     assert set(schema["properties"]) == set(SECTIONS)

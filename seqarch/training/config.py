@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from ..checks import check_positive_int, check_positive_real
 from ..mixers import MIXERS
@@ -129,6 +129,7 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 
 def _model_section_fields() -> dict[str, Any]:
+    """``name: (type | None, Field)`` of every ModelConfig field the config may set, documented by its docstring."""
     hints, docs = typing.get_type_hints(ModelConfig), _field_docs(ModelConfig)
     return {name: (hints[name] | None, Field(default=None, description=docs.get(name)))
             for name in hints if name not in DATA_OWNED_MODEL_KEYS}
@@ -142,13 +143,13 @@ class ModelOverrides(Section):
         return self.model_dump(include=self.model_fields_set & set(MODEL_SECTION_KEYS))
 
 
-MODEL_SECTION_KEYS = tuple(_model_section_fields())
-ModelSection = type("ModelSection", (ModelOverrides,), {
-    "__annotations__": {name: spec[0] for name, spec in _model_section_fields().items()},
-    **{name: spec[1] for name, spec in _model_section_fields().items()},
-    "__doc__": "The model fields every architecture shares (ModelConfig fields but vocab_size and num_classes).",
-    "__module__": __name__,
-})
+_MODEL_FIELDS = _model_section_fields()
+MODEL_SECTION_KEYS = tuple(_MODEL_FIELDS)
+ModelSection = create_model(
+    "ModelSection", __base__=ModelOverrides, __module__=__name__,
+    __doc__="The ModelConfig fields every architecture shares (all but vocab_size and num_classes).",
+    **_MODEL_FIELDS,
+)
 
 
 class Architecture(ModelSection):
@@ -196,6 +197,10 @@ class Architecture(ModelSection):
     def model_fields_over(self, base: dict[str, Any]) -> dict[str, Any]:
         """ModelConfig fields of this architecture: ``base`` (the model section), the preset's, then its own."""
         return merge_model_fields(base, preset_fields(self.preset) if self.preset else {}, self.overrides())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as a config would write it: name, preset where there is one, the overrides."""
+        return {"name": self.name, **({"preset": self.preset} if self.preset else {}), **self.overrides()}
 
     def renamed(self, name: str, **changes: Any) -> Architecture:
         """A copy called ``name`` with ModelConfig ``changes``."""
@@ -366,8 +371,12 @@ class RunConfig(Section):
         return Path(self.output) / self.name
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (YAML/JSON), every default filled in."""
-        return self.model_dump(mode="json")
+        """Plain data (YAML/JSON) that validates back to this config: every default filled in, but the
+        model section and architectures hold only the fields they set (ModelConfig fills the rest)."""
+        values = self.model_dump(mode="json")
+        values["model"] = self.model.overrides()
+        values["architectures"] = [a.to_dict() for a in self.architectures]
+        return values
 
 
 LOGGERS = ("csv", "wandb")

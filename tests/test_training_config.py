@@ -30,6 +30,8 @@ from seqarch.training.datamodule import StepBatchSampler
 from seqarch.training.defaults import default_config
 from seqarch.training.module import SeqarchModule, device_peak_flops
 from seqarch.training.optim import parameter_groups, warmup_cosine
+from seqarch.training.report import sweep_table
+from seqarch.training.result import RunResult
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -278,3 +280,21 @@ def test_stop_at_follows_the_tasks_metric():
         trainer = _Validated(**metrics)
         EvalHistory(10, 2.0, metric, stop_at).on_validation_end(trainer, None)
         assert trainer.should_stop is stops, (metric, metrics)
+
+
+def _result(name: str, mixer: str, d_model: int, point: str, best: float) -> RunResult:
+    return RunResult(name=name, mixer=mixer, lr=1e-3, d_model=d_model, n_layers=2, params=1, flops_per_token=1.0,
+                     training_flops=1.0, steps=1, metric="val/accuracy", higher_is_better=True, final=best, best=best,
+                     state_size=0, tokens_per_s=1.0, wall_s=1.0, peak_memory_bytes=None, device="cpu", history=[],
+                     model_config=seqarch.ModelConfig(mixer=mixer, d_model=d_model), folder="f", data_point=point,
+                     seq_len=64)
+
+
+def test_the_sweep_table_has_a_row_per_architecture_not_per_mixer():
+    results = [_result(f"{name}-d{width}", "m2", width, "seq_len64", best)
+               for name, best in (("m2", 0.5), ("hyena", 0.25)) for width in (64, 128)]
+    table = sweep_table(results).splitlines()
+    assert table[0] == "| architecture | seq_len64 d64 | seq_len64 d128 |"
+    assert table[2:] == ["| m2 | 0.5000 | 0.5000 |", "| hyena | 0.2500 | 0.2500 |"]
+    assert results[0].to_dict()["model_config"]["mixer"] == "m2"
+    assert sweep_table([_result("m2", "m2", 64, "", 0.5)]) is None

@@ -28,7 +28,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    model_validator,
+)
 
 from ..checks import check_positive_int, check_positive_real
 from ..mixers import MIXERS
@@ -342,7 +351,7 @@ class RunConfig(Section):
     """modules to import first: they register a researcher's own mixers or presets"""
 
     @model_validator(mode="after")
-    def _consistent(self, info) -> RunConfig:
+    def _consistent(self, info: ValidationInfo) -> RunConfig:
         if self.logger not in LOGGERS:
             raise ValueError(f"logger: expected one of {', '.join(LOGGERS)}, got {self.logger!r}")
         if self.sweep.d_model is not None and self.budget.is_set:

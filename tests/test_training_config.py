@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import seqarch
 from seqarch.data import ACCURACY, LOSS
 from seqarch.devices import peak_flops
 from seqarch.losses import IGNORE_INDEX
+from seqarch.models.presets import PRESETS
 from seqarch.training.checkpoints import EvalHistory
 from seqarch.training.cli import build_parser, main
 from seqarch.training.config import (
@@ -298,3 +300,14 @@ def test_the_sweep_table_has_a_row_per_architecture_not_per_mixer():
     assert table[2:] == ["| m2 | 0.5000 | 0.5000 |", "| hyena | 0.2500 | 0.2500 |"]
     assert results[0].to_dict()["model_config"]["mixer"] == "m2"
     assert sweep_table([_result("m2", "m2", 64, "", 0.5)]) is None
+
+
+def test_cli_lists_the_architectures_one_line_each_and_prints_the_schema(capsys):
+    assert main(["architectures"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    presets = {line.split()[0]: line for line in lines[1:lines.index(next(x for x in lines if x.startswith("mixers")))]}
+    assert set(presets) == set(PRESETS)
+    assert "Monarch MLP" in presets["m2"] and "channel_mixer=monarch" in presets["m2"]
+    assert "channel_mixer=glu" in presets["hyena"] and "mixer=m2" in presets["hyena"]
+    assert main(["schema"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["properties"]) == set(SECTIONS)

@@ -36,9 +36,18 @@ def epilog() -> str:
             f"shipped experiments: {', '.join(shipped_experiments())}\n\nexamples:\n{EXAMPLES}")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps one-paragraph descriptions; keeps multi-line text (the epilog's lists) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="seqarch", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog(),
+        prog="seqarch", formatter_class=_HelpFormatter, epilog=epilog(),
         description="Train seqarch models and compare architectures at matched parameter or FLOP budgets.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{train,compare,architectures,schema}")
@@ -60,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--cache-dir", default=None,
                         help="where tokenised corpora are cached (default $SEQARCH_CACHE or ~/.cache/seqarch)")
     common.add_argument("--quiet", action="store_true", help="no progress bar, only the result lines")
-    text = {"epilog": epilog(), "formatter_class": argparse.RawDescriptionHelpFormatter}
+    text = {"epilog": epilog(), "formatter_class": _HelpFormatter}
     commands.add_parser("train", parents=[common], **text, help="train one model (the config's model section)",
                         description="Train one model: the config's model section on its data.")
     commands.add_parser("compare", parents=[common], **text,

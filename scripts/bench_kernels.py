@@ -10,7 +10,7 @@ public kernel function ("ours") and the off-the-shelf alternative: the time
 (``triton.testing.do_bench``, median of warm runs, on a GPU), TFLOP/s or GB/s (the
 formula of each op is stated in ``OPS`` and in the report), the speed-up
 ``off-the-shelf time / our time``, the share of the device's peak (from
-``DEVICE_PEAKS``; '-' for an unknown device), the peak memory of both
+``seqarch.devices.DEVICE_PEAKS``; '-' for an unknown device), the peak memory of both
 (``torch.cuda.max_memory_allocated``) and whether the issue's target is met.
 
 On a CPU (no CUDA) ``do_bench`` cannot run and every public function dispatches
@@ -37,6 +37,7 @@ from pathlib import Path
 import benchlib
 import torch
 
+from seqarch.devices import device_peaks
 from seqarch.kernels import backend
 from seqarch.kernels.attention import attention, offtheshelf_attention
 from seqarch.kernels.fft_conv import fft_conv, offtheshelf_fft_conv
@@ -51,15 +52,7 @@ from seqarch.kernels.ssm_kernel import (
 
 MODES = ("fwd", "fwd+bwd")
 SIZES = ("full", "quick", "cpu", "tiny")  # GPU targets, GPU --quick, CPU default, CPU --quick
-# Peaks keyed by a substring of torch.cuda.get_device_name (first match wins; specific names first).
-# "bf16"/"fp16": dense tensor-core FLOP/s; "fp32": non-tensor-core FLOP/s (IEEE fp32 dots); "hbm": bytes/s.
-DEVICE_PEAKS = {
-    "H100 80GB HBM3": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12, "hbm": 3.35e12},  # H100 SXM5
-    "H100 SXM": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12, "hbm": 3.35e12},
-    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12, "hbm": 2.0e12},
-    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12, "hbm": 4.8e12},
-    "A100-SXM4-80GB": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12, "hbm": 2.039e12},
-}
+# The device peaks live in seqarch.devices, shared with the training MFU.
 CPU_NOTE = ("Triton numbers need a GPU: `triton.testing.do_bench` needs CUDA, and on a CPU every public kernel "
             "function runs its PyTorch twin. These rows time the twins against the off-the-shelf functions "
             "(benchlib.median_time) at small CPU shapes; memory is not measured and no target is checked.")
@@ -252,10 +245,6 @@ FIELD_NAMES = {"speedup": "speed-up", "throughput": "TFLOP/s", "memory_ratio": "
 
 
 # -- measuring -------------------------------------------------------------------------------
-def device_peaks(name: str) -> dict[str, float] | None:
-    return next((peaks for key, peaks in DEVICE_PEAKS.items() if key in name), None)
-
-
 def peak_key(metric: str, dtype: torch.dtype) -> str:
     if metric == "bytes":
         return "hbm"
@@ -395,7 +384,7 @@ def markdown(rows: list[dict], names: list[str], device: torch.device, dtype: st
                   "torch.cuda.max_memory_allocated beyond the inputs")
         peaks = device_peaks(name)
         peak_line = (f"Peaks for this device: {peaks}." if peaks else
-                     "This device is not in DEVICE_PEAKS: the share of peak is '-'.")
+                     "This device is not in seqarch.devices.DEVICE_PEAKS: the share of peak is '-'.")
     else:
         timing, peak_line = f"benchlib.median_time, median of {repeats} warm runs", f"**{CPU_NOTE}**"
     header = ["op", "case", "mode", "backend", "ours ms", "off-the-shelf ms", "speed-up", "ours TFLOP/s or GB/s",

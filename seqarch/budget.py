@@ -58,8 +58,7 @@ def flops_breakdown(config: ModelConfig, length: int) -> dict[str, float]:
             totals[f"mixer_{kind}"] = totals.get(f"mixer_{kind}", 0) + value
         if block.channel is not None:
             totals["channel"] = totals.get("channel", 0) + block.channel.flops(length)
-    head_width = config.num_classes if config.num_classes is not None else config.vocab_size * length
-    totals["head"] = 2 * config.d_model * head_width
+    totals["head"] = model.head_flops(length)
     return totals
 
 

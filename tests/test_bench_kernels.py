@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import seqarch.devices
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -120,6 +122,9 @@ def test_device_peaks_match_by_name(bench):
     assert bench.device_peaks("NVIDIA H100 80GB HBM3")["bf16"] == 989e12
     assert bench.device_peaks("NVIDIA H100 80GB HBM3")["hbm"] == 3.35e12
     assert bench.device_peaks("NVIDIA GeForce GTX 1080") is None
+    # One table with the training MFU; a PCIe H100 is not taken for the SXM card.
+    assert bench.device_peaks is seqarch.devices.device_peaks
+    assert bench.device_peaks("NVIDIA H100 PCIe")["bf16"] == 756e12
     assert bench.peak_key("flops", torch.bfloat16) == "bf16"
     assert bench.peak_key("flops", torch.complex64) == "fp32"
     assert bench.peak_key("bytes", torch.bfloat16) == "hbm"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from seqarch.data import DATA_SOURCES, DataBundle, build_data
+from seqarch.data import ACCURACY, DATA_SOURCES, LOSS, DataBundle, build_data
 
 SMALL = {
     "mqar": {"num_train": 64, "num_test": 16},
@@ -78,3 +78,18 @@ def test_bundle_checks_its_kind():
         DataBundle(train=[], val=[], kind="regression", vocab_size=2, seq_len=2)
     with pytest.raises(ValueError, match="num_classes"):
         DataBundle(train=[], val=[], kind="classification", vocab_size=2, seq_len=2)
+
+
+@pytest.mark.parametrize("task", sorted(SMALL))
+def test_a_bundle_carries_the_metric_it_is_judged_by(task, tmp_path):
+    bundle = build_data({"task": task, **SMALL[task]}, seed=0, cache_dir=tmp_path)
+    if task == "text":
+        assert bundle.metric == LOSS and bundle.metric.name == "val/loss" and not bundle.metric.higher_is_better
+    else:
+        assert bundle.metric == ACCURACY and bundle.metric.higher_is_better
+    assert bundle.recall == (task in ("mqar", "selective_copy", "induction"))
+
+
+def test_metrics_know_which_way_is_better():
+    assert ACCURACY.better(0.9, 0.8) and not ACCURACY.better(0.8, 0.9) and ACCURACY.reached(0.99, 0.99)
+    assert LOSS.better(1.0, 2.0) and LOSS.reached(1.4, 1.5) and not LOSS.reached(1.6, 1.5)

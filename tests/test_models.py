@@ -7,6 +7,9 @@ import torch
 from conftest import SMALL_OPTIONS
 
 import seqarch
+from seqarch.budget import flops_breakdown
+from seqarch.losses import IGNORE_INDEX
+from seqarch.models.presets import PRESETS, build_preset, register_preset
 
 
 def small_config(mixer, **changes):
@@ -49,6 +52,46 @@ def test_language_model_loss_and_tied_embeddings():
     untied = seqarch.LanguageModel(small_config("attention", tie_embeddings=False))
     assert untied.num_params() == model.num_params() + 40 * 16
     assert model.flops_per_token(32) > 0
+
+
+def test_one_loss_and_one_head_flops_formula():
+    model = seqarch.LanguageModel(small_config("attention"))
+    tokens = torch.randint(0, 40, (3, 10))
+    targets = tokens.clone()
+    targets[:, :5] = IGNORE_INDEX
+    logits = model(tokens)
+    scored = targets != IGNORE_INDEX
+    expected = torch.nn.functional.cross_entropy(logits[scored], targets[scored])
+    torch.testing.assert_close(model.loss(tokens, targets), expected)
+    torch.testing.assert_close(model.loss_from_logits(logits, targets), expected)
+    assert torch.equal(model.scored(targets), scored)
+    assert model.head_flops(10) == 2 * 16 * 40 * 10
+    assert flops_breakdown(model.config, 10)["head"] == model.head_flops(10)
+    classifier = seqarch.SequenceClassifier(small_config("s4d", causal=False, num_classes=5))
+    labels = torch.tensor([0, 4, 2])
+    torch.testing.assert_close(classifier.loss(tokens, labels),
+                               torch.nn.functional.cross_entropy(classifier(tokens), labels))
+    assert classifier.head_flops(10) == 2 * 16 * 5 == flops_breakdown(classifier.config, 10)["head"]
+
+
+def test_presets_name_architectures_with_overrides():
+    m2 = build_preset("m2", {"d_model": 32, "channel_mixer": "glu"})
+    assert (m2.mixer, m2.channel_mixer, m2.d_model) == ("m2", "monarch", 32)  # the preset wins over the base
+    assert build_preset("m2", d_model=32, monarch_blocks=2).monarch_blocks == 2  # overrides win over the preset
+    assert build_preset("transformer").mixer == "attention" and build_preset("hyena").channel_mixer == "glu"
+    # Mixer options merge: the preset's rotary and the base's heads both hold.
+    transformer = build_preset("transformer", {"mixer_options": {"attention": {"n_heads": 2}, "dropout": 0.1}})
+    assert transformer.mixer_options == {"attention": {"n_heads": 2, "rotary": True}, "dropout": 0.1}
+    assert {"transformer", "s4", "s4d", "m2", "hyena"} <= set(PRESETS)
+    with pytest.raises(ValueError, match="preset: unknown preset 'm3'; expected one of"):
+        build_preset("m3")
+    with pytest.raises(ValueError, match=r"register_preset\('bad'\): unknown ModelConfig field\(s\) \['width'\]"):
+        register_preset("bad", "no such field", mixer="s4d", width=3)
+    with pytest.raises(ValueError, match="channel_mixer: expected one of"):
+        register_preset("bad", "a bad value", mixer="s4d", channel_mixer="moe")
+    with pytest.raises(ValueError, match="preset name 'm2' is already registered"):
+        register_preset("m2", "another m2", mixer="m2")
+    assert "bad" not in PRESETS
 
 
 def test_classifier_pools_real_tokens():

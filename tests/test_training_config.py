@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,24 +11,52 @@ import torch
 import yaml
 
 import seqarch
+from seqarch.data import ACCURACY, LOSS
+from seqarch.devices import peak_flops
+from seqarch.losses import IGNORE_INDEX
+from seqarch.models.presets import PRESETS
+from seqarch.training.checkpoints import EvalHistory
 from seqarch.training.cli import build_parser, main
-from seqarch.training.config import ConfigError, apply_overrides, load_config, sweep_points, validate
+from seqarch.training.config import (
+    SECTIONS,
+    ConfigError,
+    apply_overrides,
+    config_schema,
+    experiments_folder,
+    load_config,
+    shipped_experiments,
+    sweep_points,
+    validate,
+)
 from seqarch.training.datamodule import StepBatchSampler
 from seqarch.training.defaults import default_config
+from seqarch.training.module import SeqarchModule, device_peak_flops
 from seqarch.training.optim import parameter_groups, warmup_cosine
+from seqarch.training.report import sweep_table
+from seqarch.training.result import RunResult
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
-def test_embedded_default_equals_experiments_mqar_yaml():
-    assert validate(default_config(), command="compare") == load_config(EXPERIMENTS / "mqar.yaml", command="compare")
-    assert load_config(None, command="compare")["architectures"] == ["attention", "s4d", "s4", "m2"]
+def test_embedded_default_is_the_shipped_experiments_mqar_yaml():
+    assert default_config() == yaml.safe_load((EXPERIMENTS / "mqar.yaml").read_text())
+    assert experiments_folder().resolve() == EXPERIMENTS.resolve()
+    assert load_config(None, command="compare") == load_config(EXPERIMENTS / "mqar.yaml", command="compare")
+    assert [a.name for a in load_config(None, command="compare").architectures] == ["transformer", "s4d", "s4", "m2"]
+
+
+def test_a_shipped_experiment_is_named_without_its_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no experiments/ folder here: the installed package data is read
+    assert load_config("mqar_sweep", command="compare").name == "mqar_sweep"
+    assert "lm_small" in shipped_experiments()
+    with pytest.raises(ConfigError, match=r"config: no such file: 'mqar_swep'; expected a YAML file or a shipped"):
+        load_config("mqar_swep")
 
 
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_experiment_config_is_valid(path):
+def test_every_experiment_config_is_valid_and_uses_presets(path):
     config = load_config(path, command="compare")
-    assert config["architectures"]
+    assert config.architectures and all(a.preset is not None for a in config.architectures)
 
 
 def test_overrides_are_parsed_as_yaml_and_nested():
@@ -42,16 +71,75 @@ def test_overrides_are_parsed_as_yaml_and_nested():
     ({"train": {"stpes": 3}}, "train: unknown key 'stpes'"),
     ({"model": {"vocab_size": 3}}, "model: unknown key 'vocab_size'"),
     ({"train": {"steps": 0}}, r"train.steps: expected a positive integer, got 0"),
+    ({"train": {"steps": True}}, r"train.steps: expected a positive integer, got True"),
     ({"train": {"lr": -1}}, r"train.lr: expected a positive number, got -1"),
+    ({"train": {"lr": [1e-3, 0]}}, r"train.lr: expected a positive number, got 0"),
+    ({"train": {"precision": "bf17"}}, r"train.precision: expected 'auto', '32', .* got 'bf17'"),
+    ({"train": {"warmup_steps": -1}}, r"train.warmup_steps: expected a number >= 0, got -1"),
+    ({"model": {"d_model": 0}}, r"model.d_model: expected a positive integer, got 0"),
+    ({"model": {"mixer": 3}}, r"model.mixer: expected a valid string, got 3"),
+    ({"data": {"seq_len": 64}}, r"data.task: expected a value, got none"),
+    ({"sweep": {"d_model": []}}, r"sweep.d_model: expected a non-empty list, got \[\]"),
+    ({"architectures": [{"name": "a", "preset": "nope"}]}, r"architectures\[0\].preset: unknown preset 'nope'"),
+    ({"architectures": [{"preset": "m2", "d_model": 0}]}, r"architectures\[0\].d_model: expected a positive integer"),
     ({"budget": {"params": 1e5, "flops": 1e12}}, "budget: expected one of 'params' or 'flops', got both"),
     ({"logger": "tensorboard"}, "logger: expected one of csv, wandb, got 'tensorboard'"),
-    ({"architectures": [3]}, r"architectures\[0\]: expected a mixer name or a mapping, got 3"),
+    ({"architectures": [3]}, r"architectures\[0\]: expected an architecture name \(a preset or a mixer\) or a mapping, got 3"),
     ({"architectures": ["s4d", "s4d"]}, "architectures: expected distinct names"),
     ({"sweep": {"d_model": [64]}, "budget": {"params": 1e5}}, "sweep.d_model: a width sweep"),
 ])
 def test_bad_configs_name_the_key(config, message):
     with pytest.raises(ConfigError, match=message):
         validate(config)
+
+
+def test_every_bad_key_is_named_at_once():
+    with pytest.raises(ConfigError) as error:
+        validate({"train": {"steps": 0, "batch_size": -2}, "budget": {"match_by": "height"}})
+    assert str(error.value).splitlines() == [
+        "budget.match_by: expected 'width' or 'depth', got 'height'",
+        "train.steps: expected a positive integer, got 0", "train.batch_size: expected a positive integer, got -2"]
+
+
+def test_config_values_are_typed_and_the_learning_rate_list_rule_lives_once():
+    config = validate({"train": {"steps": 1e3, "lr": 3e-3, "precision": 32}})
+    assert config.train.steps == 1000 and isinstance(config.train.steps, int)
+    assert config.train.precision == "32" and config.train.learning_rates == [3e-3]
+    assert validate({"train": {"lr": [1e-3, 3e-3]}}).train.learning_rates == [1e-3, 3e-3]
+
+
+def test_architectures_name_presets_mixers_or_mappings_with_overrides():
+    config = validate({"model": {"d_model": 32, "channel_mixer": "mlp"}, "architectures": [
+        "m2", "attention", {"name": "m2-2b", "preset": "m2", "monarch_blocks": 2}, {"mixer": "s4d", "n_layers": 3}]})
+    m2, attention, m2_2b, s4d = config.architectures
+    # A preset wins over the mixer of the same name, and over the model section's channel mixer.
+    assert (m2.preset, m2.model_fields_over(config.model.overrides())["channel_mixer"]) == ("m2", "monarch")
+    assert attention.preset is None and attention.model_fields_over({"channel_mixer": "mlp"}) == {
+        "channel_mixer": "mlp", "mixer": "attention"}
+    assert m2_2b.model_fields_over({})["monarch_blocks"] == 2
+    assert (s4d.name, s4d.preset, s4d.model_fields_over({})) == ("s4d", None, {"mixer": "s4d", "n_layers": 3})
+
+
+def test_a_saved_config_validates_back_to_the_same_config():
+    config = load_config(EXPERIMENTS / "lm_small.yaml", ["architectures=[transformer, attention, {mixer: s4d}]"])
+    saved = yaml.safe_load(yaml.safe_dump(config.to_dict()))
+    assert saved["model"] == {"d_model": 128, "n_layers": 4}
+    assert saved["architectures"] == [{"name": "transformer", "preset": "transformer"},
+                                      {"name": "attention", "mixer": "attention"}, {"name": "s4d", "mixer": "s4d"}]
+    assert saved["train"]["warmup_steps"] == 30 and saved["train"]["keep_checkpoints"] == 2  # defaults filled in
+    assert validate(saved) == config and validate(config) == config
+
+
+def test_schema_and_help_come_from_the_config_models():
+    schema = config_schema()
+    assert set(schema["properties"]) == set(SECTIONS)
+    train = schema["$defs"]["TrainSection"]["properties"]
+    assert train["steps"]["default"] == 500 and "optimiser steps" in train["steps"]["description"]
+    assert "width" in schema["$defs"]["ModelSection"]["properties"]["d_model"]["description"]
+    help_text = build_parser().format_help()
+    for section in SECTIONS:
+        assert f"  {section} " in help_text
+    assert "modules to import first" in help_text and "mqar_sweep" in help_text
 
 
 def test_compare_needs_architectures():
@@ -65,9 +153,10 @@ def test_sweep_expands_data_points_and_widths():
     points = sweep_points(config)
     assert [label for label, _ in points] == ["seq_len64-num_kv_pairs4", "seq_len128-num_kv_pairs8"]
     second = points[1][1]
-    assert second["data"]["seq_len"] == 128 and second["sweep"] == {}
-    assert [(a["name"], a["d_model"]) for a in second["architectures"]] == [
-        ("attention-d64", 64), ("attention-d128", 128), ("s4d-d64", 64), ("s4d-d128", 128)]
+    assert second.data.spec()["seq_len"] == 128 and not second.sweep.is_set
+    assert [(a.name, a.d_model, a.preset) for a in second.architectures] == [
+        ("attention-d64", 64, None), ("attention-d128", 128, None), ("s4d-d64", 64, "s4d"), ("s4d-d128", 128, "s4d")]
+    assert config.architectures[0].name == "attention"  # the sweep leaves the config alone
 
 
 def test_parameter_groups_follow_optim_hints():
@@ -111,7 +200,7 @@ def test_help_explains_every_option():
     parser = build_parser()
     for command in ("train", "compare"):
         text = parser._subparsers._group_actions[0].choices[command].format_help()
-        for option in ("--resume", "--output", "--name", "--cache-dir", "--quiet", "KEY=VALUE", "config"):
+        for option in ("--resume", "--output", "--name", "--cache-dir", "--quiet", "--import", "KEY=VALUE", "config"):
             assert option in text
 
 
@@ -153,3 +242,72 @@ def test_cli_corrupt_checkpoint_is_a_clear_error_and_is_left_alone(tmp_path, cap
     assert "already holds checkpoints" in caplog.text
     assert sorted(p.name for p in folder.iterdir()) == ["step-0000002.ckpt"]
     assert torch.__version__  # the process is intact after both errors
+
+
+def test_mfu_reads_the_shared_device_peaks():
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12  # not the SXM card's 989e12: MFU read ~30% low before
+    assert peak_flops("NVIDIA H100 80GB HBM3") == peak_flops("NVIDIA H200") == 989e12
+    assert peak_flops("NVIDIA A100-SXM4-40GB") == 312e12 and peak_flops("NVIDIA A100-SXM4-40GB", "fp32") == 19.5e12
+    assert peak_flops("NVIDIA GeForce GTX 1080") is None
+    assert device_peak_flops(torch.device("cpu")) is None
+
+
+def test_the_lightning_module_scores_with_the_models_own_loss():
+    config = validate({"model": {"d_model": 16, "mixer": "s4d"}})
+    model_config = seqarch.ModelConfig(vocab_size=20, d_model=16, mixer="s4d")
+    module = SeqarchModule(model_config, "lm", config.train, 1e-3, 8)
+    assert module.hparams["model_config"] == model_config.to_dict() and module.hparams["train"]["steps"] == 500
+    tokens = torch.randint(0, 20, (2, 8))
+    targets = torch.full_like(tokens, IGNORE_INDEX)
+    targets[:, -3:] = tokens[:, -3:]
+    loss, scored, correct = module._loss_and_counts((tokens, targets))
+    torch.testing.assert_close(loss, module.model.loss(tokens, targets))
+    assert int(scored) == 6 and 0 <= int(correct) <= 6
+
+
+class _Validated:
+    sanity_checking, global_step, should_stop = False, 5, False
+
+    def __init__(self, **metrics):
+        self.callback_metrics = {k.replace("_", "/"): torch.tensor(v) for k, v in metrics.items()}
+
+
+def test_stop_at_follows_the_tasks_metric():
+    for metric, stop_at, metrics, stops in [
+        (ACCURACY, 0.99, {"val_accuracy": 0.99, "val_loss": 3.0}, True),
+        (ACCURACY, 0.99, {"val_accuracy": 0.5, "val_loss": 0.1}, False),
+        (LOSS, 1.5, {"val_accuracy": 0.1, "val_loss": 1.4}, True),  # a language model stops at a low loss
+        (LOSS, 1.5, {"val_accuracy": 0.999, "val_loss": 1.6}, False),
+    ]:
+        trainer = _Validated(**metrics)
+        EvalHistory(10, 2.0, metric, stop_at).on_validation_end(trainer, None)
+        assert trainer.should_stop is stops, (metric, metrics)
+
+
+def _result(name: str, mixer: str, d_model: int, point: str, best: float) -> RunResult:
+    return RunResult(name=name, mixer=mixer, lr=1e-3, d_model=d_model, n_layers=2, params=1, flops_per_token=1.0,
+                     training_flops=1.0, steps=1, metric="val/accuracy", higher_is_better=True, final=best, best=best,
+                     state_size=0, tokens_per_s=1.0, wall_s=1.0, peak_memory_bytes=None, device="cpu", history=[],
+                     model_config=seqarch.ModelConfig(mixer=mixer, d_model=d_model), folder="f", data_point=point,
+                     seq_len=64)
+
+
+def test_the_sweep_table_has_a_row_per_architecture_not_per_mixer():
+    results = [_result(f"{name}-d{width}", "m2", width, "seq_len64", best)
+               for name, best in (("m2", 0.5), ("hyena", 0.25)) for width in (64, 128)]
+    table = sweep_table(results).splitlines()
+    assert table[0] == "| architecture | seq_len64 d64 | seq_len64 d128 |"
+    assert table[2:] == ["| m2 | 0.5000 | 0.5000 |", "| hyena | 0.2500 | 0.2500 |"]
+    assert results[0].to_dict()["model_config"]["mixer"] == "m2"
+    assert sweep_table([_result("m2", "m2", 64, "", 0.5)]) is None
+
+
+def test_cli_lists_the_architectures_one_line_each_and_prints_the_schema(capsys):
+    assert main(["architectures"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    presets = {line.split()[0]: line for line in lines[1:lines.index(next(x for x in lines if x.startswith("mixers")))]}
+    assert set(presets) == set(PRESETS)
+    assert "Monarch MLP" in presets["m2"] and "channel_mixer=monarch" in presets["m2"]
+    assert "channel_mixer=glu" in presets["hyena"] and "mixer=m2" in presets["hyena"]
+    assert main(["schema"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["properties"]) == set(SECTIONS)

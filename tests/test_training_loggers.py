@@ -52,9 +52,9 @@ def test_a_failing_logger_never_stops_training(tmp_path, monkeypatch, caplog):
                        "model": {"d_model": 16}, "train": {"steps": 4, "batch_size": 8, "eval_every": 2,
                                                            "log_every": 1, "checkpoint_every": 4},
                        "trainer": {"enable_progress_bar": False, "accelerator": "cpu"}})
-    bundle = build_data(config["data"], seed=0)
+    bundle = build_data(config.data.spec(), seed=0)
     result = train_run(config, bundle, model_config_for(config, bundle), lr=1e-3, folder=tmp_path / "run")
-    assert result["steps"] == 4
+    assert result.steps == 4
     assert "logger BrokenLogger failed (ConnectionError: no network)" in caplog.text
     steps = {int(r["step"]) for r in read_metrics(tmp_path / "run") if "train/loss" in r}
     assert steps == {0, 1, 2, 3}

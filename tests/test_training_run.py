@@ -13,21 +13,23 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from seqarch.budget import count_params, training_flops
 from seqarch.data import build_data
 from seqarch.training.checkpoints import check_checkpoint, list_checkpoints
 from seqarch.training.cli import main
 from seqarch.training.compare import plan_comparison, run_tokens
-from seqarch.training.config import validate
+from seqarch.training.config import RunConfig, validate
 from seqarch.training.loggers import read_metrics
 from seqarch.training.module import NonFiniteLossError, SeqarchModule
+from seqarch.training.result import RunResult
 from seqarch.training.run import model_config_for, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_config(**train) -> dict:
+def tiny_config(**train) -> RunConfig:
     return validate({
         "name": "tiny", "data": {"task": "mqar", "num_train": 256, "num_test": 64, "seq_len": 32},
         "model": {"d_model": 16, "mixer": "s4d"},
@@ -37,8 +39,8 @@ def tiny_config(**train) -> dict:
     })
 
 
-def fit(config: dict, folder: Path, **kwargs) -> dict:
-    bundle = build_data(config["data"], seed=config["train"]["seed"])
+def fit(config: RunConfig, folder: Path, **kwargs) -> RunResult:
+    bundle = build_data(config.data.spec(), seed=config.train.seed)
     return train_run(config, bundle, model_config_for(config, bundle), lr=3e-3, folder=folder, **kwargs)
 
 
@@ -58,16 +60,20 @@ def test_attention_learns_mqar_to_099():
 
     with tempfile.TemporaryDirectory() as folder:
         result = fit(config, Path(folder))
-    assert result["best"] >= 0.99, result["history"]
+    assert result.best >= 0.99, result.history
 
 
 def test_compare_budgets_within_two_percent():
     for budget in ({"params": 60000}, {"flops": 1e13}):
-        config = validate({"data": {"task": "mqar"}, "architectures": ["attention", "s4d", "s4", "m2"],
+        config = validate({"data": {"task": "mqar"}, "architectures": ["attention", "s4d", "s4", "m2", "hyena"],
                            "budget": budget, "model": {"d_model": 32}}, command="compare")
-        bundle = build_data(config["data"], seed=0)
+        bundle = build_data(config.data.spec(), seed=0)
         plan = plan_comparison(config, bundle)
-        assert [name for name, _, _ in plan] == ["attention", "s4d", "s4", "m2"]
+        assert [name for name, _, _ in plan] == ["attention", "s4d", "s4", "m2", "hyena"]
+        # The m2 preset is Monarch Mixer: its Monarch MLP is resized in steps of its blocks.
+        m2, hyena = plan[3][1], plan[4][1]
+        assert (m2.mixer, m2.channel_mixer, m2.d_ff % m2.monarch_blocks) == ("m2", "monarch", 0)
+        assert (hyena.mixer, hyena.channel_mixer) == ("m2", "glu")
         for _, model_config, match in plan:
             if "params" in budget:
                 achieved = count_params(model_config)
@@ -103,8 +109,8 @@ def test_resume_gives_the_uninterrupted_losses(tmp_path):
     final = [check_checkpoint(tmp_path / d / "checkpoints" / "step-0000012.ckpt")["state_dict"] for d in ("whole", "killed")]
     for name, value in final[0].items():
         assert torch.equal(value, final[1][name]), name
-    assert resumed["final"] == whole["final"]
-    assert resumed["steps"] == 12
+    assert resumed.final == whole.final
+    assert resumed.steps == 12
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -145,7 +151,7 @@ DDP_SCRIPT = textwrap.dedent("""
         "trainer": {"accelerator": "cpu", "devices": devices, "strategy": "ddp" if devices > 1 else "auto",
                     "enable_progress_bar": False},
     })
-    bundle = build_data(config["data"], seed=0)
+    bundle = build_data(config.data.spec(), seed=0)
     train_run(config, bundle, model_config_for(config, bundle), lr=3e-3,
               folder=Path(sys.argv[1]) / f"run{devices}", callbacks=[SaveWeights()])
 """)
@@ -175,7 +181,15 @@ def test_compare_writes_the_report_plots_csv_and_checkpoints(tmp_path, capsys):
     assert main(["compare", str(path), "--output", str(tmp_path), "--quiet"]) == 0
     folder = tmp_path / "cmp"
     results = json.loads((folder / "results.json").read_text())
+    assert (results["metric"], results["higher_is_better"]) == ("val/accuracy", True)
+    assert results["config"]["train"]["lr"] == [1e-3, 3e-3] and results["config"]["budget"]["params"] == 12000
     assert [r["name"] for r in results["results"]] == ["attention", "s4d"]
+    assert [r["model_config"]["mixer"] for r in results["results"]] == ["attention", "s4d"]
+    assert all(r["budget"]["metric"] == "params" and abs(r["budget"]["relative_error"]) <= 0.02
+               for r in results["results"])
+    for r in results["results"]:  # the best of the learning-rate sweep is the one kept
+        assert r["best"] == max(point["best"] for point in r["sweep"]) and r["lr"] in (1e-3, 3e-3)
+    assert yaml.safe_load((folder / "config.yaml").read_text())["architectures"][1]["preset"] == "s4d"
     for r in results["results"]:
         assert abs(r["params"] - 12000) <= 240 and r["best"] is not None and len(r["sweep"]) == 2
         assert r["training_flops"] > 0 and r["tokens_per_s"] > 0 and r["peak_memory_bytes"] > 0
@@ -197,11 +211,11 @@ def test_listops_classification_trains_through_the_same_path(tmp_path):
         "train": {"steps": 6, "batch_size": 8, "eval_every": 3, "checkpoint_every": 6, "lr": 3e-3},
         "trainer": {"enable_progress_bar": False, "accelerator": "cpu"},
     })
-    bundle = build_data(config["data"], seed=0)
+    bundle = build_data(config.data.spec(), seed=0)
     assert bundle.kind == "classification" and bundle.num_classes == 10
     result = fit(config, tmp_path / "run")
-    assert result["metric"] == "val/accuracy" and 0.0 <= result["best"] <= 1.0
-    assert [h["step"] for h in result["history"]] == [3, 6]
-    assert result["state_size"] == 0  # bidirectional: no recurrent state
+    assert result.metric == "val/accuracy" and 0.0 <= result.best <= 1.0
+    assert [h["step"] for h in result.history] == [3, 6]
+    assert result.state_size == 0  # bidirectional: no recurrent state
     state = check_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000006.ckpt")
     assert any(k.startswith("model.head.") for k in state["state_dict"])

@@ -6,7 +6,8 @@ induction heads, ListOps) and tokenised text corpora, all behind :func:`build_da
 >>> inputs, targets = bundle.train[0]
 """
 
-from .bundle import IGNORE_INDEX, DataBundle
+from ..losses import IGNORE_INDEX
+from .bundle import ACCURACY, LOSS, DataBundle, Metric
 from .listops import evaluate_tree, listops
 from .mqar import lookup_solver, multiquery_ar
 from .packing import PackedBlocks, TokenStream, default_cache_dir, tokenized_stream
@@ -22,11 +23,14 @@ from .text import TextCorpus, load_texts
 from .tokenizers import ByteTokenizer, HFTokenizer, build_tokenizer
 
 __all__ = [
+    "ACCURACY",
     "DATA_SOURCES",
     "IGNORE_INDEX",
+    "LOSS",
     "ByteTokenizer",
     "DataBundle",
     "HFTokenizer",
+    "Metric",
     "PackedBlocks",
     "TextCorpus",
     "TokenStream",

@@ -8,8 +8,26 @@ from typing import Any
 from torch.utils.data import Dataset
 
 KINDS = ("lm", "classification")
-# Targets that take no loss (the default ignore_index of torch.nn.functional.cross_entropy).
-IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The validation metric a task is judged by: what training stops at and comparisons rank by."""
+
+    name: str
+    higher_is_better: bool
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether value ``a`` is better than ``b``."""
+        return a > b if self.higher_is_better else a < b
+
+    def reached(self, value: float, goal: float) -> bool:
+        """Whether ``value`` is at least as good as ``goal``."""
+        return value >= goal if self.higher_is_better else value <= goal
+
+
+ACCURACY = Metric("val/accuracy", higher_is_better=True)
+LOSS = Metric("val/loss", higher_is_better=False)
 
 
 @dataclass
@@ -20,6 +38,8 @@ class DataBundle:
     where no loss is taken. ``kind == "classification"``: items are ``(tokens LongTensor(seq_len),
     label LongTensor(), mask BoolTensor(seq_len))``, mask True on real tokens (padding id 0 is False).
     ``vocab_size`` is the model's embedding size (special and padding ids included).
+    ``metric``: what the task is judged by (accuracy of the scored positions unless told otherwise).
+    ``recall``: a recall task, where accuracy is bought with recurrent state (reports plot the two).
     """
 
     train: Dataset
@@ -29,6 +49,8 @@ class DataBundle:
     seq_len: int
     num_classes: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    metric: Metric = ACCURACY
+    recall: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from .bundle import IGNORE_INDEX, DataBundle
+from ..losses import IGNORE_INDEX
+from .bundle import DataBundle
 from .options import check_float, check_int, resolve_options, split_seed
 from .sampling import sample_without_replacement, seeded_generator
 
@@ -133,4 +134,5 @@ def build_mqar(spec: Mapping[str, Any], *, seed: int, cache_dir=None) -> DataBun
         seq_len=seq_len,
         info={"task": "mqar", **shape, "num_train": num_train, "num_val": num_test,
               "answers_per_example": num_kv_pairs},
+        recall=True,
     )

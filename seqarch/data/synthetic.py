@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from .bundle import IGNORE_INDEX, DataBundle
+from ..losses import IGNORE_INDEX
+from .bundle import DataBundle
 from .options import check_int, resolve_options, split_seed
 from .sampling import sample_without_replacement, seeded_generator
 
@@ -102,7 +103,7 @@ def _lm_bundle(task: str, generate, shape: dict[str, int], num_train: int, num_t
     return DataBundle(
         train=TensorDataset(*train), val=TensorDataset(*val), kind="lm",
         vocab_size=shape["vocab_size"], seq_len=shape["seq_len"],
-        info={"task": task, **shape, "num_train": num_train, "num_val": num_test},
+        info={"task": task, **shape, "num_train": num_train, "num_val": num_test}, recall=True,
     )
 
 

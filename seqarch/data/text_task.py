@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .bundle import DataBundle
+from .bundle import LOSS, DataBundle
 from .options import (
     check_float,
     check_int,
@@ -101,4 +101,6 @@ def build_text(spec: Mapping[str, Any], *, seed: int, cache_dir=None) -> DataBun
         "train_files": len(corpora[0].files), "val_files": len(corpora[1].files),
         "cache": [str(stream.path) for stream in streams],
     }
-    return DataBundle(train=train, val=val, kind="lm", vocab_size=tokenizer.vocab_size, seq_len=seq_len, info=info)
+    # Next-token accuracy says little about a language model; it is judged by validation loss.
+    return DataBundle(train=train, val=val, kind="lm", vocab_size=tokenizer.vocab_size, seq_len=seq_len, info=info,
+                      metric=LOSS)

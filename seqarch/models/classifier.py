@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..losses import class_loss
 from .backbone import Backbone, num_params
 from .config import ModelConfig
 
@@ -40,11 +40,25 @@ class SequenceClassifier(nn.Module):
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-entropy of ``labels: (batch,)``."""
-        return F.cross_entropy(self(tokens, mask).float(), labels)
+        return self.loss_from_logits(self(tokens, mask), labels)
+
+    @staticmethod
+    def loss_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """:meth:`loss` of logits already computed (a trainer that also scores them calls this)."""
+        return class_loss(logits, labels)
+
+    @staticmethod
+    def scored(labels: torch.Tensor) -> torch.Tensor:
+        """Every label takes a loss: an all-True bool tensor of their shape."""
+        return torch.ones_like(labels, dtype=torch.bool)
 
     def num_params(self) -> int:
         return num_params(self)
 
     def flops_per_token(self, length: int) -> float:
         """Forward FLOPs per token at sequence ``length`` (the head runs once per sequence)."""
-        return (self.backbone.flops(length) + 2 * self.config.d_model * self.config.num_classes) / length
+        return (self.backbone.flops(length) + self.head_flops(length)) / length
+
+    def head_flops(self, length: int) -> int:
+        """Forward FLOPs of the head for one sequence: one ``d_model x num_classes`` product (pooling is free)."""
+        return 2 * self.config.d_model * self.config.num_classes

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..losses import IGNORE_INDEX, token_loss
 from .backbone import Backbone, check_tokens, num_params
 from .config import ModelConfig
 
@@ -31,11 +31,20 @@ class LanguageModel(nn.Module):
         return self.head(self.backbone(tokens))
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of ``targets: (batch, length)``; positions labelled -100 are ignored."""
+        """Mean cross-entropy of ``targets: (batch, length)``; positions labelled ``IGNORE_INDEX`` (-100) are ignored."""
         if targets.shape != tokens.shape:
             raise ValueError(f"targets: expected shape {tuple(tokens.shape)} like tokens, got {tuple(targets.shape)}")
-        logits = self(tokens)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return self.loss_from_logits(self(tokens), targets)
+
+    @staticmethod
+    def loss_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """:meth:`loss` of logits already computed (a trainer that also scores them calls this)."""
+        return token_loss(logits, targets)
+
+    @staticmethod
+    def scored(targets: torch.Tensor) -> torch.Tensor:
+        """Where ``targets`` take a loss: a bool tensor of their shape."""
+        return targets != IGNORE_INDEX
 
     @staticmethod
     def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
@@ -91,5 +100,8 @@ class LanguageModel(nn.Module):
 
     def flops_per_token(self, length: int) -> float:
         """Forward FLOPs per token at sequence ``length``: blocks plus the output head."""
-        head = 2 * self.config.d_model * self.config.vocab_size
-        return self.backbone.flops(length) / length + head
+        return (self.backbone.flops(length) + self.head_flops(length)) / length
+
+    def head_flops(self, length: int) -> int:
+        """Forward FLOPs of the output head for one sequence: a ``d_model x vocab_size`` product per token."""
+        return 2 * self.config.d_model * self.config.vocab_size * length

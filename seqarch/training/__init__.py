@@ -5,7 +5,8 @@ architecture a config lists at the same parameter count or training FLOPs.
 """
 
 from .compare import compare, plan_comparison
-from .config import ConfigError, load_config, validate
+from .config import ConfigError, RunConfig, load_config, validate
+from .result import RunResult
 from .run import train_run
 
-__all__ = ["ConfigError", "compare", "load_config", "plan_comparison", "train_run", "validate"]
+__all__ = ["ConfigError", "RunConfig", "RunResult", "compare", "load_config", "plan_comparison", "train_run", "validate"]

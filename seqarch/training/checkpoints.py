@@ -14,6 +14,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from ..data import Metric
+
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.ckpt$")
 
 
@@ -89,12 +91,15 @@ class StepCheckpoint(L.Callback):
 class EvalHistory(L.Callback):
     """Records every validation: step, tokens seen, training FLOPs so far and the metrics.
 
-    ``stop_at``: stop training once ``val/accuracy`` reaches it (Zoology stops at 0.99).
+    ``stop_at``: stop training once the task's ``metric`` reaches it (at least as high for
+    accuracy, at least as low for a loss; Zoology stops MQAR at 0.99 accuracy).
     """
 
-    def __init__(self, tokens_per_step: int, training_flops_per_token: float, stop_at: float | None) -> None:
+    def __init__(self, tokens_per_step: int, training_flops_per_token: float, metric: Metric,
+                 stop_at: float | None) -> None:
         self.tokens_per_step = tokens_per_step
         self.training_flops_per_token = training_flops_per_token
+        self.metric = metric
         self.stop_at = stop_at
         self.history: list[dict] = []
 
@@ -113,5 +118,6 @@ class EvalHistory(L.Callback):
             "step": trainer.global_step, "tokens": tokens,
             "training_flops": tokens * self.training_flops_per_token, **metrics,
         })
-        if self.stop_at is not None and metrics.get("val/accuracy", 0.0) >= self.stop_at:
+        value = metrics.get(self.metric.name)
+        if self.stop_at is not None and value is not None and self.metric.reached(value, self.stop_at):
             trainer.should_stop = True

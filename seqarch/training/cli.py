@@ -1,8 +1,10 @@
-"""The ``seqarch`` command line: ``seqarch train`` and ``seqarch compare``."""
+"""The ``seqarch`` command line: ``seqarch train``, ``seqarch compare``, ``seqarch architectures``
+and ``seqarch schema``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
@@ -11,32 +13,52 @@ import warnings
 from pathlib import Path
 
 from .checkpoints import CheckpointError
-from .config import ConfigError, load_config
+from .config import config_schema, load_config, sections_help, shipped_experiments
+from .errors import ConfigError
+from .plugins import PluginError, import_modules, load_entry_points
 
 log = logging.getLogger("seqarch")
 
-EPILOG = """\
-configs (YAML) have the sections name, data, model, architectures, budget, train,
-trainer, logger, wandb, output and sweep; see experiments/*.yaml and
-seqarch/training/config.py for every key and its default. Examples:
-
+EXAMPLES = """\
   seqarch compare                                   # embedded MQAR default (CPU, < 10 min)
-  seqarch compare experiments/mqar_sweep.yaml
-  seqarch train experiments/lm_small.yaml model.mixer=s4d train.steps=200
+  seqarch compare mqar_sweep                        # a shipped experiment, by name
   seqarch compare experiments/lm_small.yaml trainer.devices=4 trainer.strategy=ddp
+  seqarch compare my.yaml --import my_layers        # a module that registers your own mixer
+  seqarch train experiments/lm_small.yaml model.mixer=s4d train.steps=200
   seqarch train experiments/mqar.yaml --resume      # continue a killed run
+  seqarch architectures                             # the presets and mixers architectures: may name
 """
+
+
+def epilog() -> str:
+    """The ``--help`` epilog: the config sections (from the config models' own docs) and examples."""
+    return (f"config sections (seqarch schema prints every key, its type and default):\n{sections_help()}\n\n"
+            f"shipped experiments: {', '.join(shipped_experiments())}\n\nexamples:\n{EXAMPLES}")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps one-paragraph descriptions; keeps multi-line text (the epilog's lists) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="seqarch", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        prog="seqarch", formatter_class=_HelpFormatter, epilog=epilog(),
         description="Train seqarch models and compare architectures at matched parameter or FLOP budgets.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,compare}")
-    common = argparse.ArgumentParser(add_help=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,compare,architectures,schema}")
+    plugins = argparse.ArgumentParser(add_help=False)
+    plugins.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                         help="import MODULE first (repeatable): it registers your own mixers or presets; "
+                         "a resumed run imports it again")
+    common = argparse.ArgumentParser(add_help=False, parents=[plugins])
     common.add_argument("config", nargs="?", default=None,
-                        help="YAML run config; compare without one runs the embedded MQAR default")
+                        help="YAML run config, or the name of a shipped experiment (mqar, lm_small, ...); "
+                        "compare without one runs the embedded MQAR default")
     common.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides, values parsed as YAML (train.steps=100 train.lr=[1e-3,3e-3])")
     common.add_argument("--output", default=None,
@@ -47,13 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--cache-dir", default=None,
                         help="where tokenised corpora are cached (default $SEQARCH_CACHE or ~/.cache/seqarch)")
     common.add_argument("--quiet", action="store_true", help="no progress bar, only the result lines")
-    commands.add_parser("train", parents=[common], help="train one model (the config's model section)",
+    text = {"epilog": epilog(), "formatter_class": _HelpFormatter}
+    commands.add_parser("train", parents=[common], **text, help="train one model (the config's model section)",
                         description="Train one model: the config's model section on its data.")
-    commands.add_parser("compare", parents=[common],
+    commands.add_parser("compare", parents=[common], **text,
                         help="train every listed architecture at a matched budget and write a report",
                         description="Train every architecture in the config's architectures list, each resized "
                         "to the budget (params: N or flops: C for the whole run), with the same data, seeds and "
                         "recipe; write results.json, report.md and plots into the run folder.")
+    commands.add_parser("architectures", parents=[plugins], help="list the presets and mixers, one line each",
+                        description="List what a config's architectures: may name: the presets (a mixer with the "
+                        "channel mixer and options of its paper) and the registered mixers.")
+    commands.add_parser("schema", help="print the JSON schema of a run config",
+                        description="Print the JSON schema of a run config: every key, its type, default and meaning.")
     return parser
 
 
@@ -78,15 +106,45 @@ def _quiet_lightning(quiet: bool) -> None:
         lightning_log.setLevel(logging.WARNING)
 
 
+def list_architectures() -> str:
+    """One line per preset, then the mixers (a bare mixer name runs the config's model section)."""
+    from ..mixers import MIXERS
+    from ..models.presets import PRESETS
+
+    width = max(len(name) for name in [*PRESETS, *MIXERS])
+    lines = ["presets (architectures: [NAME] or {name: ..., preset: NAME, <ModelConfig overrides>}):"]
+    for preset in PRESETS.values():
+        fields = ", ".join(f"{k}={v}" for k, v in preset.fields.items() if k != "mixer_options")
+        lines.append(f"  {preset.name:<{width}}  {preset.description} [{fields}]")
+    lines.append("mixers (a name that is no preset: that mixer with the config's model section):")
+    for name, cls in sorted(MIXERS.items()):
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else cls.__name__
+        lines.append(f"  {name:<{width}}  {summary}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # KEY=VALUE overrides may come before or after options; argparse cannot mix a
     # variadic positional with options under subcommands, so they are taken out first.
     is_override = [("=" in a and not a.startswith("-")) for a in argv]
     args = build_parser().parse_args([a for a, o in zip(argv, is_override) if not o])
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "schema":
+        print(json.dumps(config_schema(), indent=2))
+        return 0
+    try:
+        # Installed packages' mixers, then the researcher's own, before any name is looked up.
+        load_entry_points()
+        if args.command == "architectures":
+            import_modules(args.imports, source="--import")
+            print(list_architectures())
+            return 0
+    except PluginError as error:
+        log.error("seqarch %s: error: %s", args.command, error)
+        return 2
     args.overrides = [a for a, o in zip(argv, is_override) if o] + list(args.overrides)
     _split_config_argument(args)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     _quiet_lightning(args.quiet)
     if args.command == "train" and args.config is None and not args.overrides:
         log.info("seqarch train: no config given; training the embedded default's model section (MQAR)")
@@ -96,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.name is not None:
         overrides.append(f"name={args.name}")
     try:
-        config = load_config(args.config, overrides, command=args.command)
+        config = load_config(args.config, overrides, command=args.command, imports=args.imports, resume=args.resume)
         from .session import run_command
 
         return run_command(args.command, config, resume=args.resume, cache_dir=args.cache_dir,

@@ -20,33 +20,37 @@ from pathlib import Path
 from ..budget import TRAINING_FLOPS_PER_FORWARD, BudgetMatch, match_budget
 from ..data import DataBundle
 from ..models import ModelConfig
-from .config import ConfigError, architecture_entries
-from .run import model_config_for, primary_metric, train_run
+from .config import RunConfig
+from .errors import ConfigError, nested
+from .result import BudgetResult, LearningRateRun, RunResult
+from .run import model_config_for, train_run
 
 log = logging.getLogger(__name__)
 
 # Every compared model must be this close to the budget (the acceptance bound of a matched comparison).
 BUDGET_TOLERANCE = 0.02
 
-
-def run_tokens(config: dict, bundle: DataBundle) -> int:
-    train = config["train"]
-    return int(train["steps"]) * int(train["batch_size"]) * bundle.seq_len
+Plan = list[tuple[str, ModelConfig, BudgetMatch | None]]
 
 
-def match_architecture(config: dict, bundle: DataBundle, model_config: ModelConfig, name: str) -> BudgetMatch | None:
+def run_tokens(config: RunConfig, bundle: DataBundle) -> int:
+    """Tokens one run trains on: steps x batch x sequence length."""
+    return config.train.steps * config.train.batch_size * bundle.seq_len
+
+
+def match_architecture(config: RunConfig, bundle: DataBundle, model_config: ModelConfig,
+                       name: str) -> BudgetMatch | None:
     """Resize ``model_config`` to the config's budget; ``None`` without a budget.
 
     Raises :class:`ConfigError` when no size comes within 2% of the budget.
     """
-    budget = config["budget"]
-    by = budget.get("match_by", "width")
+    budget = config.budget
     try:
-        if "params" in budget:
-            match = match_budget(model_config, params=float(budget["params"]), length=bundle.seq_len, by=by)
-        elif "flops" in budget:
-            per_token = float(budget["flops"]) / (TRAINING_FLOPS_PER_FORWARD * run_tokens(config, bundle))
-            match = match_budget(model_config, flops_per_token=per_token, length=bundle.seq_len, by=by)
+        if budget.params is not None:
+            match = match_budget(model_config, params=budget.params, length=bundle.seq_len, by=budget.match_by)
+        elif budget.flops is not None:
+            per_token = budget.flops / (TRAINING_FLOPS_PER_FORWARD * run_tokens(config, bundle))
+            match = match_budget(model_config, flops_per_token=per_token, length=bundle.seq_len, by=budget.match_by)
         else:
             return None
     except ValueError as error:
@@ -60,51 +64,45 @@ def match_architecture(config: dict, bundle: DataBundle, model_config: ModelConf
     return match
 
 
-def plan_comparison(config: dict, bundle: DataBundle) -> list[tuple[str, ModelConfig, BudgetMatch | None]]:
+def plan_comparison(config: RunConfig, bundle: DataBundle) -> Plan:
     """Every architecture's matched ``ModelConfig``, solved before any training starts,
     so an impossible budget fails at once."""
     plan = []
-    for entry in architecture_entries(config):
-        overrides = {k: v for k, v in entry.items() if k != "name"}
-        model_config = model_config_for(config, bundle, overrides)
-        match = match_architecture(config, bundle, model_config, entry["name"])
-        plan.append((entry["name"], match.config if match else model_config, match))
+    for i, architecture in enumerate(config.architectures):
+        try:
+            model_config = model_config_for(config, bundle, architecture)
+        except ValueError as error:
+            raise ConfigError(nested(f"architectures[{i}]", error)) from error
+        match = match_architecture(config, bundle, model_config, architecture.name)
+        plan.append((architecture.name, match.config if match else model_config, match))
     return plan
 
 
-def learning_rates(config: dict) -> list[float]:
-    lr = config["train"]["lr"]
-    return [float(v) for v in (lr if isinstance(lr, list) else [lr])]
-
-
-def compare(config: dict, bundle: DataBundle, folder: Path, *, resume: bool = False,
-            on_result: Callable[[dict, list[dict]], None] | None = None,
-            plan: list[tuple[str, ModelConfig, BudgetMatch | None]] | None = None) -> list[dict]:
-    """Train every architecture (and learning rate); returns the best run per architecture.
+def compare(config: RunConfig, bundle: DataBundle, folder: Path, *, resume: bool = False,
+            on_result: Callable[[RunResult, list[RunResult]], None] | None = None,
+            plan: Plan | None = None) -> list[RunResult]:
+    """Train every architecture (and learning rate); returns the best run per architecture,
+    by the task's metric (``bundle.metric``).
 
     ``on_result(best, all_so_far)`` is called as each architecture finishes; ``plan``
     is :func:`plan_comparison`'s answer when the caller has it already.
     """
     plan = plan_comparison(config, bundle) if plan is None else plan
-    _, higher_is_better = primary_metric(bundle)
-    lrs = learning_rates(config)
-    finished: list[dict] = []
+    lrs = config.train.learning_rates
+    finished: list[RunResult] = []
     for name, model_config, match in plan:
         runs = []
         for lr in lrs:
             run_folder = folder / name / (f"lr-{lr:g}" if len(lrs) > 1 else "run")
             result = train_run(config, bundle, model_config, lr=lr, folder=run_folder, resume=resume, label=name)
-            result["budget"] = (
-                {"metric": match.metric, "target": match.target, "achieved": match.achieved,
-                 "relative_error": match.relative_error} if match else None
-            )
+            result.budget = BudgetResult.of(match)
             runs.append(result)
-        scored = [r for r in runs if r["best"] is not None]
-        if scored:
-            best = (max if higher_is_better else min)(scored, key=lambda r: r["best"])
-        else:
-            best = runs[-1]
-        best["sweep"] = [{"lr": r["lr"], "best": r["best"], "final": r["final"]} for r in runs]
+        scored = [r for r in runs if r.best is not None]
+        best = scored[0] if scored else runs[-1]
+        for run in scored[1:]:
+            if bundle.metric.better(run.best, best.best):
+                best = run
+        best.sweep = [LearningRateRun(r.lr, r.best, r.final) for r in runs]
         finished.append(best)
         if on_result is not None:
             on_result(best, finished)

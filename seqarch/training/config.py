@@ -1,81 +1,50 @@
-"""Run configuration: the YAML a researcher writes, validated before anything runs.
+"""Run configuration: the YAML a researcher writes, as typed models validated before anything runs.
 
-A run config has these sections (every key has a default, see ``DEFAULTS``)::
+A run config has these sections (every key has a default; ``seqarch schema`` prints them all)::
 
     name: mqar                      # names the output folder
     data: {task: mqar, ...}         # seqarch.data.build_data spec
-    model: {d_model: 64, mixer: attention, ...}   # ModelConfig fields
-    architectures: [attention, s4d, {name: s4d-4l, mixer: s4d, n_layers: 4}]  # compare only
+    model: {d_model: 64, mixer: attention, ...}   # ModelConfig fields shared by every architecture
+    architectures: [transformer, m2, {name: s4d-4l, preset: s4d, n_layers: 4}]  # compare only
     budget: {params: 2.0e5}         # or {flops: 1.0e13} for the whole run; match_by: width|depth
     train: {steps: 500, batch_size: 64, lr: 1.0e-3, ...}
     trainer: {accelerator: auto, devices: 1, strategy: auto, num_nodes: 1}
     logger: csv                     # or wandb (offline when there are no credentials)
     output: runs                    # parent folder of the run folder
+    sweep: {data: [...], d_model: [...]}
+    imports: [my_layers]            # modules that register a researcher's own mixers or presets
 
 Overrides on the command line use dotted keys: ``train.steps=100 model.d_model=128``;
-values are parsed as YAML (``train.lr=[1e-3,3e-3]`` is a list).
+values are parsed as YAML (``train.lr=[1e-3,3e-3]`` is a list). Errors name the key path
+(``train.steps: expected a positive integer, got 0``).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import re
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    model_validator,
+)
 
+from ..checks import check_positive_int, check_positive_real
+from ..mixers import MIXERS
 from ..models import ModelConfig
-
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "steps": 500,
-    "batch_size": 64,
-    "lr": 1e-3,  # a list is a learning-rate sweep: every value is trained, the best is kept
-    "weight_decay": 0.1,
-    "betas": [0.9, 0.95],
-    "warmup_steps": 50,
-    "min_lr_ratio": 0.1,  # cosine decay ends at lr * min_lr_ratio
-    "grad_clip": 1.0,
-    "seed": 0,
-    "eval_every": 100,
-    "eval_batches": None,  # None: the whole validation set
-    "log_every": 10,
-    "checkpoint_every": 200,
-    "keep_checkpoints": 2,
-    "precision": "auto",  # auto: bf16-mixed on GPUs, 32 on CPUs
-    "compile": False,
-    "stop_at": None,  # stop early when the validation metric reaches this value (Zoology: 0.99)
-    "num_workers": 0,
-}
-
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "accelerator": "auto", "devices": 1, "strategy": "auto", "num_nodes": 1, "enable_progress_bar": True,
-}
-
-WANDB_DEFAULTS: dict[str, Any] = {"project": "seqarch", "entity": None, "mode": "auto"}
-
-DEFAULTS: dict[str, Any] = {
-    "name": "run",
-    "data": {"task": "mqar"},
-    "model": {},
-    "architectures": [],
-    "budget": {},
-    "train": TRAIN_DEFAULTS,
-    "trainer": TRAINER_DEFAULTS,
-    "logger": "csv",
-    "wandb": WANDB_DEFAULTS,
-    "output": "runs",
-    "sweep": {},
-}
-
-SWEEP_KEYS = ("data", "d_model")
-
-# Filled from the data, never from the config's model section.
-DATA_OWNED_MODEL_KEYS = ("vocab_size", "num_classes")
-MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig))
-BUDGET_KEYS = ("params", "flops", "match_by")
-LOGGERS = ("csv", "wandb")
+from ..models.presets import PRESETS, merge_model_fields, preset_fields
+from .errors import ConfigError, format_validation_error, nested
+from .plugins import import_modules
 
 
 class _Loader(yaml.SafeLoader):
@@ -95,24 +64,344 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-class ConfigError(ValueError):
-    """A run config that cannot run; the message names the key."""
+# -- value types: the shared validators of seqarch.checks, named by the key path in the error ------------
+# The checks name their argument "value"; errors.format_validation_error replaces it by the key path.
+def _positive_int(value: Any) -> int:
+    # 1e3 (a float in YAML) is a fine step count; 2.5 and True are not.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return check_positive_int("value", value)
 
 
-def _check_keys(section: str, values: dict, allowed) -> None:
-    unknown = sorted(set(values) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{section}: unknown key {unknown[0]!r}; expected one of {', '.join(sorted(allowed))}")
+def _positive_real(value: Any) -> float:
+    return check_positive_real("value", value)
 
 
-def _merge(defaults: dict, values: dict) -> dict:
-    merged = copy.deepcopy(defaults)
-    for key, value in values.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and merged[key]:
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+def _learning_rates(value: Any) -> float | list[float]:
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("value: expected a positive number or a non-empty list of them, got []")
+        return [_positive_real(v) for v in value]
+    return _positive_real(value)
+
+
+def _precision(value: Any) -> str:
+    return str(value)  # 32 and "32" are the same precision
+
+
+PositiveInt = Annotated[int, BeforeValidator(_positive_int), Field(gt=0)]
+PositiveReal = Annotated[float, BeforeValidator(_positive_real), Field(gt=0)]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors that list the known ones."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            unknown = sorted(set(values) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(f"unknown key {unknown[0]!r}; expected one of {', '.join(sorted(cls.model_fields))}")
+        return values
+
+
+class DataSection(BaseModel):
+    """The ``data:`` spec of :func:`seqarch.data.build_data`; its own keys are checked there, per task."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+    task: str
+    """the task: mqar, selective_copy, induction, text or listops"""
+
+    def spec(self) -> dict[str, Any]:
+        """The spec as a plain dict."""
+        return self.model_dump()
+
+
+# -- the model section: generated from ModelConfig's fields, so the two never drift apart ----------------
+DATA_OWNED_MODEL_KEYS = ("vocab_size", "num_classes")  # filled from the data, never from the config
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """``name: text`` lines of a Google-style ``Attributes:`` docstring section."""
+    docs, current = {}, None
+    for line in (cls.__doc__ or "").split("Attributes:", 1)[-1].splitlines():
+        match = re.match(r"^\s{8}(\w+): (.*)$", line)
+        if match:
+            current = match.group(1)
+            docs[current] = match.group(2)
+        elif current and line.strip():
+            docs[current] += " " + line.strip()
+    return docs
+
+
+def _model_section_fields() -> dict[str, Any]:
+    """``name: (type | None, Field)`` of every ModelConfig field the config may set, documented by its docstring."""
+    hints, docs = typing.get_type_hints(ModelConfig), _field_docs(ModelConfig)
+    return {name: (hints[name] | None, Field(default=None, description=docs.get(name)))
+            for name in hints if name not in DATA_OWNED_MODEL_KEYS}
+
+
+class ModelOverrides(Section):
+    """:class:`ModelConfig` fields; only the keys given count (``overrides()``)."""
+
+    def overrides(self) -> dict[str, Any]:
+        """The ModelConfig fields this section sets."""
+        return self.model_dump(include=self.model_fields_set & set(MODEL_SECTION_KEYS))
+
+
+_MODEL_FIELDS = _model_section_fields()
+MODEL_SECTION_KEYS = tuple(_MODEL_FIELDS)
+ModelSection = create_model(
+    "ModelSection", __base__=ModelOverrides, __module__=__name__,
+    __doc__="The ModelConfig fields every architecture shares (all but vocab_size and num_classes).",
+    **_MODEL_FIELDS,
+)
+
+
+class Architecture(ModelSection):
+    """One architecture of a comparison: a preset or a registered mixer, with ModelConfig overrides.
+
+    A bare name is a preset where one has that name (presets win over a mixer of the same
+    name), else a registered mixer run with the config's model section.
+    """
+
+    name: str | None = None
+    """the label of the architecture in results and the name of its run folder"""
+    preset: str | None = None
+    """a preset of seqarch.models.presets (seqarch architectures lists them)"""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if not isinstance(value, dict):
+            raise ValueError(f"expected an architecture name (a preset or a mixer) or a mapping, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Architecture:
+        if self.preset is None and self.mixer is None:
+            if self.name is None:
+                raise ValueError("expected a 'name', a 'preset' or a 'mixer', got none of them")
+            if self.name in PRESETS:
+                self.preset = self.name
+            elif self.name in MIXERS:
+                self.mixer = self.name
+            else:
+                raise ValueError(f"unknown mixer {self.name!r}; expected a preset ({', '.join(sorted(PRESETS))}) or "
+                                 f"a registered mixer ({', '.join(sorted(MIXERS))}); a module that registers "
+                                 "your own is named by --import or the config's imports")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"preset: unknown preset {self.preset!r}; expected one of {', '.join(sorted(PRESETS))}")
+        if self.name is None:
+            if self.preset is None and not isinstance(self.mixer, str):
+                raise ValueError(f"expected a 'name' for a hybrid of mixers {self.mixer}, got none")
+            self.name = self.preset or self.mixer
+        return self
+
+    def model_fields_over(self, base: dict[str, Any]) -> dict[str, Any]:
+        """ModelConfig fields of this architecture: ``base`` (the model section), the preset's, then its own."""
+        return merge_model_fields(base, preset_fields(self.preset) if self.preset else {}, self.overrides())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as a config would write it: name, preset where there is one, the overrides."""
+        return {"name": self.name, **({"preset": self.preset} if self.preset else {}), **self.overrides()}
+
+    def renamed(self, name: str, **changes: Any) -> Architecture:
+        """A copy called ``name`` with ModelConfig ``changes``."""
+        values = {**self.overrides(), "name": name, "preset": self.preset, **changes}
+        return Architecture.model_validate(values)
+
+
+# -- the other sections ----------------------------------------------------------------------------------
+class BudgetSection(Section):
+    """What every compared architecture is resized to; none of params and flops: each at its own size."""
+
+    params: PositiveReal | None = None
+    """parameters of every model"""
+    flops: PositiveReal | None = None
+    """training FLOPs of the whole run (3 x forward FLOPs per token x tokens)"""
+    match_by: Literal["width", "depth"] = "width"
+    """what the solver resizes"""
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> BudgetSection:
+        if self.params is not None and self.flops is not None:
+            raise ValueError("expected one of 'params' or 'flops', got both")
+        return self
+
+    @property
+    def is_set(self) -> bool:
+        return self.params is not None or self.flops is not None
+
+
+class TrainSection(Section):
+    """The optimiser recipe and the run's length, the same for every architecture."""
+
+    steps: PositiveInt = 500
+    """optimiser steps"""
+    batch_size: PositiveInt = 64
+    """sequences per step (all ranks together)"""
+    lr: Annotated[float | list[float], BeforeValidator(_learning_rates)] = 1e-3
+    """peak learning rate; a list is a sweep: every value is trained, the best run is kept"""
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    """AdamW weight decay (norms, biases, embeddings and the layers' own hints excepted)"""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas"""
+    warmup_steps: Annotated[int, Field(ge=0)] = 50
+    """linear warmup steps"""
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """the cosine decay ends at lr x min_lr_ratio"""
+    grad_clip: PositiveReal | None = 1.0
+    """gradient norm clip; null: none"""
+    seed: Annotated[int, Field(ge=0)] = 0
+    """fixes initialisation, data and batch order"""
+    eval_every: PositiveInt = 100
+    """steps between validations"""
+    eval_batches: PositiveInt | None = None
+    """validation batches; null: the whole validation set"""
+    log_every: PositiveInt = 10
+    """steps between logged training metrics"""
+    checkpoint_every: PositiveInt = 200
+    """steps between checkpoints (one is also written at the end)"""
+    keep_checkpoints: PositiveInt = 2
+    """newest checkpoints kept"""
+    precision: Annotated[Literal["auto", "32", "64", "bf16-mixed", "16-mixed"], BeforeValidator(_precision)] = "auto"
+    """auto: bf16-mixed on GPUs, 32 on CPUs"""
+    compile: bool = False
+    """torch.compile the model"""
+    stop_at: float | None = None
+    """stop early when the task's validation metric reaches this value (Zoology: 0.99 accuracy)"""
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    """data loader worker processes"""
+
+    @property
+    def learning_rates(self) -> list[float]:
+        """The learning rates to train: ``lr`` as a list."""
+        return list(self.lr) if isinstance(self.lr, list) else [self.lr]
+
+
+class TrainerSection(Section):
+    """Where Lightning trains: passed to ``lightning.Trainer``."""
+
+    accelerator: str = "auto"
+    """cpu, gpu, auto, ..."""
+    devices: int | str | list[int] = 1
+    """devices per node"""
+    strategy: str = "auto"
+    """auto, ddp, ..."""
+    num_nodes: PositiveInt = 1
+    """machines"""
+    enable_progress_bar: bool = True
+    """the progress bar (--quiet turns it off)"""
+
+
+class WandbSection(Section):
+    """Options of the wandb logger."""
+
+    project: str = "seqarch"
+    entity: str | None = None
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """auto: online with credentials, else offline"""
+
+
+class SweepSection(Section):
+    """A grid of comparisons: every data point, and every architecture at every width."""
+
+    data: Annotated[list[dict[str, Any]], Field(min_length=1)] | None = None
+    """data keys per point, each merged over the data section (one comparison per point)"""
+    d_model: Annotated[list[PositiveInt], Field(min_length=1)] | None = None
+    """widths: every architecture is trained at each, named <name>-d<width>"""
+
+    @property
+    def is_set(self) -> bool:
+        return self.data is not None or self.d_model is not None
+
+
+class RunConfig(Section):
+    """A ``seqarch train`` / ``seqarch compare`` run."""
+
+    name: str = "run"
+    """names the run folder under output"""
+    data: DataSection = Field(default_factory=lambda: DataSection(task="mqar"))
+    """the task and its options (seqarch.data.build_data)"""
+    model: ModelSection = Field(default_factory=ModelSection)
+    """ModelConfig fields every architecture shares"""
+    architectures: list[Architecture] = Field(default_factory=list)
+    """presets or mixer names, or mappings {name, preset or mixer, ModelConfig overrides} (compare only)"""
+    budget: BudgetSection = Field(default_factory=BudgetSection)
+    """the matched budget: params or training flops"""
+    train: TrainSection = Field(default_factory=TrainSection)
+    """the optimiser recipe"""
+    trainer: TrainerSection = Field(default_factory=TrainerSection)
+    """Lightning's devices and strategy"""
+    logger: str = "csv"
+    """csv, or wandb (offline without credentials)"""
+    wandb: WandbSection = Field(default_factory=WandbSection)
+    """wandb options"""
+    output: str = "runs"
+    """parent folder of the run folder"""
+    sweep: SweepSection = Field(default_factory=SweepSection)
+    """data points and widths to compare over"""
+    imports: list[str] = Field(default_factory=list)
+    """modules to import first: they register a researcher's own mixers or presets"""
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> RunConfig:
+        if self.logger not in LOGGERS:
+            raise ValueError(f"logger: expected one of {', '.join(LOGGERS)}, got {self.logger!r}")
+        if self.sweep.d_model is not None and self.budget.is_set:
+            raise ValueError("sweep.d_model: a width sweep sets each model's size; expected no budget, got budget "
+                             f"{self.budget.model_dump(exclude_defaults=True)}")
+        names = [a.name for a in self.architectures]
+        if len(set(names)) != len(names):
+            raise ValueError(f"architectures: expected distinct names, got {names}")
+        if (info.context or {}).get("command") == "compare" and not self.architectures:
+            raise ValueError("architectures: expected at least one architecture to compare, got none")
+        base = self.model.overrides()
+        try:
+            ModelConfig.from_dict(base)
+        except ValueError as error:
+            raise ValueError(nested("model", error)) from error
+        for i, architecture in enumerate(self.architectures):
+            try:
+                ModelConfig.from_dict(architecture.model_fields_over(base))
+            except ValueError as error:
+                raise ValueError(nested(f"architectures[{i}]", error)) from error
+        return self
+
+    @property
+    def folder(self) -> Path:
+        """The run folder: ``output/name``."""
+        return Path(self.output) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (YAML/JSON) that validates back to this config: every default filled in, but the
+        model section and architectures hold only the fields they set (ModelConfig fills the rest)."""
+        values = self.model_dump(mode="json")
+        values["model"] = self.model.overrides()
+        values["architectures"] = [a.to_dict() for a in self.architectures]
+        return values
+
+
+LOGGERS = ("csv", "wandb")
+SECTIONS = tuple(RunConfig.model_fields)
+
+
+def validate(config: Any, *, command: str = "train") -> RunConfig:
+    """Check every section and fill the defaults. Raises :class:`ConfigError` naming each bad key path."""
+    if isinstance(config, RunConfig):
+        config = config.to_dict()
+    if not isinstance(config, dict):
+        raise ConfigError(f"config: expected a mapping of sections, got {type(config).__name__}")
+    try:
+        return RunConfig.model_validate(config, context={"command": command})
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error)) from None
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
@@ -133,138 +422,95 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
-def _positive(section: str, key: str, value: Any, *, allow_none: bool = False, number=int) -> None:
-    if value is None and allow_none:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    if number is int:
-        ok = ok and float(value).is_integer()
-    if not ok:
-        kind = "a positive integer" if number is int else "a positive number"
-        raise ConfigError(f"{section}.{key}: expected {kind}, got {value!r}")
+SAVED_CONFIG = "config.yaml"  # the resolved config a run writes into its folder; --resume reads its imports
 
 
-def _check_train(train: dict) -> None:
-    _check_keys("train", train, TRAIN_DEFAULTS)
-    for key in ("steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints"):
-        _positive("train", key, train[key])
-    _positive("train", "eval_batches", train["eval_batches"], allow_none=True)
-    lrs = train["lr"] if isinstance(train["lr"], list) else [train["lr"]]
-    if not lrs:
-        raise ConfigError("train.lr: expected a positive number or a non-empty list of them, got []")
-    for lr in lrs:
-        _positive("train", "lr", lr, number=float)
-    if not (isinstance(train["weight_decay"], (int, float)) and train["weight_decay"] >= 0):
-        raise ConfigError(f"train.weight_decay: expected a number >= 0, got {train['weight_decay']!r}")
-    if not (isinstance(train["warmup_steps"], int) and train["warmup_steps"] >= 0):
-        raise ConfigError(f"train.warmup_steps: expected an integer >= 0, got {train['warmup_steps']!r}")
-    if not (isinstance(train["min_lr_ratio"], (int, float)) and 0 <= train["min_lr_ratio"] <= 1):
-        raise ConfigError(f"train.min_lr_ratio: expected a number in [0, 1], got {train['min_lr_ratio']!r}")
-    if train["precision"] not in ("auto", "32", 32, "bf16-mixed", "16-mixed", "64", 64):
-        raise ConfigError(f"train.precision: expected auto, 32, 64, bf16-mixed or 16-mixed, got {train['precision']!r}")
-    _positive("train", "grad_clip", train["grad_clip"], allow_none=True, number=float)
+def experiments_folder() -> Path:
+    """The shipped experiment configs (``experiments/*.yaml``, installed as ``seqarch.experiments``)."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("seqarch.experiments")))
 
 
-def _check_sweep(config: dict) -> None:
-    sweep = config["sweep"]
-    if not isinstance(sweep, dict):
-        raise ConfigError(f"sweep: expected a mapping with 'data' and/or 'd_model' lists, got {sweep!r}")
-    _check_keys("sweep", sweep, SWEEP_KEYS)
-    for key in SWEEP_KEYS:
-        if key in sweep and (not isinstance(sweep[key], list) or not sweep[key]):
-            raise ConfigError(f"sweep.{key}: expected a non-empty list, got {sweep[key]!r}")
-    for i, point in enumerate(sweep.get("data", [])):
-        if not isinstance(point, dict):
-            raise ConfigError(f"sweep.data[{i}]: expected a mapping of data keys, got {point!r}")
-    for width in sweep.get("d_model", []):
-        _positive("sweep", "d_model", width)
-    if "d_model" in sweep and ("params" in config["budget"] or "flops" in config["budget"]):
-        raise ConfigError("sweep.d_model: a width sweep sets each model's size; expected no budget, got "
-                          f"budget {config['budget']}")
+def shipped_experiments() -> list[str]:
+    """Names of the shipped experiments, usable as ``seqarch compare NAME``."""
+    return sorted(p.stem for p in experiments_folder().glob("*.yaml"))
 
 
-def sweep_points(config: dict) -> list[tuple[str, dict]]:
-    """The configs of a sweep, ``(label, config)`` per data point; every architecture is
-    repeated per swept width (named ``<name>-d<width>``). No sweep: ``[("", config)]``."""
-    sweep = config["sweep"]
-    if not sweep:
-        return [("", config)]
-    points = []
-    for data in sweep.get("data", [{}]):
-        variant = copy.deepcopy(config)
-        variant["data"] = {**config["data"], **data}
-        variant["sweep"] = {}
-        if "d_model" in sweep:
-            variant["architectures"] = [
-                {**entry, "name": f"{entry['name']}-d{width}", "d_model": width}
-                for entry in architecture_entries(config) for width in sweep["d_model"]
-            ]
-        label = "-".join(f"{k}{v}" for k, v in data.items())
-        points.append((label, variant))
-    return points
+def read_config_file(path: str | Path) -> dict:
+    """The raw mapping of a YAML config file, or of a shipped experiment named without ``.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        shipped = experiments_folder() / f"{path}.yaml"
+        if path.suffix or len(path.parts) != 1 or not shipped.is_file():
+            raise ConfigError(f"config: no such file: {str(path)!r}; expected a YAML file or a shipped experiment "
+                              f"({', '.join(shipped_experiments())})")
+        path = shipped
+    raw = parse_yaml(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping of sections in {str(path)!r}, got {type(raw).__name__}")
+    return raw
 
 
-def architecture_entries(config: dict) -> list[dict]:
-    """The ``architectures`` list as dicts ``{name, <ModelConfig overrides>}``; a bare string is a mixer name."""
-    entries = []
-    for i, item in enumerate(config["architectures"]):
-        if isinstance(item, str):
-            item = {"name": item, "mixer": item}
-        if not isinstance(item, dict):
-            raise ConfigError(f"architectures[{i}]: expected a mixer name or a mapping, got {item!r}")
-        item = dict(item)
-        name = item.pop("name", None) or item.get("mixer")
-        if not name:
-            raise ConfigError(f"architectures[{i}]: expected a 'name' or a 'mixer', got {item!r}")
-        _check_keys(f"architectures[{i}]", item, set(MODEL_KEYS) - set(DATA_OWNED_MODEL_KEYS))
-        entries.append({"name": str(name), **item})
-    names = [e["name"] for e in entries]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"architectures: expected distinct names, got {names}")
-    return entries
+def _imports_of(raw: dict, where: str) -> list[str]:
+    imports = raw.get("imports", [])
+    if not isinstance(imports, list) or not all(isinstance(m, str) and m for m in imports):
+        raise ConfigError(f"{where}imports: expected a list of module names, got {imports!r}")
+    return imports
 
 
-def validate(config: dict, *, command: str = "train") -> dict:
-    """Fill defaults and check every section; returns the full config. Raises :class:`ConfigError`."""
-    if not isinstance(config, dict):
-        raise ConfigError(f"config: expected a mapping of sections, got {type(config).__name__}")
-    _check_keys("config", config, DEFAULTS)
-    config = _merge(DEFAULTS, config)
-    if not isinstance(config["data"], dict) or "task" not in config["data"]:
-        raise ConfigError(f"data: expected a mapping with a 'task', got {config['data']!r}")
-    if not isinstance(config["model"], dict):
-        raise ConfigError(f"model: expected a mapping of ModelConfig fields, got {config['model']!r}")
-    _check_keys("model", config["model"], set(MODEL_KEYS) - set(DATA_OWNED_MODEL_KEYS))
-    _check_train(config["train"])
-    _check_keys("trainer", config["trainer"], TRAINER_DEFAULTS)
-    _check_keys("budget", config["budget"], BUDGET_KEYS)
-    _check_keys("wandb", config["wandb"], WANDB_DEFAULTS)
-    budget = config["budget"]
-    if "params" in budget and "flops" in budget:
-        raise ConfigError("budget: expected one of 'params' or 'flops', got both")
-    for key in ("params", "flops"):
-        if key in budget:
-            _positive("budget", key, budget[key], number=float)
-    if budget.get("match_by", "width") not in ("width", "depth"):
-        raise ConfigError(f"budget.match_by: expected 'width' or 'depth', got {budget['match_by']!r}")
-    if config["logger"] not in LOGGERS:
-        raise ConfigError(f"logger: expected one of {', '.join(LOGGERS)}, got {config['logger']!r}")
-    _check_sweep(config)
-    if command == "compare" and not config["architectures"]:
-        raise ConfigError("architectures: expected at least one architecture to compare, got none")
-    architecture_entries(config)
-    return config
+def saved_imports(folder: Path) -> list[str]:
+    """The imports of the config a run saved in ``folder`` (none when it saved none)."""
+    saved = folder / SAVED_CONFIG
+    if not saved.is_file():
+        return []
+    return _imports_of(parse_yaml(saved.read_text()) or {}, f"{saved}: ")
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), *, command: str = "train") -> dict:
-    """Read a YAML config (``None``: the embedded MQAR default), apply overrides, validate."""
+def load_config(path: str | Path | None, overrides: list[str] = (), *, command: str = "train",
+                imports: list[str] = (), resume: bool = False) -> RunConfig:
+    """Read a YAML config (``None``: the embedded MQAR default), apply overrides, import the modules
+    the run needs (``imports``, the config's own, and on ``resume`` those the run saved), validate."""
     if path is None:
         from .defaults import default_config
 
         raw = default_config()
     else:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config: no such file: {str(path)!r}")
-        raw = parse_yaml(path.read_text()) or {}
-    return validate(apply_overrides(raw, list(overrides)), command=command)
+        raw = read_config_file(path)
+    raw = apply_overrides(raw, list(overrides))
+    modules = _imports_of(raw, "") + list(imports)
+    if resume:
+        defaults = RunConfig.model_fields
+        folder = Path(str(raw.get("output", defaults["output"].default))) / str(raw.get("name", defaults["name"].default))
+        modules += saved_imports(folder)
+    raw["imports"] = list(dict.fromkeys(modules))
+    import_modules(raw["imports"])
+    return validate(raw, command=command)
+
+
+def sweep_points(config: RunConfig) -> list[tuple[str, RunConfig]]:
+    """The configs of a sweep, ``(label, config)`` per data point; every architecture is
+    repeated per swept width (named ``<name>-d<width>``). No sweep: ``[("", config)]``."""
+    sweep = config.sweep
+    if not sweep.is_set:
+        return [("", config)]
+    points = []
+    for data in sweep.data or [{}]:
+        update: dict[str, Any] = {"data": DataSection.model_validate({**config.data.spec(), **data}),
+                                  "sweep": SweepSection()}
+        if sweep.d_model is not None:
+            update["architectures"] = [a.renamed(f"{a.name}-d{width}", d_model=width)
+                                       for a in config.architectures for width in sweep.d_model]
+        label = "-".join(f"{k}{v}" for k, v in data.items())
+        points.append((label, config.model_copy(update=update, deep=True)))
+    return points
+
+
+def sections_help() -> str:
+    """One line per config section, from the models' own field docs (the ``--help`` epilog)."""
+    return "\n".join(f"  {name:<14}{field.description or ''}" for name, field in RunConfig.model_fields.items())
+
+
+def config_schema() -> dict:
+    """The JSON schema of a run config (``seqarch schema``)."""
+    return RunConfig.model_json_schema()

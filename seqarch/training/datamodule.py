@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data import DataBundle
+from .config import TrainSection
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -67,30 +68,30 @@ class StepBatchSampler(Sampler[list[int]]):
 class SeqarchDataModule(L.LightningDataModule):
     """Wraps a :class:`seqarch.data.DataBundle` for Lightning with :class:`StepBatchSampler` order."""
 
-    def __init__(self, bundle: DataBundle, train: dict) -> None:
+    def __init__(self, bundle: DataBundle, train: TrainSection) -> None:
         super().__init__()
         self.bundle = bundle
         self.train_options = train
 
     def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
-        workers = int(self.train_options["num_workers"])
+        workers = self.train_options.num_workers
         return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         sampler = StepBatchSampler(
-            len(self.bundle.train), int(self.train_options["batch_size"]), int(self.train_options["steps"]),
-            seed=int(self.train_options["seed"]), start=lambda: trainer.global_step,
+            len(self.bundle.train), self.train_options.batch_size, self.train_options.steps,
+            seed=self.train_options.seed, start=lambda: trainer.global_step,
             rank=trainer.global_rank, world_size=trainer.world_size,
         )
         return self._loader(self.bundle.train, batch_sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        per_rank = max(1, int(self.train_options["batch_size"]) // trainer.world_size)
+        per_rank = max(1, self.train_options.batch_size // trainer.world_size)
         dataset = self.bundle.val
-        limit = self.train_options["eval_batches"]
+        limit = self.train_options.eval_batches
         if limit is not None:
-            dataset = torch.utils.data.Subset(dataset, range(min(len(dataset), int(limit) * per_rank)))
+            dataset = torch.utils.data.Subset(dataset, range(min(len(dataset), limit * per_rank)))
         indices = list(range(trainer.global_rank, len(dataset), trainer.world_size))
         return self._loader(torch.utils.data.Subset(dataset, indices), batch_size=per_rank, shuffle=False)

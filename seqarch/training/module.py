@@ -16,16 +16,12 @@ import time
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import LanguageModel, ModelConfig, SequenceClassifier
 from ..budget import TRAINING_FLOPS_PER_FORWARD
+from ..devices import peak_flops
+from .config import TrainSection
 from .optim import build_optimizer
-
-IGNORE_INDEX = -100
-
-# Dense bf16 peak FLOP/s by device name fragment (vendor data sheets); MFU is left out elsewhere.
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -33,27 +29,32 @@ class NonFiniteLossError(RuntimeError):
 
 
 def device_peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak FLOP/s of a CUDA ``device`` (:mod:`seqarch.devices`); ``None`` elsewhere: no MFU."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
+    return peak_flops(torch.cuda.get_device_name(device), "bf16")
 
 
 class SeqarchModule(L.LightningModule):
     """Trains a :class:`LanguageModel` (``kind="lm"``) or :class:`SequenceClassifier` (``"classification"``).
 
+    The loss is the model's own (:meth:`LanguageModel.loss_from_logits`), so this module and a
+    researcher's own training loop optimise the same thing.
+
     Args:
-        model_config: the model, as a ``ModelConfig.to_dict()`` (so checkpoints carry it).
+        model_config: the model.
         kind: the data kind of :class:`seqarch.data.DataBundle`.
         train: the run's ``train`` section (optimiser recipe).
         lr: this run's peak learning rate (one point of a sweep).
         seq_len: training sequence length (for FLOPs per token).
     """
 
-    def __init__(self, model_config: dict, kind: str, train: dict, lr: float, seq_len: int) -> None:
+    def __init__(self, model_config: ModelConfig, kind: str, train: TrainSection, lr: float, seq_len: int) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.config = ModelConfig.from_dict(model_config)
+        # Checkpoints carry the model and recipe as plain data, readable without seqarch's classes.
+        self.save_hyperparameters({"model_config": model_config.to_dict(), "kind": kind,
+                                   "train": train.model_dump(mode="json"), "lr": lr, "seq_len": seq_len})
+        self.config = model_config
         self.kind = kind
         self.train_options = train
         self.lr = lr
@@ -70,15 +71,9 @@ class SeqarchModule(L.LightningModule):
 
     def _loss_and_counts(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean loss, number of scored positions and number answered correctly."""
-        logits = self(batch).float()
-        if self.kind == "classification":
-            labels = batch[1]
-            loss = F.cross_entropy(logits, labels)
-            correct = (logits.argmax(-1) == labels).sum()
-            return loss, torch.tensor(labels.numel(), device=loss.device), correct
-        targets = batch[1]
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
-        scored = targets != IGNORE_INDEX
+        logits, targets = self(batch), batch[1]
+        loss = self.model.loss_from_logits(logits, targets)
+        scored = self.model.scored(targets)
         correct = ((logits.argmax(-1) == targets) & scored).sum()
         return loss, scored.sum(), correct
 

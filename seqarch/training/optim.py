@@ -14,6 +14,8 @@ import math
 import torch
 from torch import nn
 
+from .config import TrainSection
+
 
 def _default_decay(name: str, param: nn.Parameter) -> bool:
     return param.dim() >= 2 and "embedding" not in name
@@ -50,17 +52,16 @@ def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, min_ratio: 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: nn.Module, train: dict, lr: float) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def build_optimizer(model: nn.Module, train: TrainSection, lr: float) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over :func:`parameter_groups` and its per-step warmup + cosine schedule."""
-    groups = parameter_groups(model, lr=lr, weight_decay=float(train["weight_decay"]))
+    groups = parameter_groups(model, lr=lr, weight_decay=train.weight_decay)
     optimizer = torch.optim.AdamW(
-        [{k: v for k, v in g.items() if k != "names"} for g in groups], lr=lr, betas=tuple(train["betas"])
+        [{k: v for k, v in g.items() if k != "names"} for g in groups], lr=lr, betas=train.betas
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: warmup_cosine(
-            step, total_steps=int(train["steps"]), warmup_steps=int(train["warmup_steps"]),
-            min_ratio=float(train["min_lr_ratio"]),
+            step, total_steps=train.steps, warmup_steps=train.warmup_steps, min_ratio=train.min_lr_ratio,
         ),
     )
     return optimizer, schedule

@@ -16,6 +16,9 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..data import DataBundle
+from .config import RunConfig
+from .result import RunResult
 
 TABLE_COLUMNS = ("architecture", "d_model", "layers", "params", "FLOPs/token", "training FLOPs", "lr",
                  "final", "best", "state size", "tokens/s", "peak memory")
@@ -34,38 +37,39 @@ def _metric(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def table_rows(results: list[dict]) -> list[list[str]]:
+def table_rows(results: list[RunResult]) -> list[list[str]]:
     return [[
-        r["name"], str(r["d_model"]), str(r["n_layers"]), _si(r["params"]), _si(r["flops_per_token"]),
-        _si(r["training_flops"]), f"{r['lr']:g}", _metric(r["final"]), _metric(r["best"]),
-        _si(r["state_size"]), _si(r["tokens_per_s"]), _si(r["peak_memory_bytes"], "B"),
+        r.name, str(r.d_model), str(r.n_layers), _si(r.params), _si(r.flops_per_token),
+        _si(r.training_flops), f"{r.lr:g}", _metric(r.final), _metric(r.best),
+        _si(r.state_size), _si(r.tokens_per_s), _si(r.peak_memory_bytes, "B"),
     ] for r in results]
 
 
-def markdown_table(results: list[dict]) -> str:
+def markdown_table(results: list[RunResult]) -> str:
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + " --- |" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
     return "\n".join(lines)
 
 
-def text_table(results: list[dict]) -> str:
+def text_table(results: list[RunResult]) -> str:
     """The table as aligned plain text, for a terminal."""
     rows = [list(TABLE_COLUMNS)] + table_rows(results)
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
 
 
-def sweep_table(results: list[dict]) -> str | None:
-    """Best metric per mixer (rows) and sweep point x width (columns); ``None`` without a sweep."""
-    if not any(r.get("data_point") for r in results):
+def sweep_table(results: list[RunResult]) -> str | None:
+    """Best metric per architecture (rows; two presets of one mixer are two rows) and sweep
+    point x width (columns); ``None`` without a sweep."""
+    if not any(r.data_point for r in results):
         return None
-    columns = sorted({(r["seq_len"], r["data_point"], r["d_model"]) for r in results})
-    mixers = list(dict.fromkeys(str(r["mixer"]) for r in results))
-    cell = {(str(r["mixer"]), r["data_point"], r["d_model"]): r["best"] for r in results}
-    head = ["mixer"] + [f"{point} d{width}" for _, point, width in columns]
+    columns = sorted({(r.seq_len, r.data_point, r.d_model) for r in results})
+    architectures = list(dict.fromkeys(r.architecture for r in results))
+    cell = {(r.architecture, r.data_point, r.d_model): r.best for r in results}
+    head = ["architecture"] + [f"{point} d{width}" for _, point, width in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for mixer in mixers:
-        row = [mixer] + [_metric(cell.get((mixer, point, width))) for _, point, width in columns]
+    for architecture in architectures:
+        row = [architecture] + [_metric(cell.get((architecture, point, width))) for _, point, width in columns]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -82,7 +86,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def plot_metric_vs_flops(results: list[dict], path: Path, metric: str) -> None:
+def plot_metric_vs_flops(results: list[RunResult], path: Path, metric: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,10 +94,10 @@ def plot_metric_vs_flops(results: list[dict], path: Path, metric: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
-        points = [(h["training_flops"], h[metric]) for h in r["history"] if metric in h and h["training_flops"] > 0]
+        points = [(h["training_flops"], h[metric]) for h in r.history if metric in h and h["training_flops"] > 0]
         if points:
             xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", markersize=3, label=f"{r['name']} ({_si(r['params'])} params)")
+            ax.plot(xs, ys, marker="o", markersize=3, label=f"{r.name} ({_si(r.params)} params)")
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel(metric.replace("/", " "))
@@ -104,7 +108,7 @@ def plot_metric_vs_flops(results: list[dict], path: Path, metric: str) -> None:
     plt.close(fig)
 
 
-def plot_accuracy_vs_state(results: list[dict], path: Path) -> None:
+def plot_accuracy_vs_state(results: list[RunResult], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,9 +116,9 @@ def plot_accuracy_vs_state(results: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
-        if r["best"] is not None and r["state_size"]:
-            ax.scatter([r["state_size"]], [r["best"]], s=30)
-            ax.annotate(f"{r['name']} d={r['d_model']}", (r["state_size"], r["best"]), fontsize=7,
+        if r.best is not None and r.state_size:
+            ax.scatter([r.state_size], [r.best], s=30)
+            ax.annotate(f"{r.name} d={r.d_model}", (r.state_size, r.best), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("recurrent state size (numbers per sequence)")
@@ -125,46 +129,50 @@ def plot_accuracy_vs_state(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(folder: Path, config: dict, data_info: dict, results: list[dict], *,
+def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: list[RunResult], *,
                  command: str, wall_s: float) -> dict[str, Path]:
-    """Write ``results.json``, ``report.md`` and the plots into ``folder``; returns their paths."""
+    """Write ``results.json``, ``report.md`` and the plots into ``folder``; returns their paths.
+
+    The metric is the task's (``bundle.metric``); recall tasks (``bundle.recall``) also get the
+    accuracy against state size plot.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    metric = results[0]["metric"] if results else "val/accuracy"
+    metric = bundle.metric.name
+    data_info = bundle.info
     paths = {"json": folder / "results.json", "markdown": folder / "report.md",
              "metric_plot": folder / "metric_vs_flops.png"}
     plot_metric_vs_flops(results, paths["metric_plot"], metric)
-    recall = data_info.get("task") in ("mqar", "selective_copy", "induction")
-    if recall:
+    if bundle.recall:
         paths["state_plot"] = folder / "accuracy_vs_state.png"
         plot_accuracy_vs_state(results, paths["state_plot"])
-    payload = {"command": command, "wall_s": wall_s, "environment": environment(), "config": config,
-               "data": data_info, "metric": metric, "results": results}
+    payload = {"command": command, "wall_s": wall_s, "environment": environment(), "config": config.to_dict(),
+               "data": data_info, "metric": metric, "higher_is_better": bundle.metric.higher_is_better,
+               "results": [r.to_dict() for r in results]}
     _write_atomic(paths["json"], json.dumps(payload, indent=2, default=str))
-    budget = config.get("budget") or {}
-    budget_text = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in budget.items())
+    budget = config.budget.model_dump(exclude_defaults=True)
+    budget_text = ", ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}" for k, v in budget.items())
     env = payload["environment"]
     lines = [
-        f"# {config['name']}: {metric} at a matched budget",
+        f"# {config.name}: {metric} at a matched budget",
         "",
         f"- Command: `{command}`",
         f"- Data: {', '.join(f'{k}={v}' for k, v in data_info.items() if not isinstance(v, (list, dict)))}",
         f"- Budget: {budget_text or 'none (every architecture at the config size)'}",
-        (f"- Recipe: {config['train']['steps']} steps x batch {config['train']['batch_size']}, AdamW "
-         f"(lr {config['train']['lr']}, wd {config['train']['weight_decay']}), warmup + cosine; seed "
-         f"{config['train']['seed']}"),
+        (f"- Recipe: {config.train.steps} steps x batch {config.train.batch_size}, AdamW "
+         f"(lr {config.train.lr}, wd {config.train.weight_decay}), warmup + cosine; seed {config.train.seed}"),
         f"- Machine: {env['device']}, torch {env['torch']}, {env['threads']} threads; wall time {wall_s:.0f} s",
         "",
         markdown_table(results),
         "",
         *([f"Best {metric} by sweep point and width:", "", sweep, ""] if (sweep := sweep_table(results)) else []),
-        (f"`final`/`best`: {metric} at the last / best evaluation (higher is better for accuracy, lower "
-         "for loss). Training FLOPs: 3 x forward FLOPs per token x tokens trained. State size: numbers in "
+        (f"`final`/`best`: {metric} at the last / best evaluation "
+         f"({'higher' if bundle.metric.higher_is_better else 'lower'} is better). Training FLOPs: 3 x forward FLOPs per token x tokens trained. State size: numbers in "
          "the recurrent state per sequence at the training length (a KV cache for attention). Peak memory: "
          "CUDA allocator peak on GPUs, process peak RSS on CPUs."),
         "",
         f"![{metric} against training FLOPs]({paths['metric_plot'].name})",
     ]
-    if recall:
+    if bundle.recall:
         lines += ["", f"![accuracy against state size]({paths['state_plot'].name})"]
     _write_atomic(paths["markdown"], "\n".join(lines) + "\n")
     return paths

@@ -17,38 +17,34 @@ import torch
 
 from ..budget import TRAINING_FLOPS_PER_FORWARD
 from ..data import DataBundle
+from ..memory import PeakMemory
 from ..models import ModelConfig
 from .checkpoints import CheckpointError, EvalHistory, StepCheckpoint, check_checkpoint, latest_checkpoint
+from .config import Architecture, RunConfig, TrainSection
 from .datamodule import SeqarchDataModule
 from .loggers import build_loggers
-from .memory import PeakMemory
 from .module import SeqarchModule
+from .result import RunResult
 
 log = logging.getLogger(__name__)
 
 
-def model_config_for(config: dict, bundle: DataBundle, overrides: dict | None = None) -> ModelConfig:
-    """The ``ModelConfig`` of a run: the config's ``model`` section, an architecture's
-    overrides, and what the data fixes (vocabulary, classes, length)."""
-    values = {**config["model"], **(overrides or {})}
+def model_config_for(config: RunConfig, bundle: DataBundle, architecture: Architecture | None = None) -> ModelConfig:
+    """The ``ModelConfig`` of a run: the config's ``model`` section, then an architecture's preset
+    and overrides, then what the data fixes (vocabulary, classes, length)."""
+    values = config.model.overrides()
+    if architecture is not None:
+        values = architecture.model_fields_over(values)
     values["vocab_size"] = bundle.vocab_size
     values["num_classes"] = bundle.num_classes
-    values["max_length"] = max(int(values.get("max_length", 0) or 0), bundle.seq_len)
+    values["max_length"] = max(int(values.get("max_length") or 0), bundle.seq_len)
     return ModelConfig.from_dict(values)
 
 
-def primary_metric(bundle: DataBundle) -> tuple[str, bool]:
-    """The metric a comparison ranks by and whether higher is better: validation loss for
-    text, validation accuracy for recall tasks and classification."""
-    if bundle.info.get("task") == "text":
-        return "val/loss", False
-    return "val/accuracy", True
-
-
-def _precision(train: dict) -> str:
-    if str(train["precision"]) == "auto":
+def _precision(train: TrainSection) -> str:
+    if train.precision == "auto":
         return "bf16-mixed" if torch.cuda.is_available() else "32"
-    return str(train["precision"])
+    return train.precision
 
 
 @dataclass
@@ -83,37 +79,37 @@ def prepare_run_folder(folder: Path, resume: bool) -> tuple[Path | None, int]:
     return latest, int(check_checkpoint(latest)["global_step"])
 
 
-def train_run(config: dict, bundle: DataBundle, model_config: ModelConfig, *, lr: float, folder: Path,
-              resume: bool = False, label: str | None = None, callbacks: list | None = None) -> dict:
+def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, *, lr: float, folder: Path,
+              resume: bool = False, label: str | None = None, callbacks: list | None = None) -> RunResult:
     """Train ``model_config`` on ``bundle`` with the config's recipe at learning rate ``lr``.
 
     Writes ``folder/checkpoints/``, ``folder/logs/metrics.csv`` and ``folder/result.json``;
-    returns the result (parameters, FLOPs, metrics, tokens/s, peak memory, history).
+    returns the :class:`RunResult` (parameters, FLOPs, metrics, tokens/s, peak memory, history).
     ``callbacks``: extra Lightning callbacks (after the checkpoint and history ones).
     """
-    train = config["train"]
+    train = config.train
     folder = Path(folder)
     ckpt_path, resumed_from = prepare_run_folder(folder, resume)
-    L.seed_everything(int(train["seed"]), workers=True, verbose=False)
-    module = SeqarchModule(model_config.to_dict(), bundle.kind, train, lr, bundle.seq_len)
-    if train["compile"]:
+    L.seed_everything(train.seed, workers=True, verbose=False)
+    module = SeqarchModule(model_config, bundle.kind, train, lr, bundle.seq_len)
+    if train.compile:
         module.model = torch.compile(module.model)
-    tokens_per_step = int(train["batch_size"]) * bundle.seq_len
+    tokens_per_step = train.batch_size * bundle.seq_len
     training_flops_per_token = TRAINING_FLOPS_PER_FORWARD * module.flops_per_token
-    history = EvalHistory(tokens_per_step, training_flops_per_token, train["stop_at"])
-    trainer_options = config["trainer"]
+    history = EvalHistory(tokens_per_step, training_flops_per_token, bundle.metric, train.stop_at)
+    options = config.trainer
     trainer = L.Trainer(
-        max_steps=int(train["steps"]), max_epochs=-1,
-        val_check_interval=int(train["eval_every"]), check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, log_every_n_steps=int(train["log_every"]),
-        gradient_clip_val=train["grad_clip"], precision=_precision(train),
-        accelerator=trainer_options["accelerator"], devices=trainer_options["devices"],
-        strategy=trainer_options["strategy"], num_nodes=trainer_options["num_nodes"],
-        enable_progress_bar=bool(trainer_options["enable_progress_bar"]), use_distributed_sampler=False, enable_checkpointing=False, enable_model_summary=False,
-        logger=build_loggers(config["logger"], folder, label or folder.name, config["wandb"],
+        max_steps=train.steps, max_epochs=-1,
+        val_check_interval=train.eval_every, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, log_every_n_steps=train.log_every,
+        gradient_clip_val=train.grad_clip, precision=_precision(train),
+        accelerator=options.accelerator, devices=options.devices, strategy=options.strategy,
+        num_nodes=options.num_nodes, enable_progress_bar=options.enable_progress_bar,
+        use_distributed_sampler=False, enable_checkpointing=False, enable_model_summary=False,
+        logger=build_loggers(config.logger, folder, label or folder.name, config.wandb.model_dump(),
                              resumed_from=resumed_from),
-        callbacks=[StepCheckpoint(RunPaths(folder).checkpoints, int(train["checkpoint_every"]),
-                                  int(train["keep_checkpoints"])), history, *(callbacks or [])],
+        callbacks=[StepCheckpoint(RunPaths(folder).checkpoints, train.checkpoint_every, train.keep_checkpoints),
+                   history, *(callbacks or [])],
         default_root_dir=str(folder),
     )
     datamodule = SeqarchDataModule(bundle, train)
@@ -126,35 +122,25 @@ def train_run(config: dict, bundle: DataBundle, model_config: ModelConfig, *, lr
         if not history.history or history.history[-1]["step"] != trainer.global_step:
             trainer.validate(module, datamodule=datamodule, verbose=False)
     wall = time.perf_counter() - start
-    metric, higher_is_better = primary_metric(bundle)
-    values = [h[metric] for h in history.history if metric in h]
-    pick = max if higher_is_better else min
+    metric = bundle.metric
+    values = [h[metric.name] for h in history.history if metric.name in h]
+    best = None
+    for value in values:
+        best = value if best is None or metric.better(value, best) else best
     model = module.model
     state_size = sum(block.mixer.state_size(bundle.seq_len) for block in model.backbone.blocks
                      if getattr(block.mixer, "causal", False))
     steps_done = trainer.global_step
-    result = {
-        "name": label or folder.name,
-        "mixer": model_config.mixer,
-        "lr": lr,
-        "d_model": model_config.d_model,
-        "n_layers": model_config.n_layers,
-        "params": model.num_params(),
-        "flops_per_token": module.flops_per_token,
-        "training_flops": steps_done * tokens_per_step * training_flops_per_token,
-        "steps": steps_done,
-        "metric": metric,
-        "final": values[-1] if values else None,
-        "best": pick(values) if values else None,
-        "state_size": state_size,
-        "tokens_per_s": (steps_done - resumed_from) * tokens_per_step / wall if wall > 0 else None,
-        "wall_s": wall,
-        "peak_memory_bytes": memory.peak_bytes,
-        "device": str(trainer.strategy.root_device),
-        "history": history.history,
-        "model_config": model_config.to_dict(),
-        "folder": str(folder),
-    }
+    result = RunResult(
+        name=label or folder.name, mixer=model_config.mixer, lr=lr, d_model=model_config.d_model,
+        n_layers=model_config.n_layers, params=model.num_params(), flops_per_token=module.flops_per_token,
+        training_flops=steps_done * tokens_per_step * training_flops_per_token, steps=steps_done,
+        metric=metric.name, higher_is_better=metric.higher_is_better,
+        final=values[-1] if values else None, best=best, state_size=state_size,
+        tokens_per_s=(steps_done - resumed_from) * tokens_per_step / wall if wall > 0 else None,
+        wall_s=wall, peak_memory_bytes=memory.peak_bytes, device=str(trainer.strategy.root_device),
+        history=history.history, model_config=model_config, folder=str(folder),
+    )
     if trainer.is_global_zero:
-        RunPaths(folder).result.write_text(json.dumps(result, indent=2))
+        RunPaths(folder).result.write_text(json.dumps(result.to_dict(), indent=2))
     return result

@@ -1,5 +1,9 @@
 """Peak memory of a block of work: CUDA allocator peak, or the process's peak resident
-set on Linux CPUs (reset at the start through ``/proc/self/clear_refs``)."""
+set on Linux CPUs (reset at the start through ``/proc/self/clear_refs``).
+
+The one peak-memory helper of seqarch: training reports it per run, and benchmarks can
+use the same measure (``with PeakMemory(device) as m: fn()``). Imports nothing of seqarch.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,84 @@
+"""The record of one training run, as ``result.json``, ``results.json`` and the reports read it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..budget import BudgetMatch
+from ..models import ModelConfig
+
+
+@dataclass
+class BudgetResult:
+    """How close a run's model came to the comparison's budget."""
+
+    metric: str  # "params" or "flops_per_token"
+    target: float
+    achieved: float
+    relative_error: float
+
+    @classmethod
+    def of(cls, match: BudgetMatch | None) -> BudgetResult | None:
+        if match is None:
+            return None
+        return cls(match.metric, match.target, match.achieved, match.relative_error)
+
+
+@dataclass
+class LearningRateRun:
+    """One point of a learning-rate sweep."""
+
+    lr: float
+    best: float | None
+    final: float | None
+
+
+@dataclass
+class RunResult:
+    """What one run measured.
+
+    ``metric`` is the task's validation metric (``higher_is_better`` says which way is
+    better); ``final`` and ``best`` are its last and best values over ``history`` (one
+    entry per validation: step, tokens, training FLOPs and the ``val/*`` metrics).
+    ``training_flops`` = 3 x ``flops_per_token`` x tokens trained; ``state_size`` is the
+    recurrent state of the causal mixers at the training length; ``tokens_per_s`` counts
+    only the steps this process trained (not those before a resume).
+    """
+
+    name: str
+    mixer: str | list[str]
+    lr: float
+    d_model: int
+    n_layers: int
+    params: int
+    flops_per_token: float
+    training_flops: float
+    steps: int
+    metric: str
+    higher_is_better: bool
+    final: float | None
+    best: float | None
+    state_size: int
+    tokens_per_s: float | None
+    wall_s: float
+    peak_memory_bytes: int | None
+    device: str
+    history: list[dict[str, float]]
+    model_config: ModelConfig
+    folder: str
+    # Filled by seqarch compare: the budget match, the learning-rate sweep, the sweep point.
+    budget: BudgetResult | None = None
+    sweep: list[LearningRateRun] = field(default_factory=list)
+    data_point: str = ""
+    seq_len: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (the model config as its fields)."""
+        return dataclasses.asdict(self)
+
+    @property
+    def architecture(self) -> str:
+        """The name without a width sweep's ``-d<width>`` suffix."""
+        return self.name.removesuffix(f"-d{self.d_model}")

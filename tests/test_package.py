@@ -64,3 +64,32 @@ def test_building_blocks_are_exported_where_users_import_them():
     layer = MonarchLinear(16, 16, nblocks=4)
     assert layer(__import__("torch").randn(2, 16)).shape == (2, 16)
     assert all(callable(c) for c in (GLUOutput, ImplicitFilter, RMSNorm, ShortConv, ssm_conv))
+
+
+def test_build_mixer_names_an_unknown_option_and_tells_a_plain_mixer_its_layer():
+    import pytest
+    import torch
+
+    with pytest.raises(ValueError, match="d_stat: not an option of mixer 's4d'; expected one of: .*d_state"):
+        seqarch.build_mixer("s4d", 8, d_stat=4)
+
+    @seqarch.register_mixer("plain_for_test")
+    class Plain(seqarch.Mixer):
+        def __init__(self, d_model, *, causal=True, device=None, dtype=None):  # no layer_idx
+            super().__init__(d_model, causal=causal)
+            self.proj = torch.nn.Linear(d_model, d_model, device=device, dtype=dtype)
+
+        def forward(self, x):
+            return self.proj(x)
+
+        def flops_breakdown(self, length):
+            return {"matmul": 2 * length * self.d_model ** 2, "fft": 0, "other": 0}
+
+        def state_size(self, length):
+            return 0
+
+    try:
+        model = seqarch.LanguageModel(seqarch.ModelConfig(vocab_size=16, d_model=8, n_layers=3, mixer="plain_for_test"))
+        assert [block.mixer.layer_idx for block in model.backbone.blocks] == [0, 1, 2]
+    finally:
+        seqarch.MIXERS.pop("plain_for_test")

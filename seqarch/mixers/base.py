@@ -43,6 +43,7 @@ when built alone) lets one registered name take per-layer options.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -72,15 +73,36 @@ def register_mixer(name: str) -> Callable[[type[Mixer]], type[Mixer]]:
     return decorate
 
 
-def build_mixer(name: str, d_model: int, **options: Any) -> Mixer:
+def _accepted_options(cls: type[Mixer]) -> set[str] | None:
+    """The keyword options ``cls`` takes, or None when it takes any (``**kwargs``)."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - {"self", "d_model"}
+
+
+def build_mixer(name: str, d_model: int, *, layer_idx: int | None = None, **options: Any) -> Mixer:
     """Build the mixer registered as ``name`` with width ``d_model``.
 
-    Raises ``ValueError`` naming the known mixers when ``name`` is unknown.
+    ``layer_idx`` (the layer's index in its model) reaches the mixer's constructor when it
+    takes one; a researcher's mixer that does not still learns it as ``mixer.layer_idx``.
+    Raises ``ValueError`` naming the known mixers when ``name`` is unknown, and naming the
+    option and the accepted ones when an option is unknown.
     """
     if name not in MIXERS:
         known = ", ".join(sorted(MIXERS))
         raise ValueError(f"name: unknown mixer {name!r}; expected one of: {known}")
-    return MIXERS[name](d_model, **options)
+    cls = MIXERS[name]
+    accepted = _accepted_options(cls)
+    if accepted is not None:
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            raise ValueError(f"{unknown[0]}: not an option of mixer {name!r}; expected one of: {', '.join(sorted(accepted))}")
+    if accepted is None or "layer_idx" in accepted:
+        return cls(d_model, layer_idx=layer_idx, **options)
+    mixer = cls(d_model, **options)
+    mixer.layer_idx = None if layer_idx is None else check_nonnegative_int("layer_idx", layer_idx)
+    return mixer
 
 
 class Mixer(nn.Module):

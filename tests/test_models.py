@@ -161,3 +161,30 @@ def test_every_mixer_learns_a_task_that_needs_mixing(mixer):
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.5
+
+
+def test_a_mixer_declares_its_presets_in_its_own_file():
+    from seqarch.models.presets import all_presets
+
+    @seqarch.register_mixer("declares_presets_for_test")
+    class WithPresets(seqarch.Mixer):
+        presets = {"with-presets-for-test": {"description": "a test family, no channel mixer",
+                                             "channel_mixer": "none", "n_layers": 3}}
+
+        def forward(self, x):
+            return x
+
+        def flops_breakdown(self, length):
+            return {"matmul": 0, "fft": 0, "other": 0}
+
+        def state_size(self, length):
+            return 0
+
+    try:
+        preset = all_presets()["with-presets-for-test"]
+        assert preset.fields == {"channel_mixer": "none", "n_layers": 3, "mixer": "declares_presets_for_test"}
+        config = build_preset("with-presets-for-test", d_model=8)
+        assert (config.mixer, config.channel_mixer, config.n_layers) == ("declares_presets_for_test", "none", 3)
+    finally:
+        seqarch.MIXERS.pop("declares_presets_for_test")
+        PRESETS.pop("with-presets-for-test", None)

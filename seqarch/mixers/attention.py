@@ -12,6 +12,8 @@ runs SDPA (the fused kernel has none).
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,6 +40,12 @@ class Attention(Mixer):
         dropout: attention dropout, in training only.
         bias: biases in the projections.
     """
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "transformer": {"description": "softmax attention with rotary positions and a SwiGLU channel mixer "
+                                       "(GPT/Llama style)",
+                        "channel_mixer": "glu", "mixer_options": {"attention": {"rotary": True}}},
+    }
 
     has_bidirectional_form = True
 

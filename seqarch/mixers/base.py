@@ -122,6 +122,10 @@ class Mixer(nn.Module):
     name: ClassVar[str] = "mixer"
     has_bidirectional_form: ClassVar[bool] = False
     has_fixed_size_state: ClassVar[bool] = False
+    #: Architectures built on this mixer, by name: ``{"name": {"description": ..., <ModelConfig
+    #: fields>}}`` (``mixer`` defaults to this one). They become presets of ``seqarch.models.presets``
+    #: (``seqarch architectures`` lists them), so a family's presets live in the family's one file.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, d_model: int, *, causal: bool = True, layer_idx: int | None = None) -> None:
         super().__init__()

@@ -15,7 +15,7 @@ step at position ``t`` reads all ``t + 1`` gated values seen so far.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -44,6 +44,13 @@ class M2(LongConv):
         dropout: on the gated output before ``out_proj``.
         lr: learning rate hint (``_optim``) for the filter parameters (Hyena: 1e-3).
     """
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "m2": {"description": "Monarch Mixer (Fu et al. 2023): the M2 sequence mixer and the block-diagonal "
+                              "Monarch MLP", "channel_mixer": "monarch", "monarch_blocks": 4},
+        "hyena": {"description": "the Hyena order-2 operator (the M2 sequence mixer) with a SwiGLU channel mixer",
+                  "channel_mixer": "glu"},
+    }
 
     kernel_class = ImplicitKernel
 

@@ -10,7 +10,7 @@ step runs the same half system in O(d_model * d_state) per token.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -36,6 +36,11 @@ class S4(LongConv):
         dropout: after the GELU.
         device, dtype: of the parameters; the SSM kernel and FFTs run in ``compute_dtype(x.dtype)``.
     """
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "s4": {"description": "S4 (diagonal plus low-rank state space, Gu et al. 2022) with a SwiGLU channel mixer",
+               "channel_mixer": "glu"},
+    }
 
     kernel_class = DPLRSSMKernel
 

@@ -9,7 +9,7 @@ FFT convolution plus ``D x``, GELU, dropout, ``Linear(d, 2d)`` and a GLU.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -31,6 +31,11 @@ class S4D(LongConv):
         lr: learning-rate hint for ``A`` and ``dt`` (``None``: the optimizer's); no weight decay.
         dropout: after the activation.
     """
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "s4d": {"description": "S4D (diagonal state space, Gu et al. 2022) with a SwiGLU channel mixer",
+                "channel_mixer": "glu"},
+    }
 
     kernel_class = DiagonalSSMKernel
 

@@ -4,7 +4,7 @@ from .block import ResidualBlock
 from .classifier import SequenceClassifier
 from .config import ModelConfig
 from .language_model import LanguageModel
-from .presets import PRESETS, Preset, build_preset, register_preset
+from .presets import PRESETS, Preset, all_presets, build_preset, register_preset
 
-__all__ = ["PRESETS", "LanguageModel", "ModelConfig", "Preset", "ResidualBlock", "SequenceClassifier", "build_preset",
+__all__ = ["PRESETS", "LanguageModel", "ModelConfig", "Preset", "ResidualBlock", "SequenceClassifier", "all_presets", "build_preset",
            "register_preset"]

@@ -10,7 +10,7 @@ section happens to say.
 >>> config = build_preset("m2", d_model=64)      # Monarch Mixer: channel_mixer "monarch"
 >>> register_preset("s4d-4l", "S4D, four layers", mixer="s4d", n_layers=4)
 
-Each family adds its presets here; ``seqarch architectures`` lists them, one line each.
+Each family declares its presets on its mixer class (``Mixer.presets``); ``seqarch architectures`` lists them, one line each.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..checks import check_str
+from ..mixers.base import MIXERS
 from .config import ModelConfig
 
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
@@ -57,9 +58,22 @@ def register_preset(name: str, description: str, **fields: Any) -> Preset:
     return preset
 
 
+def all_presets() -> dict[str, Preset]:
+    """Every preset: those registered with :func:`register_preset` and those the registered mixers
+    declare in their ``presets`` class attribute (a mixer imported later, e.g. by ``--import``,
+    brings its presets along)."""
+    for mixer_name, cls in list(MIXERS.items()):
+        for name, declared in cls.presets.items():
+            if name not in PRESETS:
+                fields = {k: v for k, v in declared.items() if k != "description"}
+                fields.setdefault("mixer", mixer_name)
+                register_preset(name, declared.get("description", cls.__name__), **fields)
+    return PRESETS
+
+
 def preset_fields(name: str) -> dict[str, Any]:
     """The ModelConfig fields of preset ``name`` (a copy)."""
-    if name not in PRESETS:
+    if name not in all_presets():
         raise ValueError(f"preset: unknown preset {name!r}; expected one of {', '.join(sorted(PRESETS))}")
     return copy.deepcopy(PRESETS[name].fields)
 
@@ -86,13 +100,4 @@ def build_preset(name: str, base: dict[str, Any] | None = None, **overrides: Any
     return ModelConfig.from_dict(merge_model_fields(base or {}, preset_fields(name), overrides))
 
 
-register_preset("transformer", "softmax attention with rotary positions and a SwiGLU channel mixer (GPT/Llama style)",
-                mixer="attention", channel_mixer="glu", mixer_options={"attention": {"rotary": True}})
-register_preset("s4d", "S4D (diagonal state space, Gu et al. 2022) with a SwiGLU channel mixer",
-                mixer="s4d", channel_mixer="glu")
-register_preset("s4", "S4 (diagonal plus low-rank state space, Gu et al. 2022) with a SwiGLU channel mixer",
-                mixer="s4", channel_mixer="glu")
-register_preset("m2", "Monarch Mixer (Fu et al. 2023): the M2 sequence mixer and the block-diagonal Monarch MLP",
-                mixer="m2", channel_mixer="monarch", monarch_blocks=4)
-register_preset("hyena", "the Hyena order-2 operator (the M2 sequence mixer) with a SwiGLU channel mixer",
-                mixer="m2", channel_mixer="glu")
+all_presets()  # the built-in families' presets, so PRESETS is complete from the first import

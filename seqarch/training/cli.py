@@ -109,11 +109,13 @@ def _quiet_lightning(quiet: bool) -> None:
 def list_architectures() -> str:
     """One line per preset, then the mixers (a bare mixer name runs the config's model section)."""
     from ..mixers import MIXERS
-    from ..models.presets import PRESETS
+    from ..models.presets import all_presets
 
-    width = max(len(name) for name in [*PRESETS, *MIXERS])
+    presets = all_presets()
+
+    width = max(len(name) for name in [*presets, *MIXERS])
     lines = ["presets (architectures: [NAME] or {name: ..., preset: NAME, <ModelConfig overrides>}):"]
-    for preset in PRESETS.values():
+    for preset in presets.values():
         fields = ", ".join(f"{k}={v}" for k, v in preset.fields.items() if k != "mixer_options")
         lines.append(f"  {preset.name:<{width}}  {preset.description} [{fields}]")
     lines.append("mixers (a name that is no preset: that mixer with the config's model section):")

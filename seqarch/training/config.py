@@ -42,7 +42,7 @@ from pydantic import (
 from ..checks import check_positive_int, check_positive_real
 from ..mixers import MIXERS
 from ..models import ModelConfig
-from ..models.presets import PRESETS, merge_model_fields, preset_fields
+from ..models.presets import all_presets, merge_model_fields, preset_fields
 from .errors import ConfigError, format_validation_error, nested
 from .plugins import import_modules
 
@@ -187,16 +187,16 @@ class Architecture(ModelSection):
         if self.preset is None and self.mixer is None:
             if self.name is None:
                 raise ValueError("expected a 'name', a 'preset' or a 'mixer', got none of them")
-            if self.name in PRESETS:
+            if self.name in all_presets():
                 self.preset = self.name
             elif self.name in MIXERS:
                 self.mixer = self.name
             else:
-                raise ValueError(f"unknown mixer {self.name!r}; expected a preset ({', '.join(sorted(PRESETS))}) or "
+                raise ValueError(f"unknown mixer {self.name!r}; expected a preset ({', '.join(sorted(all_presets()))}) or "
                                  f"a registered mixer ({', '.join(sorted(MIXERS))}); a module that registers "
                                  "your own is named by --import or the config's imports")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ValueError(f"preset: unknown preset {self.preset!r}; expected one of {', '.join(sorted(PRESETS))}")
+        if self.preset is not None and self.preset not in all_presets():
+            raise ValueError(f"preset: unknown preset {self.preset!r}; expected one of {', '.join(sorted(all_presets()))}")
         if self.name is None:
             if self.preset is None and not isinstance(self.mixer, str):
                 raise ValueError(f"expected a 'name' for a hybrid of mixers {self.mixer}, got none")

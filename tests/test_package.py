@@ -93,3 +93,17 @@ def test_build_mixer_names_an_unknown_option_and_tells_a_plain_mixer_its_layer()
         assert [block.mixer.layer_idx for block in model.backbone.blocks] == [0, 1, 2]
     finally:
         seqarch.MIXERS.pop("plain_for_test")
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    commands = re.findall(r"```bash\n(python3 -m venv [^\n]*)\n```", readme)
+    setup_and_test = [c for c in commands if "pytest" in c]
+    setup_and_run = [c for c in commands if c.endswith("seqarch compare")]
+    assert len(setup_and_test) == 1 and len(setup_and_run) == 1, commands
+    ci_lines = (root / ".ci" / "run").read_text().splitlines()
+    assert setup_and_test[0] in ci_lines

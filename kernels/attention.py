@@ -162,8 +162,10 @@ def _launch_configs(head_dim: int, dtype: torch.dtype, device: torch.device) -> 
     wide = head_dim > 64
     warps = 8 if wide else 4
     if dtype == torch.float32:
-        return _Launch(64, 32, warps, 2), _Launch(16 if wide else 32, 64, warps, 2), _Launch(32 if wide else 64, 32, warps, 2)
-    return _Launch(128, 64, warps, 3), _Launch(32, 64 if wide else 128, warps, 3), _Launch(64 if wide else 128, 32, warps, 3)
+        return (_Launch(64, 32, warps, 2), _Launch(16 if wide else 32, 64, warps, 2),
+                _Launch(32 if wide else 64, 32, warps, 2))
+    return (_Launch(128, 64, warps, 3), _Launch(32, 64 if wide else 128, warps, 3),
+            _Launch(64 if wide else 128, 32, warps, 3))
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -224,7 +226,7 @@ def _backward(grad_out, q, k, v, out, lse, causal: bool, scale: float):
 
 
 class AttentionFunction(torch.autograd.Function):
-    """Autograd wrapper of the Triton kernels: ``apply(q, k, v, causal, scale)``, inputs checked by :func:`attention`."""
+    """Autograd wrapper of the Triton kernels: ``apply(q, k, v, causal, scale)``; :func:`attention` checks inputs."""
 
     @staticmethod
     def forward(ctx, q, k, v, causal: bool, scale: float):
@@ -376,7 +378,8 @@ if triton_available():
         row_ok = rows[:, None] < length_q
         out = tl.load(O + batch * stride_ob + head * stride_oh + rows[:, None] * stride_om + dims[None, :] * stride_od,
                       mask=row_ok, other=0.0)
-        grad = tl.load(DO + batch * stride_gb + head * stride_gh + rows[:, None] * stride_gm + dims[None, :] * stride_gd,
+        grad = tl.load(DO + batch * stride_gb + head * stride_gh +
+                       rows[:, None] * stride_gm + dims[None, :] * stride_gd,
                        mask=row_ok, other=0.0)
         delta = tl.sum(out.to(tl.float32) * grad.to(tl.float32), 1)
         tl.store(DELTA + (batch * tl.num_programs(1) + head) * length_q + rows, delta, mask=rows < length_q)
@@ -427,7 +430,8 @@ if triton_available():
         cols = start_n + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, HEAD_DIM)
         col_ok = cols[:, None] < length_kv
-        keys = tl.load(K + batch * stride_kb + kv_head * stride_kh + cols[:, None] * stride_kn + dims[None, :] * stride_kd,
+        keys = tl.load(K + batch * stride_kb + kv_head * stride_kh +
+                       cols[:, None] * stride_kn + dims[None, :] * stride_kd,
                        mask=col_ok, other=0.0)
         values = tl.load(V + batch * stride_vb + kv_head * stride_vh + cols[:, None] * stride_vn
                          + dims[None, :] * stride_vd, mask=col_ok, other=0.0)
@@ -445,9 +449,11 @@ if triton_available():
             dk, dv = _dkdv_query_blocks(
                 dk, dv, keys, values, q_base, g_base, lse_base, delta_base, stride_qm, stride_qd, stride_gm, stride_gd,
                 cols, unmasked, length_q, length_q, length_kv, qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_M, PRECISION)
-        tl.store(DK + batch * stride_dkb + kv_head * stride_dkh + cols[:, None] * stride_dkn + dims[None, :] * stride_dkd,
+        tl.store(DK + batch * stride_dkb + kv_head * stride_dkh +
+                 cols[:, None] * stride_dkn + dims[None, :] * stride_dkd,
                  (dk * scale).to(DK.dtype.element_ty), mask=col_ok)
-        tl.store(DV + batch * stride_dvb + kv_head * stride_dvh + cols[:, None] * stride_dvn + dims[None, :] * stride_dvd,
+        tl.store(DV + batch * stride_dvb + kv_head * stride_dvh +
+                 cols[:, None] * stride_dvn + dims[None, :] * stride_dvd,
                  dv.to(DV.dtype.element_ty), mask=col_ok)
 
     @triton.jit
@@ -485,7 +491,8 @@ if triton_available():
         row_ok = rows < length_q
         q = tl.load(Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qm + dims[None, :] * stride_qd,
                     mask=row_ok[:, None], other=0.0)
-        grad = tl.load(DO + batch * stride_gb + head * stride_gh + rows[:, None] * stride_gm + dims[None, :] * stride_gd,
+        grad = tl.load(DO + batch * stride_gb + head * stride_gh +
+                       rows[:, None] * stride_gm + dims[None, :] * stride_gd,
                        mask=row_ok[:, None], other=0.0)
         row_offset = (batch * tl.num_programs(1) + head) * length_q + rows
         lse = tl.load(LSE + row_offset, mask=row_ok, other=0.0)

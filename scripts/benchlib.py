@@ -77,7 +77,7 @@ def run_worker(script: str, args: list[str], timeout: float) -> dict:
     """
     try:
         done = subprocess.run([sys.executable, script, "--worker", *args], capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     if done.returncode != 0:

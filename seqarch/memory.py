@@ -10,8 +10,12 @@ from __future__ import annotations
 import resource
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # typing.Self exists from Python 3.11; annotations are not evaluated at run time
+    from typing import Self
 
 
 def _read_hwm() -> int | None:
@@ -44,7 +48,7 @@ class PeakMemory:
         self.device = torch.device(device)
         self.peak_bytes: int | None = None
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Self:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:

@@ -6,5 +6,5 @@ from .config import ModelConfig
 from .language_model import LanguageModel
 from .presets import PRESETS, Preset, all_presets, build_preset, register_preset
 
-__all__ = ["PRESETS", "LanguageModel", "ModelConfig", "Preset", "ResidualBlock", "SequenceClassifier", "all_presets", "build_preset",
-           "register_preset"]
+__all__ = ["PRESETS", "LanguageModel", "ModelConfig", "Preset", "ResidualBlock", "SequenceClassifier", "all_presets",
+           "build_preset", "register_preset"]

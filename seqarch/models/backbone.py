@@ -26,7 +26,10 @@ def check_tokens(tokens: torch.Tensor, config: ModelConfig, argument: str = "tok
 
 
 class Backbone(nn.Module):
-    """Embedding -> ``n_layers`` :class:`ResidualBlock` -> norm.  ``(batch, length)`` ids -> ``(batch, length, d_model)``."""
+    """Embedding -> ``n_layers`` :class:`ResidualBlock` -> norm.
+
+    ``(batch, length)`` token ids -> ``(batch, length, d_model)``.
+    """
 
     def __init__(self, config: ModelConfig, *, device=None, dtype=None) -> None:
         super().__init__()

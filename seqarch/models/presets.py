@@ -10,7 +10,8 @@ section happens to say.
 >>> config = build_preset("m2", d_model=64)      # Monarch Mixer: channel_mixer "monarch"
 >>> register_preset("s4d-4l", "S4D, four layers", mixer="s4d", n_layers=4)
 
-Each family declares its presets on its mixer class (``Mixer.presets``); ``seqarch architectures`` lists them, one line each.
+Each family declares its presets on its mixer class (``Mixer.presets``); ``seqarch architectures``
+lists them, one line each.
 """
 
 from __future__ import annotations

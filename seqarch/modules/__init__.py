@@ -2,7 +2,8 @@
 
 The long convolution itself is ``seqarch.modules.fft_conv.fft_conv`` (the submodule keeps
 the name); its kernels come from the generators (:class:`KernelGenerator`: ``DiagonalSSMKernel``,
-``DPLRSSMKernel``, ``ImplicitKernel``).  Nothing here imports :mod:`seqarch.mixers`: blocks sit below the layers that use them.
+``DPLRSSMKernel``, ``ImplicitKernel``).  Nothing here imports :mod:`seqarch.mixers`: blocks sit below
+the layers that use them.
 """
 
 from .diagonal_ssm import DiagonalSSMKernel, s4d_eigenvalues

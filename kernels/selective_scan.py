@@ -25,15 +25,15 @@ the decay since the chunk's first token, ``<= 0``),
 ``h_t = exp(e_t) * (exp(delta_1 A) h_0 + cumsum_s(exp(-e_s) delta_s u_s B_s))``:
 one cumulative sum, no loop over time.  ``exp(-e_s)`` grows over the chunk, so a chunk whose
 decay range ``max |e|`` exceeds what the dtype holds safely is split in halves (down to
-one token, which is exact).  Under autograd each chunk is checkpointed (its states are
-recomputed in the backward pass), so training memory grows as ``batch x channels x length``.
+one token, which is exact).  Under autograd only each chunk's first state is kept; the
+closed-form backward recomputes the chunk's states from it, so training memory grows as
+``batch x channels x length``.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from ..precision import compute_dtype
 from .backend import device_guard, interpreting, select, triton_available
@@ -43,30 +43,121 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 DTYPES = (*TRITON_DTYPES, torch.float64)
 MAX_TRITON_STATE = 256
 CHUNK = 64  # tokens between the Triton forward's state checkpoints
-CHUNK_REFERENCE = 64  # tokens per closed-form chunk of the twin
+CHUNK_REFERENCE = 32  # tokens per closed-form chunk of the twin (its states stay in a CPU's cache)
 # Largest decay range |A| * (sum of delta) inside one twin chunk: exp(range) must stay far from overflow.
 MAX_LOG_RANGE = {torch.float32: 60.0, torch.float64: 600.0}
 
 
 # -- PyTorch twin ---------------------------------------------------------------------------
+def _split(length: int, delta: torch.Tensor, A: torch.Tensor) -> bool:
+    """Whether a chunk's decay range ``max |A| * sum(delta)`` is too wide for its closed form."""
+    if length < 2:
+        return False
+    with torch.no_grad():
+        return float((delta.sum(-1) - delta[..., 0]).amax() * A.abs().amax()) > MAX_LOG_RANGE[delta.dtype]
+
+
 def _closed_form_chunk(u, delta, A, B, C, h0):
     """One chunk in closed form: ``u, delta: (batch, d, T)``, ``B, C: (batch, state, T)``,
-    ``h0: (batch, d, state)``, all in the work dtype -> ``(y without skip and gate, h_T)``."""
-    with torch.no_grad():
-        log_range = float((delta.sum(-1) - delta[..., 0]).amax() * A.abs().amax()) if delta.numel() else 0.0
+    ``h0: (batch, d, state)``, all contiguous in the work dtype -> ``(y without skip and gate, h_T)``.
+
+    The states are laid out ``(batch, d, state, T)``: time last, so the cumulative sum runs along
+    contiguous memory (much faster on a CPU than along any other axis)."""
     length = u.shape[-1]
-    if length > 1 and log_range > MAX_LOG_RANGE[u.dtype]:
+    if _split(length, delta, A):
         half = length // 2
         y_first, h_mid = _closed_form_chunk(u[..., :half], delta[..., :half], A, B[..., :half], C[..., :half], h0)
         y_last, h_end = _closed_form_chunk(u[..., half:], delta[..., half:], A, B[..., half:], C[..., half:], h_mid)
         return torch.cat([y_first, y_last], -1), h_end
     cum = delta.cumsum(-1)
-    log_decay = (cum - cum[..., :1]).unsqueeze(-1) * A.unsqueeze(1)  # e_t: (batch, d, T, state), <= 0
-    inputs = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # delta_s u_s B_s
+    decay = torch.exp((cum - cum[..., :1]).unsqueeze(2) * A.unsqueeze(-1))  # exp(e_t): (batch, d, state, T)
+    inputs = (delta * u).unsqueeze(2) * B.unsqueeze(1)  # delta_s u_s B_s
     carried = torch.exp(delta[..., :1] * A) * h0  # h0 decayed through the first token
-    states = torch.exp(log_decay) * (torch.exp(-log_decay) * inputs).cumsum(2).add_(carried.unsqueeze(2))
-    y = (states * C.transpose(1, 2).unsqueeze(1)).sum(-1)
-    return y, states[:, :, -1]
+    states = (inputs / decay).cumsum(-1).add_(carried.unsqueeze(-1)).mul_(decay)
+    y = (states * C.unsqueeze(1)).sum(2)
+    return y, states[..., -1]
+
+
+def _reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """``out_t = sum_{s >= t} x_s`` along the last axis (by flips, not ``total - cumsum``: exactly 0 where
+    every later ``x_s`` is, so the gradients stay exactly causal)."""
+    return x.flip(-1).cumsum(-1).flip(-1)
+
+
+def _closed_form_chunk_backward(u, delta, A, B, C, h0, dy, dlast):
+    """The gradients of :func:`_closed_form_chunk` for ``dy: (batch, d, T)`` and ``dlast: (batch, d, state)``:
+    ``(du, ddelta, dA, dB, dC, dh0)``, from the chunk's states recomputed in closed form."""
+    length = u.shape[-1]
+    if _split(length, delta, A):
+        half = length // 2
+        first, last = slice(None, half), slice(half, None)
+        _, h_mid = _closed_form_chunk(u[..., first], delta[..., first], A, B[..., first], C[..., first], h0)
+        late = _closed_form_chunk_backward(u[..., last], delta[..., last], A, B[..., last], C[..., last], h_mid,
+                                           dy[..., last], dlast)
+        early = _closed_form_chunk_backward(u[..., first], delta[..., first], A, B[..., first], C[..., first], h0,
+                                            dy[..., first], late[5])
+        return (*(torch.cat([e, lt], -1) for e, lt in zip(early[:2], late[:2], strict=True)), early[2] + late[2],
+                *(torch.cat([e, lt], -1) for e, lt in zip(early[3:5], late[3:5], strict=True)), early[5])
+    cum = delta.cumsum(-1)
+    rel = cum - cum[..., :1]  # c_t - c_1
+    decay = torch.exp(rel.unsqueeze(2) * A.unsqueeze(-1))
+    inputs = (delta * u).unsqueeze(2) * B.unsqueeze(1)
+    scaled = inputs / decay
+    first_decay = torch.exp(delta[..., :1] * A)
+    carried = first_decay * h0
+    states = scaled.cumsum(-1).add_(carried.unsqueeze(-1)).mul_(decay)
+    direct = dy.unsqueeze(2) * C.unsqueeze(1)  # dL/dh_t through y_t, and dlast at the end
+    direct[..., -1] += dlast
+    d_sum = _reverse_cumsum(direct * decay)  # dL/d(scaled_s) = sum_{t >= s} dL/dh_t decay_t
+    d_carried = d_sum[..., 0]
+    d_inputs = d_sum / decay
+    d_log_decay = direct * states - d_sum * scaled  # dL/d(A (c_t - c_1))
+    dA = (d_log_decay * rel.unsqueeze(2)).sum((0, 3)) + (d_carried * carried).mul_(delta[..., :1]).sum(0)
+    d_rel = (d_log_decay * A.unsqueeze(-1)).sum(2)
+    d_rel[..., 0] -= d_rel.sum(-1)
+    d_inputs_b = (d_inputs * B.unsqueeze(1)).sum(2)  # sum_n dL/dx_s B_s
+    ddelta = _reverse_cumsum(d_rel) + d_inputs_b * u
+    ddelta[..., 0] += (d_carried * carried * A).sum(-1)
+    du = d_inputs_b * delta
+    dB = (d_inputs * (delta * u).unsqueeze(2)).sum(1)
+    dC = (dy.unsqueeze(2) * states).sum(1)
+    return du, ddelta, dA, dB, dC, d_carried * first_decay
+
+
+def _chunks(length: int) -> list[slice]:
+    return [slice(start, start + CHUNK_REFERENCE) for start in range(0, length, CHUNK_REFERENCE)]
+
+
+class _ChunkedScanFunction(torch.autograd.Function):
+    """The twin's scan ``(u, delta, A, B, C, h0) -> (y without skip and gate, last state)`` with a
+    closed-form backward: the forward keeps only each chunk's first state, the backward recomputes a
+    chunk's states from it (memory ``batch x d x length``, plus ``state / CHUNK_REFERENCE`` of that)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0):
+        outputs, starts = [], []
+        h = h0
+        for part in _chunks(u.shape[-1]):
+            starts.append(h)
+            y, h = _closed_form_chunk(u[..., part], delta[..., part], A, B[..., part], C[..., part], h)
+            outputs.append(y)
+        ctx.save_for_backward(u, delta, A, B, C, *starts)
+        return torch.cat(outputs, -1), h
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        u, delta, A, B, C, *starts = ctx.saved_tensors
+        dy = torch.zeros_like(u) if dy is None else dy.contiguous()
+        g = torch.zeros_like(starts[0]) if dlast is None else dlast
+        du, ddelta, dB, dC = (torch.empty_like(t) for t in (u, delta, B, C))
+        dA = torch.zeros_like(A)
+        for part, h0 in reversed(list(zip(_chunks(u.shape[-1]), starts, strict=True))):
+            grads = _closed_form_chunk_backward(u[..., part], delta[..., part], A, B[..., part], C[..., part], h0,
+                                                dy[..., part], g)
+            du[..., part], ddelta[..., part], dB[..., part], dC[..., part] = grads[0], grads[1], grads[3], grads[4]
+            dA += grads[2]
+            g = grads[5]
+        return du, ddelta, dA, dB, dC, g
 
 
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, initial_state=None):
@@ -75,16 +166,17 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, initial_state=No
     batch, channels, length = u.shape
     h = (u.new_zeros(batch, channels, A.shape[1], dtype=work) if initial_state is None
          else initial_state.to(work))
-    u_w, delta_w, A_w, B_w, C_w = (t.to(work) for t in (u, delta, A, B, C))
-    track = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, initial_state))
-    outputs = []
-    for start in range(0, length, CHUNK_REFERENCE):
-        part = slice(start, start + CHUNK_REFERENCE)
-        args = (u_w[..., part], delta_w[..., part], A_w, B_w[..., part], C_w[..., part], h)
-        y, h = checkpoint(_closed_form_chunk, *args, use_reentrant=False) if track else _closed_form_chunk(*args)
-        outputs.append(y)
-    y = torch.cat(outputs, -1) if outputs else u.new_zeros(batch, channels, 0, dtype=work)
+    u_w, delta_w, A_w, B_w, C_w = (t.to(work).contiguous() for t in (u, delta, A, B, C))
+    if length == 0:
+        y = u_w
+    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, initial_state)):
+        y, h = _ChunkedScanFunction.apply(u_w, delta_w, A_w, B_w, C_w, h)
+    else:
+        outputs = []
+        for part in _chunks(length):
+            y, h = _closed_form_chunk(u_w[..., part], delta_w[..., part], A_w, B_w[..., part], C_w[..., part], h)
+            outputs.append(y)
+        y = torch.cat(outputs, -1)
     if D is not None:
         y = y + D.to(work)[:, None] * u_w
     if z is not None:

@@ -25,9 +25,9 @@ the decay since the chunk's first token, ``<= 0``),
 ``h_t = exp(e_t) * (exp(delta_1 A) h_0 + cumsum_s(exp(-e_s) delta_s u_s B_s))``:
 one cumulative sum, no loop over time.  ``exp(-e_s)`` grows over the chunk, so a chunk whose
 decay range ``max |e|`` exceeds what the dtype holds safely is split in halves (down to
-one token, which is exact).  Under autograd only each chunk's first state is kept; the
-closed-form backward recomputes the chunk's states from it, so training memory grows as
-``batch x channels x length``.
+one token, which is exact).  Under autograd only the state at the start of every
+``state / 8`` chunks is kept; the closed-form backward recomputes the chunks' states from it, so
+training memory grows as ``batch x channels x length``, not ``x state``.
 """
 
 from __future__ import annotations
@@ -128,35 +128,49 @@ def _chunks(length: int) -> list[slice]:
     return [slice(start, start + CHUNK_REFERENCE) for start in range(0, length, CHUNK_REFERENCE)]
 
 
+def _chunks_per_saved_state(state: int) -> int:
+    """Chunks between the states the twin's forward keeps for its backward: ``state / 8``, so those
+    states take ``batch x d x length / 4`` numbers whatever the state size."""
+    return max(1, state // 8)
+
+
 class _ChunkedScanFunction(torch.autograd.Function):
     """The twin's scan ``(u, delta, A, B, C, h0) -> (y without skip and gate, last state)`` with a
-    closed-form backward: the forward keeps only each chunk's first state, the backward recomputes a
-    chunk's states from it (memory ``batch x d x length``, plus ``state / CHUNK_REFERENCE`` of that)."""
+    closed-form backward: the forward keeps the state at the start of every ``state / 8`` chunks, the
+    backward recomputes the states in between (memory ``batch x d x length``, not ``x state``)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, h0):
-        outputs, starts = [], []
-        h = h0
-        for part in _chunks(u.shape[-1]):
-            starts.append(h)
+        outputs, saved = [], []
+        h, every = h0, _chunks_per_saved_state(A.shape[1])
+        for i, part in enumerate(_chunks(u.shape[-1])):
+            if i % every == 0:
+                saved.append(h)
             y, h = _closed_form_chunk(u[..., part], delta[..., part], A, B[..., part], C[..., part], h)
             outputs.append(y)
-        ctx.save_for_backward(u, delta, A, B, C, *starts)
+        ctx.save_for_backward(u, delta, A, B, C, *saved)
         return torch.cat(outputs, -1), h
 
     @staticmethod
     def backward(ctx, dy, dlast):
-        u, delta, A, B, C, *starts = ctx.saved_tensors
+        u, delta, A, B, C, *saved = ctx.saved_tensors
         dy = torch.zeros_like(u) if dy is None else dy.contiguous()
-        g = torch.zeros_like(starts[0]) if dlast is None else dlast
+        g = torch.zeros_like(saved[0]) if dlast is None else dlast
         du, ddelta, dB, dC = (torch.empty_like(t) for t in (u, delta, B, C))
         dA = torch.zeros_like(A)
-        for part, h0 in reversed(list(zip(_chunks(u.shape[-1]), starts, strict=True))):
-            grads = _closed_form_chunk_backward(u[..., part], delta[..., part], A, B[..., part], C[..., part], h0,
-                                                dy[..., part], g)
-            du[..., part], ddelta[..., part], dB[..., part], dC[..., part] = grads[0], grads[1], grads[3], grads[4]
-            dA += grads[2]
-            g = grads[5]
+        chunks, every = _chunks(u.shape[-1]), _chunks_per_saved_state(A.shape[1])
+        for group in reversed(range(len(saved))):
+            parts = chunks[group * every:(group + 1) * every]
+            starts = [saved[group]]
+            for part in parts[:-1]:  # the states between two kept ones, again
+                starts.append(_closed_form_chunk(u[..., part], delta[..., part], A, B[..., part], C[..., part],
+                                                 starts[-1])[1])
+            for part, h0 in reversed(list(zip(parts, starts, strict=True))):
+                grads = _closed_form_chunk_backward(u[..., part], delta[..., part], A, B[..., part], C[..., part],
+                                                    h0, dy[..., part], g)
+                du[..., part], ddelta[..., part], dB[..., part], dC[..., part] = grads[0], grads[1], grads[3], grads[4]
+                dA += grads[2]
+                g = grads[5]
         return du, ddelta, dA, dB, dC, g
 
 

@@ -68,10 +68,11 @@ def test_twin_splits_chunks_whose_decay_would_overflow():
     assert relative_rms(last.double(), last_ref) < 1e-5
 
 
-@pytest.mark.parametrize("delta_scale", [0.2, 60.0])
-def test_twin_gradients_equal_the_recurrence(delta_scale):
-    """The closed-form backward, whole chunks and (large steps) chunks split in halves."""
-    args = inputs(2, 3, 70, 4, delta_scale=delta_scale)
+@pytest.mark.parametrize("delta_scale,state", [(0.2, 4), (60.0, 4), (0.2, 16)])
+def test_twin_gradients_equal_the_recurrence(delta_scale, state):
+    """The closed-form backward: whole chunks, chunks split in halves (large steps), and (state 16)
+    states kept every second chunk, the ones between recomputed."""
+    args = inputs(2, 3, 70, state, delta_scale=delta_scale)
     leaves = {k: v.clone().requires_grad_() for k, v in args.items()}
     ref = {k: v.clone().requires_grad_() for k, v in args.items()}
     y, last = selective_scan_reference(**leaves)

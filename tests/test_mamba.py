@@ -165,3 +165,56 @@ def test_bad_state_names_the_argument():
     mixer = make()
     with pytest.raises(ValueError, match="state: expected the dict returned by Mamba.init_state"):
         mixer.step(torch.randn(2, 8, dtype=torch.float64), {"batch_size": 2})
+
+
+def _reference_mamba():
+    """``mamba_ssm`` (the authors' package) on a CPU, or a skip: its CUDA extension is stubbed (only the
+    pure-PyTorch ``selective_scan_ref`` runs), its package ``__init__`` (which imports ``transformers``)
+    is bypassed, and the block's slow path is pointed at ``selective_scan_ref``."""
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("mamba_ssm")
+    if spec is None:
+        pytest.skip("mamba_ssm (optional oracle) is not installed")
+    if "mamba_ssm" not in sys.modules:
+        package = types.ModuleType("mamba_ssm")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["mamba_ssm"] = package
+    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+    try:
+        from mamba_ssm.modules import mamba_simple
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_ref
+    except Exception as error:  # noqa: BLE001 - any failure to import the optional oracle is a skip
+        pytest.skip(f"mamba_ssm (optional oracle) is not importable here: {type(error).__name__}: {error}")
+    mamba_simple.selective_scan_fn = selective_scan_ref
+    return mamba_simple.Mamba, selective_scan_ref
+
+
+def test_scan_and_block_equal_the_authors_reference():
+    reference_block, selective_scan_ref = _reference_mamba()
+    from test_kernel_selective_scan import inputs
+
+    from seqarch.kernels.selective_scan import selective_scan_reference
+
+    args = inputs(2, 3, 45, 4, dtype=torch.float32)  # the reference computes in float32
+    y_ref, last_ref = selective_scan_ref(*(args[k] for k in ("u", "delta", "A", "B", "C", "D", "z")),
+                                         return_last_state=True)
+    y, last = selective_scan_reference(**{**args, "initial_state": None})
+    assert relative_rms(y, y_ref) < 1e-5 and relative_rms(last, last_ref) < 1e-5
+
+    torch.manual_seed(0)
+    theirs = reference_block(24, d_state=8, use_fast_path=False)
+    ours = Mamba(24, d_state=8)
+    with torch.no_grad():
+        for name in ("in_proj", "x_proj", "out_proj"):
+            getattr(ours, name).weight.copy_(getattr(theirs, name).weight)
+        ours.conv.weight.copy_(theirs.conv1d.weight[:, 0])
+        ours.conv.bias.copy_(theirs.conv1d.bias)
+        ours.dt_proj.weight.copy_(theirs.dt_proj.weight)
+        ours.dt_bias.copy_(theirs.dt_proj.bias)
+        ours.A_log.copy_(theirs.A_log)
+        ours.D.copy_(theirs.D)
+        x = torch.randn(2, 37, 24)
+        assert relative_rms(ours(x), theirs(x)) < 1e-5

@@ -46,8 +46,9 @@ def worker(args: argparse.Namespace) -> None:
         x.grad = None
         mixer.zero_grad(set_to_none=True)
 
+    start = time.perf_counter()
     peak = benchlib.peak_memory(forward_backward, torch.device("cpu"))  # also the warm-up
-    times = []
+    times = [time.perf_counter() - start] if args.repeats == 0 else []  # --repeats 0: time that run
     for _ in range(args.repeats):
         start = time.perf_counter()
         forward_backward()
@@ -86,7 +87,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256, help="d_model")
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up (median)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="timed runs after the warm-up (median); 0: time the one (memory) run")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per position (median)")
     parser.add_argument("--memory-batch", type=int, default=2, help="batch of the memory-scaling runs")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per worker")
@@ -132,8 +134,9 @@ def main() -> None:
         "# Mamba on the CPU: the chunked twin against a loop over time and S4D, memory, step\n\n"
         f"Device: {benchlib.device_name(torch.device('cpu'))}. Command: `{benchlib.command_line()}`. "
         f"Width {args.width} (d_inner {2 * args.width}); each row a fresh worker process; peak = peak RSS growth "
-        f"over one forward+backward; times the median of {args.repeats} run(s) after a warm-up.\n\n"
-        "## Ratios (one run)\n\n" + benchlib.markdown_table(["ratio", "value", "target", ""], rows)
+        "over one forward+backward; times "
+        + (f"the median of {args.repeats} run(s) after a warm-up" if args.repeats else "of that one run (no warm-up)")
+        + ".\n\n## Ratios (one run)\n\n" + benchlib.markdown_table(["ratio", "value", "target", ""], rows)
         + "\n## Speed (Mamba twin, Mamba with its scan as a loop over time, S4D)\n\n"
         + benchlib.markdown_table(["variant"] + header, [[v] + fmt(r) for v, r in speed.items()])
         + "\n## Memory against length and state (Mamba twin)\n\n"

@@ -19,7 +19,9 @@ The ops:
 - ``ssm_kernel.vandermonde_kernel``, ``ssm_kernel.cauchy_kernel`` - the S4D and S4 SSM kernels
   without the ``(channels, state, length)`` tensor (one module: they share the complex
   arithmetic helpers; their limits are ``vandermonde_triton_limits``, ``cauchy_triton_limits``);
-- ``short_conv.short_conv`` - causal depthwise convolution with 1 to 8 taps.
+- ``short_conv.short_conv`` - causal depthwise convolution with 1 to 8 taps;
+- ``selective_scan.selective_scan`` - Mamba's selective scan without the ``(batch, channels, length,
+  state)`` tensor, float32 state, initial state in and last state out.
 
 Why a module per op and not a folder per op (``ops/<op>/{chunk, fused_recurrent, naive}.py``
 as flash-linear-attention keeps them): each op here has one Triton algorithm, and its

@@ -42,6 +42,7 @@ from seqarch.kernels import backend
 from seqarch.kernels.attention import attention, offtheshelf_attention
 from seqarch.kernels.fft_conv import fft_conv, offtheshelf_fft_conv
 from seqarch.kernels.monarch_matmul import monarch_matmul, offtheshelf_monarch_matmul
+from seqarch.kernels.selective_scan import offtheshelf_selective_scan, selective_scan
 from seqarch.kernels.short_conv import offtheshelf_short_conv, short_conv
 from seqarch.kernels.ssm_kernel import (
     cauchy_kernel,
@@ -208,6 +209,33 @@ def short_conv_cases(size: str) -> list[Case]:
     return [Case(f"b={b} c={c} L={n} k=4", functools.partial(make, batch=b, channels=c, length=n)) for b, c, n in shapes]
 
 
+def selective_scan_flops(inputs: dict, out: torch.Tensor, mode: str) -> float:
+    """9 per (batch, channel, state number, token): decay (2), update (3), readout (2), ``delta u`` and skip."""
+    (batch, channels, length), state = inputs["u"].shape, inputs["A"].shape[1]
+    return 9.0 * batch * channels * state * length * (3 if mode == "fwd+bwd" else 1)
+
+
+def selective_scan_cases(size: str) -> list[Case]:
+    shapes = {"full": [(8, 2048, 2048, 16), (2, 4096, 8192, 16)], "quick": [(2, 1024, 1024, 16)],
+              "cpu": [(2, 128, 512, 16)], "tiny": [(1, 16, 64, 8)]}[size]
+
+    def make(device, dtype, batch, channels, length, state):
+        return {"u": _randn(batch, channels, length, device=device, dtype=dtype),
+                "delta": (0.1 * torch.rand(batch, channels, length, device=device)).to(dtype),
+                "A": -torch.arange(1, state + 1, device=device, dtype=torch.float32).repeat(channels, 1),
+                "B": _randn(batch, state, length, device=device, dtype=dtype),
+                "C": _randn(batch, state, length, device=device, dtype=dtype),
+                "D": torch.ones(channels, device=device), "z": _randn(batch, channels, length, device=device, dtype=dtype)}
+
+    return [Case(f"b={b} d={c} L={n} N={s}", functools.partial(make, batch=b, channels=c, length=n, state=s))
+            for b, c, n, s in shapes]
+
+
+def _output_only(scan: Callable) -> Callable:
+    """The scan's ``y`` alone (the benchmark differentiates one output)."""
+    return lambda **inputs: scan(**inputs)[0]
+
+
 def _dispatch(vandermonde: Callable, cauchy: Callable) -> Callable:
     """One entry for the two SSM ops: the inputs say which one (``coef`` is Vandermonde's)."""
     return lambda **inputs: (vandermonde if "coef" in inputs else cauchy)(**inputs)
@@ -239,6 +267,11 @@ OPS: dict[str, Op] = {
         short_conv, offtheshelf_short_conv, "nn.Conv1d(groups=channels) (cuDNN depthwise conv1d)",
         ("x", "weight", "bias"), "bytes", "fwd bytes(x, weight, bias) + bytes(y); fwd+bwd 2 (inputs + output) + "
         "input gradients", None, short_conv_cases, {mode: [("speedup", ">=", 3.0)] for mode in MODES}),
+    "selective_scan": Op(
+        _output_only(selective_scan), _output_only(offtheshelf_selective_scan),
+        "the recurrence as a PyTorch loop over time", ("u", "delta", "B", "C", "z"), "flops",
+        "9 b d N L (decay 2, update 3, readout 2, delta u, skip); fwd+bwd 3 x fwd", selective_scan_flops,
+        selective_scan_cases, {mode: [("speedup", ">=", 20.0)] for mode in MODES}),
 }
 FIELD_NAMES = {"speedup": "speed-up", "throughput": "TFLOP/s", "memory_ratio": "memory ratio",
                "memory_per_io": "peak memory / io bytes"}

@@ -44,10 +44,11 @@ from triton.compiler import ASTSource
 from seqarch.kernels import attention as attention_mod
 from seqarch.kernels import fft_conv as fft_conv_mod
 from seqarch.kernels import monarch_matmul as monarch_mod
+from seqarch.kernels import selective_scan as selective_scan_mod
 from seqarch.kernels import short_conv as short_conv_mod
 from seqarch.kernels import ssm_kernel as ssm_mod
 
-KERNEL_MODULES = (attention_mod, fft_conv_mod, monarch_mod, short_conv_mod, ssm_mod)
+KERNEL_MODULES = (attention_mod, fft_conv_mod, monarch_mod, short_conv_mod, ssm_mod, selective_scan_mod)
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.float64: "*fp64",
                  torch.int32: "*i32", torch.int64: "*i64"}
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
@@ -141,6 +142,17 @@ def _run(function: type[torch.autograd.Function], *inputs) -> None:
     function.backward(ctx, torch.empty_like(out))
 
 
+def _run_selective_scan(dtype: torch.dtype, length: int, gate: bool, empty) -> None:
+    """The selective scan's forward and backward (two outputs: ``y`` and the last state) at Mamba's shapes."""
+    u, delta, z = (empty(2, 1536, length, dtype=dtype) for _ in range(3))
+    B, C = (empty(2, 16, length, dtype=dtype) for _ in range(2))
+    inputs = (u, delta, empty(1536, 16, dtype=torch.float32), B, C, empty(1536, dtype=torch.float32),
+              z if gate else None, empty(2, 1536, 16, dtype=torch.float32))
+    ctx = _Context(needs_input_grad=tuple(isinstance(x, torch.Tensor) for x in inputs))
+    y, last = selective_scan_mod.SelectiveScanFunction.forward(ctx, *inputs)
+    selective_scan_mod.SelectiveScanFunction.backward(ctx, torch.empty_like(y), torch.empty_like(last))
+
+
 def exercise_kernels(quick: bool = False) -> list[Launch]:
     """Run every kernel's autograd function forward and backward on fake CUDA tensors at GPU-sized
     shapes (the public functions' checks are the tests' business); returns the launches.
@@ -171,6 +183,8 @@ def exercise_kernels(quick: bool = False) -> list[Launch]:
         for kernel_size, dtype in short_conv_cases:
             _run(short_conv_mod.ShortConvFunction, empty(4, 256, 2048, dtype=dtype),
                  empty(256, kernel_size, dtype=dtype), empty(256, dtype=dtype))
+        for dtype, gate in [(bf16, True)] + ([] if quick else [(fp16, True), (fp32, False)]):
+            _run_selective_scan(dtype, 1000 if quick else 4096, gate, empty)
         _run(ssm_mod.VandermondeKernelFunction, empty(2, 256, 32, dtype=complex64), empty(256, 32, dtype=complex64),
              ssm_length)
         _run(ssm_mod.CauchyKernelFunction, empty(256, 4, 32, dtype=complex64), empty(ssm_length, dtype=complex64),

@@ -47,6 +47,7 @@ OPS = {
     "fft_conv": ("fft_conv", "triton_limits"),
     "monarch_matmul": ("monarch_matmul", "triton_limits"),
     "short_conv": ("short_conv", "triton_limits"),
+    "ssd": ("ssd", "triton_limits"),
     "vandermonde_kernel": ("ssm_kernel", "vandermonde_triton_limits"),
     "cauchy_kernel": ("ssm_kernel", "cauchy_triton_limits"),
 }

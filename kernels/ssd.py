@@ -134,7 +134,8 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
 
     Args:
         x: ``(batch, length, heads, head_dim)``, float16, bfloat16, float32 or float64, any strides.
-        dt: ``(batch, length, heads)``, the (positive) step sizes, ``x``'s dtype and device.
+        dt: ``(batch, length, heads)``, the (positive) step sizes, on ``x``'s device, ``x``'s dtype
+            or wider (Mamba-2 computes its softplus in float32).
         A: ``(heads,)``, the (negative) decay rates, any floating dtype.
         B, C: ``(batch, length, groups, d_state)``, ``x``'s dtype; ``groups`` divides ``heads``
             (head ``h`` reads group ``h // (heads / groups)``).
@@ -152,7 +153,7 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
     empty result (the state passes through).
     """
     _check_inputs(x, dt, A, B, C, chunk_size, initial_state)
-    batch, length, heads, head_dim = x.shape
+    batch, _, heads, head_dim = x.shape
     d_state = B.shape[-1]
     work = _work_dtype(x.dtype)
     if x.numel() == 0 or B.numel() == 0:
@@ -208,8 +209,9 @@ def _check_inputs(x, dt, A, B, C, chunk_size, initial_state) -> None:
                 or not initial_state.is_floating_point():
             raise ValueError(f"initial_state: expected a floating tensor of shape {expected} or None, "
                              f"got {shape_of(initial_state)}")
-    check_like("x", x, {"dt": dt, "B": B, "C": C})
-    check_like("x", x, {"A": A, "initial_state": initial_state}, dtype=False)
+    check_dtype("dt", dt, DTYPES)
+    check_like("x", x, {"B": B, "C": C})
+    check_like("x", x, {"dt": dt, "A": A, "initial_state": initial_state}, dtype=False)
 
 
 # -- Triton launchers and autograd ---------------------------------------------------------------
@@ -235,7 +237,7 @@ def _forward(x, dt, A, B, C, chunk_size, initial_state):
     final = torch.empty(batch, heads, head_dim, d_state, **f32)
     y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     warps = _warps(block_p, block_n)
-    common = dict(Q=chunk_size, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps)
+    common = {"Q": chunk_size, "BLOCK_P": block_p, "BLOCK_N": block_n, "num_warps": warps}
     grid = (n_chunks, heads, batch)
     _ssd_chunk_state_kernel[grid](
         x, dt, A, B, cs, states, *x.stride(), *dt.stride(), *B.stride(), length, heads // groups, head_dim, d_state,
@@ -255,7 +257,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, cs, entering, has_init):
     n_chunks, chunk_size = cs.shape[2], cs.shape[3]
     block_p, block_n = _blocks(head_dim, d_state)
     f32 = {"device": x.device, "dtype": torch.float32}
-    common = dict(Q=chunk_size, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=_warps(block_p, block_n))
+    common = {"Q": chunk_size, "BLOCK_P": block_p, "BLOCK_N": block_n, "num_warps": _warps(block_p, block_n)}
     grid = (n_chunks, heads, batch)
     dstates = torch.empty(batch, heads, n_chunks, head_dim, d_state, **f32)  # output grads, then dS
     _ssd_output_state_grad_kernel[grid](

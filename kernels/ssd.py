@@ -36,6 +36,8 @@ MAX_TRITON_HEAD_DIM = 128
 MAX_TRITON_STATE = 256
 TRITON_CHUNK_SIZES = (16, 32, 64, 128)
 DEFAULT_CHUNK_SIZE = 64
+# State rows per program of the state-passing kernels (which loop over chunks).
+PASSING_ROWS = 16
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -220,8 +222,17 @@ def _blocks(head_dim: int, d_state: int) -> tuple[int, int]:
     return max(16, triton.next_power_of_2(head_dim)), max(16, triton.next_power_of_2(d_state))
 
 
-def _warps(block_p: int, block_n: int) -> int:
-    return 1 if interpreting() else (8 if block_p * block_n >= 128 * 128 else 4)
+def _warps(block_p: int, block_n: int, *, heavy: bool = False) -> int:
+    """Warps per chunk program; ``heavy``: the backward, which holds about twice the tiles."""
+    if interpreting():
+        return 1
+    return 8 if block_p * block_n >= (64 * 64 if heavy else 128 * 128) else 4
+
+
+def _passing(chunk_size: int, block_n: int) -> dict:
+    """Launch options of the state-passing kernels: ``PASSING_ROWS`` state rows per program, so that
+    a program's sequential loop over chunks keeps its tile in registers."""
+    return {"Q": chunk_size, "BLOCK_P": PASSING_ROWS, "BLOCK_N": block_n, "num_warps": 1 if interpreting() else 4}
 
 
 def _forward(x, dt, A, B, C, chunk_size, initial_state):
@@ -243,8 +254,9 @@ def _forward(x, dt, A, B, C, chunk_size, initial_state):
         x, dt, A, B, cs, states, *x.stride(), *dt.stride(), *B.stride(), length, heads // groups, head_dim, d_state,
         n_chunks, **common)
     init = final if initial_state is None else initial_state.contiguous()
-    _ssd_state_passing_kernel[(heads, batch)](
-        states, cs, init, final, head_dim, d_state, n_chunks, HAS_INIT=initial_state is not None, **common)
+    _ssd_state_passing_kernel[(heads, batch, triton.cdiv(head_dim, PASSING_ROWS))](
+        states, cs, init, final, head_dim, d_state, n_chunks, HAS_INIT=initial_state is not None,
+        **_passing(chunk_size, block_n))
     _ssd_chunk_scan_kernel[grid](
         x, dt, B, C, cs, states, y, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *y.stride(),
         length, heads // groups, head_dim, d_state, n_chunks, **common)
@@ -257,15 +269,16 @@ def _backward(dy, dfinal, x, dt, A, B, C, cs, entering, has_init):
     n_chunks, chunk_size = cs.shape[2], cs.shape[3]
     block_p, block_n = _blocks(head_dim, d_state)
     f32 = {"device": x.device, "dtype": torch.float32}
-    common = {"Q": chunk_size, "BLOCK_P": block_p, "BLOCK_N": block_n, "num_warps": _warps(block_p, block_n)}
+    common = {"Q": chunk_size, "BLOCK_P": block_p, "BLOCK_N": block_n,
+              "num_warps": _warps(block_p, block_n, heavy=True)}
     grid = (n_chunks, heads, batch)
     dstates = torch.empty(batch, heads, n_chunks, head_dim, d_state, **f32)  # output grads, then dS
     _ssd_output_state_grad_kernel[grid](
         dy, C, cs, dstates, *dy.stride(), *C.stride(), length, heads // groups, head_dim, d_state, n_chunks, **common)
     dinit = torch.empty(batch, heads, head_dim, d_state, **f32)
     dfinal = torch.zeros_like(dinit) if dfinal is None else dfinal.to(torch.float32).contiguous()
-    _ssd_state_passing_backward_kernel[(heads, batch)](
-        dstates, cs, dfinal, dinit, head_dim, d_state, n_chunks, **common)
+    _ssd_state_passing_backward_kernel[(heads, batch, triton.cdiv(head_dim, PASSING_ROWS))](
+        dstates, cs, dfinal, dinit, head_dim, d_state, n_chunks, **_passing(chunk_size, block_n))
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     ddt = torch.empty(batch, length, heads, **f32)
     dB_heads = torch.empty(batch, length, heads, d_state, **f32)
@@ -355,9 +368,9 @@ if triton_available():
         HAS_INIT: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
         """Overwrites each chunk's own state with the state entering the chunk."""
-        head, pid_b = tl.program_id(0), tl.program_id(1)
+        head, pid_b, pid_p = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         bh = (pid_b * tl.num_programs(0) + head).to(tl.int64)
-        offs_p, offs_n = tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_N)
+        offs_p, offs_n = pid_p * BLOCK_P + tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_N)
         ptrs, mask = _state_tile(init_ptr, bh * head_dim * d_state, offs_p, offs_n, head_dim, d_state)
         state = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
         if HAS_INIT:
@@ -432,9 +445,9 @@ if triton_available():
     ):
         """Reverse pass over chunks: overwrites each chunk's output gradient with the gradient of the
         state leaving the chunk (``dS_c``); the gradient of the state entering chunk 0 is ``dinit``."""
-        head, pid_b = tl.program_id(0), tl.program_id(1)
+        head, pid_b, pid_p = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         bh = (pid_b * tl.num_programs(0) + head).to(tl.int64)
-        offs_p, offs_n = tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_N)
+        offs_p, offs_n = pid_p * BLOCK_P + tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_N)
         ptrs, mask = _state_tile(dfinal_ptr, bh * head_dim * d_state, offs_p, offs_n, head_dim, d_state)
         grad = tl.load(ptrs, mask=mask, other=0.0)
         for back in range(n_chunks):

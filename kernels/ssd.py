@@ -72,18 +72,20 @@ def ssd_reference(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.T
     cs_t = cs.permute(0, 1, 3, 4, 2)  # (b, c, g, r, q)
     causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
     segment = (cs_t.unsqueeze(-1) - cs_t.unsqueeze(-2)).masked_fill(~causal, -torch.inf).exp()  # [i, j]
-    scores = torch.einsum("bcign,bcjgn->bcgij", cc, bc).unsqueeze(3) * segment * dtc.permute(0, 1, 3, 4, 2)[..., None, :]
-    y = torch.einsum("bcgrij,bcjgrp->bcigrp", scores, xc)
+    scores = torch.einsum("bcign,bcjgn->bcgij", cc, bc).unsqueeze(3) * segment
+    inputs = xc * dtc.unsqueeze(-1)  # dt x: dt weighs the inputs, cheaper here than on the (q, q) scores
+    y = torch.einsum("bcgrij,bcjgrp->bcigrp", scores, inputs)
     last = cs[:, :, -1:]  # (b, c, 1, g, r)
-    weighted = xc * ((last - cs).exp() * dtc).unsqueeze(-1)
+    weighted = inputs * (last - cs).exp().unsqueeze(-1)
     chunk_states = torch.einsum("bcjgrp,bcjgn->bcgrpn", weighted, bc)
     state = (x.new_zeros((batch, groups, rep, head_dim, d_state), dtype=work) if initial_state is None
              else initial_state.to(work).reshape(batch, groups, rep, head_dim, d_state))
     decay = last[:, :, 0].exp()[..., None, None]  # (b, c, g, r, 1, 1)
     entering = []
-    for c in range(n_chunks):
+    # unbind, not indexing: the backward of x[:, c] would write a full-size zero gradient per chunk
+    for own, chunk_decay in zip(chunk_states.unbind(1), decay.unbind(1)):
         entering.append(state)
-        state = decay[:, c] * state + chunk_states[:, c]
+        state = chunk_decay * state + own
     entering = torch.stack(entering, 1)  # (b, c, g, r, p, n)
     y = y + torch.einsum("bcign,bcgrpn->bcigrp", cc, entering) * cs.exp().unsqueeze(-1)
     y = y.reshape(batch, n_chunks * q, heads, head_dim)[:, :length]

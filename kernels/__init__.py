@@ -19,7 +19,8 @@ The ops:
 - ``ssm_kernel.vandermonde_kernel``, ``ssm_kernel.cauchy_kernel`` - the S4D and S4 SSM kernels
   without the ``(channels, state, length)`` tensor (one module: they share the complex
   arithmetic helpers; their limits are ``vandermonde_triton_limits``, ``cauchy_triton_limits``);
-- ``short_conv.short_conv`` - causal depthwise convolution with 1 to 8 taps.
+- ``short_conv.short_conv`` - causal depthwise convolution with 1 to 8 taps;
+- ``ssd.ssd`` - Mamba-2's SSD scan (chunk states, state passing, chunk scan), initial and final states.
 
 Why a module per op and not a folder per op (``ops/<op>/{chunk, fused_recurrent, naive}.py``
 as flash-linear-attention keeps them): each op here has one Triton algorithm, and its

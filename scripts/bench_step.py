@@ -1,6 +1,6 @@
 """Recurrent step cost per token against the position in the sequence, for every causal mixer.
 
-S4 and S4D carry a fixed-size state, so a step costs the same at every position;
+S4, S4D and Mamba-2 carry a fixed-size state, so a step costs the same at every position;
 attention reads a KV cache that grows with the position; M2's long convolution
 has an implicit filter with no finite recurrent state, so its step is a dot
 product with the whole history (O(position * d_model)).

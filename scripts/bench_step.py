@@ -11,6 +11,7 @@ product with the whole history (O(position * d_model)).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def main() -> None:
         for name in sorted(seqarch.MIXERS):
             torch.manual_seed(0)
             options = {"max_length": max_length} if name in ("attention", "m2") else {}
+            if name == "mamba2":  # heads of 64 channels where they divide d_inner = 2 width, smaller ones else
+                options["head_dim"] = math.gcd(64, 2 * args.width)
             mixer = seqarch.build_mixer(name, args.width, device=device, **options).eval()
             results[name] = {p: step_seconds(mixer, p, args.batch, args.steps, device) for p in args.positions}
             sys.stderr.write(f"{name}: {results[name]}\n")

@@ -22,6 +22,7 @@ The ops:
 - ``short_conv.short_conv`` - causal depthwise convolution with 1 to 8 taps;
 - ``selective_scan.selective_scan`` - Mamba's selective scan without the ``(batch, channels, length,
   state)`` tensor, float32 state, initial state in and last state out.
+- ``ssd.ssd`` - Mamba-2's SSD scan (chunk states, state passing, chunk scan), initial and final states.
 
 Why a module per op and not a folder per op (``ops/<op>/{chunk, fused_recurrent, naive}.py``
 as flash-linear-attention keeps them): each op here has one Triton algorithm, and its

@@ -48,6 +48,7 @@ OPS = {
     "monarch_matmul": ("monarch_matmul", "triton_limits"),
     "short_conv": ("short_conv", "triton_limits"),
     "selective_scan": ("selective_scan", "triton_limits"),
+    "ssd": ("ssd", "triton_limits"),
     "vandermonde_kernel": ("ssm_kernel", "vandermonde_triton_limits"),
     "cauchy_kernel": ("ssm_kernel", "cauchy_triton_limits"),
 }

@@ -44,6 +44,7 @@ from seqarch.kernels.fft_conv import fft_conv, offtheshelf_fft_conv
 from seqarch.kernels.monarch_matmul import monarch_matmul, offtheshelf_monarch_matmul
 from seqarch.kernels.selective_scan import offtheshelf_selective_scan, selective_scan
 from seqarch.kernels.short_conv import offtheshelf_short_conv, short_conv
+from seqarch.kernels.ssd import ssd, ssd_recurrence
 from seqarch.kernels.ssm_kernel import (
     cauchy_kernel,
     offtheshelf_cauchy_kernel,
@@ -234,6 +235,49 @@ def selective_scan_cases(size: str) -> list[Case]:
 def _output_only(scan: Callable) -> Callable:
     """The scan's ``y`` alone (the benchmark differentiates one output)."""
     return lambda **inputs: scan(**inputs)[0]
+def ssd_scan_flops(inputs: dict, out: torch.Tensor, mode: str) -> float:
+    """The recurrence's own work: 6 flops per state entry per position (decay, input, readout)."""
+    batch, length, heads, head_dim = inputs["x"].shape
+    flops = 6 * batch * length * heads * head_dim * inputs["B"].shape[-1]
+    return flops if mode == "fwd" else 3 * flops
+
+
+def ssd_cases(size: str) -> list[Case]:
+    """Mamba-2 shapes: head dim 64, state 128 (64 on the CPU), one group; chunks of 64."""
+    batch, length, heads, d_state = {"full": (2, 4096, 32, 128), "quick": (1, 2048, 16, 128),
+                                     "cpu": (1, 512, 4, 64), "tiny": (1, 128, 2, 16)}[size]
+
+    def make(device, dtype):
+        gen = torch.Generator(device=device).manual_seed(0)
+        dt = torch.nn.functional.softplus(torch.randn(batch, length, heads, device=device, generator=gen) - 3)
+        return {"x": _randn(batch, length, heads, 64, device=device, dtype=dtype),
+                "dt": dt.to(dtype), "A": -torch.linspace(1, 16, heads, device=device),
+                "B": _randn(batch, length, 1, d_state, device=device, dtype=dtype, scale=d_state ** -0.5),
+                "C": _randn(batch, length, 1, d_state, device=device, dtype=dtype, scale=d_state ** -0.5)}
+
+    return [Case(f"b={batch} L={length} h={heads} p=64 N={d_state} g=1", make)]
+
+
+def ssd_output(**inputs) -> torch.Tensor:
+    return ssd(**inputs)[0]
+
+
+def ssd_sequential(**inputs) -> torch.Tensor:
+    """The direct recurrence in PyTorch, one step per position."""
+    return ssd_recurrence(**inputs)[0].to(inputs["x"].dtype)
+
+
+def ssd_as_attention(x, dt, A, B, C) -> torch.Tensor:
+    """SSD's dual without the decays: causal softmax attention of queries C, keys B, values dt x, by the
+    flash-attention kernel, the same shapes (head dim = d_state for q, k): where the two cross over."""
+    heads = x.shape[2]
+    q = C.expand(-1, -1, heads, -1).transpose(1, 2)
+    k = B.expand(-1, -1, heads, -1).transpose(1, 2)
+    v = (x * dt.unsqueeze(-1)).transpose(1, 2)
+    head_dim, width = v.shape[-1], max(q.shape[-1], v.shape[-1])
+    # the kernel wants one head dim: zero padding changes neither the scores nor the first head_dim outputs
+    q, k, v = (torch.nn.functional.pad(t, (0, width - t.shape[-1])) for t in (q, k, v))
+    return attention(q, k, v, causal=True)[..., :head_dim].transpose(1, 2)
 
 
 def _dispatch(vandermonde: Callable, cauchy: Callable) -> Callable:
@@ -272,6 +316,14 @@ OPS: dict[str, Op] = {
         "the recurrence as a PyTorch loop over time", ("u", "delta", "B", "C", "z"), "flops",
         "9 b d N L (decay 2, update 3, readout 2, delta u, skip); fwd+bwd 3 x fwd", selective_scan_flops,
         selective_scan_cases, {mode: [("speedup", ">=", 20.0)] for mode in MODES}),
+    "ssd": Op(
+        ssd_output, ssd_sequential, "the direct recurrence in PyTorch, a step per position", ("x", "dt", "B", "C"),
+        "flops", "6 b L heads head_dim d_state (the recurrence's decay, input and readout); fwd+bwd 3 x fwd",
+        ssd_scan_flops, ssd_cases, {mode: [("speedup", ">=", 20.0)] for mode in MODES}),
+    "ssd_vs_attention": Op(
+        ssd_output, ssd_as_attention, "flash attention (seqarch.kernels.attention), q=C, k=B, v=dt x, causal",
+        ("x", "dt", "B", "C"), "flops", "as ssd (the crossover: speed-up > 1 where SSD beats attention)",
+        ssd_scan_flops, ssd_cases, {mode: [] for mode in MODES}),
 }
 FIELD_NAMES = {"speedup": "speed-up", "throughput": "TFLOP/s", "memory_ratio": "memory ratio",
                "memory_per_io": "peak memory / io bytes"}
@@ -329,6 +381,8 @@ def check_targets(op: Op, row: dict, on_gpu: bool) -> tuple[bool | None, str]:
     """``(met, text)`` for the issue's targets of this op and mode; None when not checkable."""
     if not on_gpu:
         return None, "n/a (CPU: twins, no Triton)"
+    if not op.targets[row["mode"]]:
+        return None, "no target (a comparison)"
     failures = []
     for field, relation, threshold in op.targets[row["mode"]]:
         value = row.get(field)
@@ -340,7 +394,7 @@ def check_targets(op: Op, row: dict, on_gpu: bool) -> tuple[bool | None, str]:
 
 
 def target_text(op: Op, mode: str) -> str:
-    return ", ".join(f"{FIELD_NAMES[f]} {r} {t:g}" for f, r, t in op.targets[mode])
+    return ", ".join(f"{FIELD_NAMES[f]} {r} {t:g}" for f, r, t in op.targets[mode]) or "none"
 
 
 def summarise(row: dict, op: Op, work: float, io: float, peaks: dict | None, dtype: torch.dtype, *,

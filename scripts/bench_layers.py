@@ -2,6 +2,7 @@
 
     python scripts/bench_layers.py                      # all mixers, width 256, L = 256 .. 16k
     python scripts/bench_layers.py --mixers attention s4d --lengths 1024 4096
+    python scripts/bench_layers.py --mixers mamba2 s4d attention --lengths 4096
 
 Each (mixer, length) runs in a fresh worker process, so the CPU's peak-RSS memory
 measure is not hidden by an earlier run.  Once a mixer exceeds ``--max-seconds`` at

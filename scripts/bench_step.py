@@ -1,6 +1,6 @@
 """Recurrent step cost per token against the position in the sequence, for every causal mixer.
 
-S4, S4D and Mamba carry a fixed-size state, so a step costs the same at every position;
+S4, S4D, Mamba and Mamba-2 carry a fixed-size state, so a step costs the same at every position;
 attention reads a KV cache that grows with the position; M2's long convolution
 has an implicit filter with no finite recurrent state, so its step is a dot
 product with the whole history (O(position * d_model)).
@@ -11,6 +11,7 @@ product with the whole history (O(position * d_model)).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def main() -> None:
         for name in sorted(seqarch.MIXERS):
             torch.manual_seed(0)
             options = {"max_length": max_length} if name in ("attention", "m2") else {}
+            if name == "mamba2":  # heads of 64 channels where they divide d_inner = 2 width, smaller ones else
+                options["head_dim"] = math.gcd(64, 2 * args.width)
             mixer = seqarch.build_mixer(name, args.width, device=device, **options).eval()
             results[name] = {p: step_seconds(mixer, p, args.batch, args.steps, device) for p in args.positions}
             sys.stderr.write(f"{name}: {results[name]}\n")

@@ -46,9 +46,10 @@ from seqarch.kernels import fft_conv as fft_conv_mod
 from seqarch.kernels import monarch_matmul as monarch_mod
 from seqarch.kernels import selective_scan as selective_scan_mod
 from seqarch.kernels import short_conv as short_conv_mod
+from seqarch.kernels import ssd as ssd_mod
 from seqarch.kernels import ssm_kernel as ssm_mod
 
-KERNEL_MODULES = (attention_mod, fft_conv_mod, monarch_mod, short_conv_mod, ssm_mod, selective_scan_mod)
+KERNEL_MODULES = (attention_mod, fft_conv_mod, monarch_mod, short_conv_mod, ssm_mod, selective_scan_mod, ssd_mod)
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.float64: "*fp64",
                  torch.int32: "*i32", torch.int64: "*i64"}
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
@@ -151,6 +152,11 @@ def _run_selective_scan(dtype: torch.dtype, length: int, gate: bool, empty) -> N
     ctx = _Context(needs_input_grad=tuple(isinstance(x, torch.Tensor) for x in inputs))
     y, last = selective_scan_mod.SelectiveScanFunction.forward(ctx, *inputs)
     selective_scan_mod.SelectiveScanFunction.backward(ctx, torch.empty_like(y), torch.empty_like(last))
+def _run_pair(function: type[torch.autograd.Function], *inputs) -> None:
+    """As :func:`_run` for a function returning two tensors (an output and a final state)."""
+    ctx = _Context(needs_input_grad=tuple(isinstance(x, torch.Tensor) for x in inputs))
+    outs = function.forward(ctx, *inputs)
+    function.backward(ctx, *(torch.empty_like(out) for out in outs))
 
 
 def exercise_kernels(quick: bool = False) -> list[Launch]:
@@ -165,6 +171,9 @@ def exercise_kernels(quick: bool = False) -> list[Launch]:
     fft_cases = [(1024, True, bf16), (8192, True, bf16)] + ([] if quick else [(2048, False, fp32)])
     short_conv_cases = [(4, bf16)] + ([] if quick else [(3, fp32)])
     ssm_length = 256 if quick else 4096
+    # (dtype, head_dim, d_state, chunk_size, initial state): Mamba-2's 64 x 128 heads, and the other tiles
+    ssd_cases = [(bf16, 64, 128, 64, True)] + ([] if quick else [(bf16, 64, 64, 64, False), (fp16, 128, 128, 32, True),
+                                                                 (fp32, 64, 128, 64, True), (bf16, 32, 16, 128, False)])
     with recording(launches), FakeTensorMode(), _CudaFreeOps():
         def empty(*shape, dtype=bf16):
             return torch.empty(*shape, device="cuda", dtype=dtype)
@@ -189,6 +198,13 @@ def exercise_kernels(quick: bool = False) -> list[Launch]:
              ssm_length)
         _run(ssm_mod.CauchyKernelFunction, empty(256, 4, 32, dtype=complex64), empty(ssm_length, dtype=complex64),
              empty(256, ssm_length, dtype=complex64), empty(256, 32, dtype=complex64))
+        for dtype, head_dim, d_state, chunk_size, has_init in ssd_cases:
+            batch, length, heads, groups = 2, 1000, 8, 2
+            init = empty(batch, heads, head_dim, d_state, dtype=fp32) if has_init else None
+            _run_pair(ssd_mod.SSDFunction, empty(batch, length, heads, head_dim, dtype=dtype),
+                      empty(batch, length, heads, dtype=fp32), empty(heads, dtype=fp32),
+                      empty(batch, length, groups, d_state, dtype=dtype), empty(batch, length, groups, d_state, dtype=dtype),
+                      chunk_size, init)
     return launches
 
 

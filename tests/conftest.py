@@ -26,6 +26,7 @@ SMALL_OPTIONS = {
     "s4": {"d_state": 8, "max_length": 256},
     "m2": {"max_length": 256},
     "mamba": {"d_state": 4},
+    "mamba2": {"head_dim": 8, "d_state": 8, "chunk_size": 16},
 }
 D_MODEL = 16
 

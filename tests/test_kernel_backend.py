@@ -14,6 +14,7 @@ from seqarch.kernels.attention import attention, attention_reference
 from seqarch.kernels.fft_conv import fft_conv, fft_conv_reference
 from seqarch.kernels.monarch_matmul import monarch_matmul, monarch_matmul_reference
 from seqarch.kernels.short_conv import short_conv, short_conv_reference
+from seqarch.kernels.ssd import ssd, ssd_reference
 from seqarch.kernels.ssm_kernel import (
     cauchy_kernel,
     cauchy_kernel_reference,
@@ -44,6 +45,13 @@ def _monarch(dtype):
     return torch.randn(3, 16, dtype=dtype), torch.randn(2, 8, 8, dtype=dtype), torch.randn(2, 8, 8, dtype=dtype)
 
 
+def _ssd(dtype):
+    gen = torch.Generator().manual_seed(0)
+    x, B, C = (torch.randn(1, 5, *shape, generator=gen).to(dtype) for shape in ((2, 4), (1, 8), (1, 8)))
+    dt = torch.rand(1, 5, 2, generator=gen).to(dtype)
+    return x, dt, -torch.rand(2, generator=gen), B, C
+
+
 # (op, function, twin, positional args, keyword args, the reason's message) for calls outside the Triton limits
 OUTSIDE = [
     ("attention", attention, attention_reference, _qkv(24), {"causal": True},
@@ -66,6 +74,10 @@ OUTSIDE = [
      "coef: expected dtype complex64 for the Triton path, got torch.complex128"),
     ("cauchy_kernel", cauchy_kernel, cauchy_kernel_reference, _cauchy(C128), {},
      "lam: expected dtype complex64 for the Triton path, got torch.complex128"),
+    ("ssd", ssd, ssd_reference, _ssd(torch.float64), {},
+     "x: expected dtype float16, bfloat16 or float32 for the Triton path, got torch.float64"),
+    ("ssd", ssd, ssd_reference, _ssd(torch.float32), {"chunk_size": 24},
+     r"chunk_size: expected one of \(16, 32, 64, 128\) for the Triton path, got 24"),
 ]
 # (op, positional args, keyword args) of calls within the Triton limits
 WITHIN = [
@@ -75,6 +87,7 @@ WITHIN = [
     ("short_conv", [torch.randn(1, 2, 12), torch.randn(2, 8)], {}),
     ("vandermonde_kernel", [torch.randn(2, 4, dtype=C64), -torch.rand(2, 4, dtype=C64), 10], {}),
     ("cauchy_kernel", _cauchy(C64), {}),
+    ("ssd", _ssd(torch.float32), {"chunk_size": 16}),
 ]
 
 

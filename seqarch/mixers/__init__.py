@@ -5,5 +5,6 @@ from .base import MIXERS, Mixer, build_mixer, register_mixer
 # Importing a family module registers its mixers.
 from . import attention, m2, s4, s4d  # noqa: F401  isort: skip
 from . import mamba  # noqa: F401  isort: skip
+from . import mamba2  # noqa: F401  isort: skip
 
 __all__ = ["MIXERS", "Mixer", "build_mixer", "register_mixer"]

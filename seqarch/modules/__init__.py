@@ -14,7 +14,7 @@ from .implicit_filter import ImplicitFilter, ImplicitKernel
 from .kernel_generator import KernelGenerator, tag_optim
 from .mlp import MLP, GLUOutput, build_channel_mixer, default_hidden
 from .monarch import MonarchLinear
-from .norm import RMSNorm, build_norm
+from .norm import GatedRMSNorm, RMSNorm, build_norm
 from .rotary import RotaryEmbedding
 from .short_conv import ShortConv
 from .ssm import SSMKernel
@@ -24,6 +24,7 @@ __all__ = [
     "DPLRSSMKernel",
     "DiagonalSSMKernel",
     "GLUOutput",
+    "GatedRMSNorm",
     "ImplicitFilter",
     "ImplicitKernel",
     "KernelGenerator",

@@ -1,11 +1,12 @@
-"""Normalisation layers over the last dimension: RMSNorm and LayerNorm, by name."""
+"""Normalisation layers over the last dimension: RMSNorm and LayerNorm, by name; the gated RMSNorm of Mamba-2."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_choice
+from ..checks import check_choice, check_divides, check_positive_int
 
 NORMS = ("rmsnorm", "layernorm")
 
@@ -22,6 +23,36 @@ class RMSNorm(nn.Module):
         work = x.to(torch.promote_types(x.dtype, torch.float32))
         normed = work * torch.rsqrt(work.pow(2).mean(-1, keepdim=True) + self.eps)
         return normed.to(x.dtype) * self.weight
+
+
+class GatedRMSNorm(nn.Module):
+    """``RMSNorm(x * SiLU(z))`` over ``(..., dim)``, normalised in groups of ``group_size`` features
+    (default: all), as before Mamba-2's output projection (Dao & Gu, "Transformers are SSMs", 2024).
+
+    Per-group statistics keep the norm independent of how many groups (``ngroups``) the layer has,
+    so a tensor-parallel split of the groups gives the same result.  Computed in float32 or wider.
+    """
+
+    def __init__(self, dim: int, *, group_size: int | None = None, eps: float = 1e-5, device=None,
+                 dtype=None) -> None:
+        super().__init__()
+        self.dim = check_positive_int("dim", dim)
+        self.group_size = dim if group_size is None else check_positive_int("group_size", group_size)
+        check_divides("group_size", self.group_size, "dim", dim)
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``x, z: (..., dim)`` -> ``(..., dim)`` in ``x``'s dtype."""
+        work = torch.promote_types(x.dtype, torch.float32)
+        gated = x.to(work) * F.silu(z.to(work))
+        grouped = gated.unflatten(-1, (-1, self.group_size))
+        normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.flatten(-2).to(x.dtype) * self.weight
+
+    def flops(self, length: int) -> int:
+        """Forward FLOPs for ``length`` rows: the gate (SiLU ~ 5, product), the mean square, scale, weight."""
+        return 10 * length * self.dim
 
 
 def build_norm(name: str, dim: int, *, device=None, dtype=None) -> nn.Module:

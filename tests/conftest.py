@@ -25,6 +25,9 @@ SMALL_OPTIONS = {
     "s4d": {"d_state": 8},
     "s4": {"d_state": 8, "max_length": 256},
     "m2": {"max_length": 256},
+    "hyena": {"max_length": 256, "filter_order": 16},
+    "hyena_modal": {"d_state": 8},
+    "h3": {"d_state": 8, "shift_state": 4, "head_dim": 2},
 }
 D_MODEL = 16
 

@@ -147,7 +147,7 @@ class DistillationReport:
     length: int
 
 
-def distill_hyena(mixer: Hyena, *, d_state: int = 16, steps: int = 100, lr: float = 1e-2,
+def distill_hyena(mixer: Hyena, *, d_state: int = 16, steps: int = 20, lr: float = 1e-3,
                   x: torch.Tensor | None = None, seed: int = 0) -> tuple[ModalHyena, DistillationReport]:
     """Distill a causal :class:`Hyena` (or M2) into a :class:`ModalHyena` with an O(1) step.
 

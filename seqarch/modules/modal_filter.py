@@ -7,10 +7,20 @@ replaced, per channel, by the impulse response of a diagonal complex SSM,
     h[c, t] ~ 2 Re(sum_n r[c, n] z[c, n]^t),   |z| < 1,
 
 whose recurrence steps in O(modes) per token whatever the position.  The fit here:
-modes on a grid of log-spaced decays and low-biased angles, residues by (ridge) least
-squares with the modes fixed, a few Adam steps on modes and residues together (the
-relative L2 error of each channel, summed), and least squares for the residues again.
-The modes stay stable throughout: ``z = exp(-exp(a) + i theta)``.
+
+1. two candidate sets of modes per channel: the poles of a Hankel (Ho-Kalman / Kung)
+   realisation of the filter, and a grid of log-spaced decays and low-biased angles;
+2. residues by (ridge) least squares with the modes fixed; each channel keeps the
+   candidate set that fits it better;
+3. a few Adam steps on modes and residues together (the relative L2 error of each
+   channel, summed), then least squares for the residues of the refined modes; a
+   channel keeps its refined fit only where it is better.
+
+The Hankel poles alone usually fit a smooth implicit filter to ~1e-6; the refinement
+is for filters far from low rank.  Cost: one SVD of a ``(length/2, length/2)`` Hankel
+matrix per channel.
+
+The modes stay stable throughout: ``|z| < 1`` (``z = exp(-exp(a) + i theta)`` under Adam).
 """
 
 from __future__ import annotations
@@ -54,6 +64,32 @@ def initial_modes(channels: int, modes: int, length: int) -> torch.Tensor:
     return torch.complex(-decay, angle).expand(channels, modes).clone()
 
 
+def hankel_modes(h: torch.Tensor, modes: int) -> torch.Tensor:
+    """``log z`` of a rank-``2 modes`` Hankel realisation of each filter (Kung's method):
+    complex float64 ``(channels, modes)``, one mode per conjugate pair or real pole, the
+    slowest kept when there are more, grid modes filling in when there are fewer; ``|z|``
+    clamped into ``[1e-6, 1 - 1e-4]`` so every mode is stable."""
+    channels, length = h.shape
+    rows = max(2, length // 2)
+    if length < 3:
+        return initial_modes(channels, modes, length)
+    index = torch.arange(rows)[:, None] + torch.arange(length - rows + 1)[None, :]
+    left = torch.linalg.svd(h[:, index], full_matrices=False)[0]
+    rank = min(2 * modes, rows - 1)
+    basis = left[..., :rank]
+    # The shift invariance of the observability basis: basis[1:] = basis[:-1] A.
+    poles = torch.linalg.eigvals(torch.linalg.pinv(basis[:, :-1]) @ basis[:, 1:])
+    grid = initial_modes(1, modes, length)[0]
+    out = []
+    for channel in poles:
+        kept = channel[channel.imag >= 0]  # one of each conjugate pair, and the real poles
+        kept = kept[torch.argsort(kept.abs(), descending=True)][:modes]
+        magnitude = kept.abs().clamp(1e-6, 1 - 1e-4)
+        log_z = torch.complex(torch.log(magnitude), torch.angle(kept))
+        out.append(torch.cat([log_z, grid[len(log_z):]]))
+    return torch.stack(out)
+
+
 def fit_residues(log_z: torch.Tensor, h: torch.Tensor, ridge: float = 1e-10) -> torch.Tensor:
     """Residues minimising ``||2 Re(sum_n r z^t) - h||`` per channel for fixed modes (ridge least
     squares on the real design ``[2 Re z^t, -2 Im z^t]``): complex ``(channels, modes)``."""
@@ -73,7 +109,15 @@ def relative_error(fit: torch.Tensor, target: torch.Tensor) -> float:
     return float((fit - target).norm() / target.norm().clamp_min(1e-300))
 
 
-def fit_modal(h: torch.Tensor, modes: int, *, steps: int = 100, lr: float = 1e-2) -> ModalFit:
+def _squared_errors(log_z: torch.Tensor, residues: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (modal_filter(log_z, residues, target.shape[-1]) - target).square().sum(-1)
+
+
+def _pick(better: torch.Tensor, new: tuple, old: tuple) -> tuple:
+    return tuple(torch.where(better[:, None], a, b) for a, b in zip(new, old))
+
+
+def fit_modal(h: torch.Tensor, modes: int, *, steps: int = 20, lr: float = 1e-3) -> ModalFit:
     """Fit ``modes`` complex modes per channel to the filters ``h: (channels, length)``.
 
     Args:
@@ -92,8 +136,12 @@ def fit_modal(h: torch.Tensor, modes: int, *, steps: int = 100, lr: float = 1e-2
     check_real("lr", lr, low=0.0, expected="a positive number")
     target = h.detach().to(torch.float64)
     channels, length = target.shape
-    log_z = initial_modes(channels, modes, length).to(target.device)
-    residues = fit_residues(log_z, target)
+    grid = initial_modes(channels, modes, length).to(target.device)
+    hankel = hankel_modes(target.cpu(), modes).to(target.device)
+    log_z, residues = grid, fit_residues(grid, target)
+    hankel_fit = (hankel, fit_residues(hankel, target))
+    log_z, residues = _pick(_squared_errors(*hankel_fit, target) < _squared_errors(log_z, residues, target),
+                            hankel_fit, (log_z, residues))
     if steps:
         log_rate = torch.log(-log_z.real).requires_grad_()
         angle = log_z.imag.clone().requires_grad_()
@@ -107,6 +155,8 @@ def fit_modal(h: torch.Tensor, modes: int, *, steps: int = 100, lr: float = 1e-2
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-        log_z = torch.complex(-torch.exp(log_rate), angle).detach()
-        residues = fit_residues(log_z, target)  # the best residues for the refined modes
+        refined_z = torch.complex(-torch.exp(log_rate), angle).detach()
+        refined = (refined_z, fit_residues(refined_z, target))  # the best residues for the refined modes
+        better = _squared_errors(*refined, target) < _squared_errors(log_z, residues, target)
+        log_z, residues = _pick(better, refined, (log_z, residues))
     return ModalFit(log_z, residues, relative_error(modal_filter(log_z, residues, length), target))

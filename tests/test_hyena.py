@@ -179,3 +179,20 @@ def test_distill_rejects_bad_arguments():
         fit_modal(torch.randn(10), 2)
     with pytest.raises(ValueError, match="^log_z: expected negative real parts"):
         ModalHyena(8, d_state=2).set_modes(torch.full((8, 1), 0.1 + 0j), torch.ones(8, 1, dtype=torch.complex64))
+
+
+def test_modal_hyena_of_order_3_steps_and_prefills_like_forward():
+    """Two modal convolutions in a row: the step goes by linearity, a prefill from a non-empty
+    state adds the state's readout to each convolution before the next gate."""
+    torch.manual_seed(0)
+    mixer = ModalHyena(8, order=3, d_state=4, short_kernel=4, dtype=torch.float64).eval()
+    x = torch.randn(2, 40, 8, dtype=torch.float64)
+    with torch.no_grad():
+        expected = mixer(x)
+        stepped, _ = run_steps(mixer, x, mixer.init_state(2))
+        prompt, state = mixer.prefill(x[:, :2])  # shorter than the short conv's history
+        more, state = mixer.prefill(x[:, 2:30], state)
+        rest, state = run_steps(mixer, x[:, 30:], state)
+    assert relative_rms(stepped, expected) < 1e-10
+    assert relative_rms(torch.cat([prompt, more, rest], 1), expected) < 1e-10
+    assert mixer.state_size(1) == mixer.state_size(40) == 4 * 8 * 3 + 2 * 8 * 4

@@ -117,17 +117,23 @@ class LongConv(Mixer):
         return self.kernel_class.recurrent
 
     # -- streams and output -------------------------------------------------------------
-    def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, list, torch.Tensor | None]:
+    def _streams(self, x: torch.Tensor, history: torch.Tensor | None = None,
+                 ) -> tuple[torch.Tensor | None, torch.Tensor, list, torch.Tensor | None]:
         """``x: (batch, length, d)`` -> ``(u, v, pre_gates, post_gate)``, channels second.
 
-        ``u``: the short conv's input (Hyena layout; ``None`` otherwise), ``v``: the first
-        long convolution's input, one pre-gate per long convolution (or ``None``)."""
+        ``u``: the short conv's input (Hyena layout; ``None`` otherwise; after ``history``,
+        the short conv's earlier inputs from a state, when given), ``v``: the first long
+        convolution's input, one pre-gate per long convolution (or ``None``)."""
         if self.order is None:
             return None, x.to(compute_dtype(x.dtype)).transpose(1, 2), [None], None
         u = self.in_proj(x).transpose(1, 2)
         low, high = self.short_rows
         short_in = u[:, low:high]
-        mixed = self.short_conv(short_in)
+        if history is None:
+            mixed = self.short_conv(short_in)
+        else:  # continue the short conv from the state: its past inputs go first, their outputs are dropped
+            short_in = torch.cat([history.to(short_in.dtype), short_in], dim=-1)
+            mixed = self.short_conv(short_in)[..., history.shape[-1]:]
         if self.short_conv_streams == "gates":
             mixed = torch.cat([u[:, :low], mixed, u[:, high:]], dim=1)
         streams = mixed.split(self.d_model, dim=1)
@@ -288,27 +294,33 @@ class LongConv(Mixer):
         """Run a prompt ``x: (batch, length, d_model)`` in parallel; returns ``(y, state)``.
 
         The FFT convolution gives the outputs; a recurrent generator gives the final state
-        (and what a non-empty state adds); otherwise the gated inputs become the history.
-        A non-empty state that only a step can continue (a non-recurrent kernel, or the
-        short convolution's history) falls back to the base class's step loop.
+        and what a non-empty state adds (the short conv continues from its history);
+        otherwise the gated inputs become the history.  A non-empty state of a
+        non-recurrent kernel falls back to the base class's step loop.
         """
         state = self.start_prefill(x, state)
         fresh = self._position(state) == 0
-        if not fresh and (not self._recurrent or self.order is not None):
+        if not fresh and not self._recurrent:
             return super().prefill(x, state)
         length = x.shape[1]
         self.kernel.check_length(length, "x")
         if not self._recurrent and length > state["max_length"]:
             raise ValueError(f"x: expected a length of at most the state's max_length={state['max_length']}, "
                              f"got {length}")
-        u, v, pre_gates, post_gate = self._streams(x)
+        history = None if fresh or self.order is None else state["short_conv"]
+        u, v, pre_gates, post_gate = self._streams(x, history)
+        work = compute_dtype(v.dtype)
         if self._recurrent and self.n_convs == 1:
             w = self._gate_in(pre_gates[0], v)
-            readout, state = self.kernel.prefill(w.to(compute_dtype(w.dtype)), state, fresh)
+            readout, state = self.kernel.prefill(w.to(work), state, fresh)
             y, _ = self._long_convs(v, pre_gates, post_gate, readout)
-        elif self._recurrent:  # fresh (a non-empty state went to the step loop above)
-            y, inputs = self._long_convs(v, pre_gates, post_gate, keep_inputs=True)
-            work = compute_dtype(v.dtype)
+        elif self._recurrent:
+            # Later convolutions' inputs need the earlier outputs, so the state's readout
+            # (independent of the input: the response to zeros) comes first.
+            rows = v.shape[0] * self.head_dim ** 2
+            zeros = v.new_zeros(rows, self.kernel.channels, length, dtype=work)
+            readout = None if fresh else self.kernel.prefill(zeros, state, fresh)[0]
+            y, inputs = self._long_convs(v, pre_gates, post_gate, readout, keep_inputs=True)
             _, state = self.kernel.prefill(torch.cat(inputs, dim=1).to(work), state, fresh)
         else:
             y, inputs = self._long_convs(v, pre_gates, post_gate, keep_inputs=True)

@@ -55,7 +55,7 @@ def main() -> None:
     with torch.no_grad():
         for name in sorted(seqarch.MIXERS):
             torch.manual_seed(0)
-            options = {"max_length": max_length} if name in ("attention", "m2", "hyena") else {}
+            options = {"max_length": max_length} if name in ("attention", "m2", "hyena", "s4") else {}
             mixer = seqarch.build_mixer(name, args.width, device=device, **options).eval()
             results[name] = {p: step_seconds(mixer, p, args.batch, args.steps, device) for p in args.positions}
             sys.stderr.write(f"{name}: {results[name]}\n")

@@ -53,8 +53,8 @@ class LongConv(Mixer):
     Args:
         d_model: width.
         kernel_options: options of ``kernel_class`` (the subclass's generator), which is
-            built with ``channels = d_model * (order - 1)`` (``d_model`` when ``order`` is
-            None) and ``directions = 1`` (causal) or 2.
+            built with ``channels = (d_model / head_dim) * (order - 1)`` (``d_model`` when
+            ``order`` is None) and ``directions = 1`` (causal) or 2.
         causal: causal convolution; ``False``: a forward and a backward kernel, no
             recurrent form.
         order: ``None`` (SSM layer) or the Hyena order ``N >= 2`` (see the module).
@@ -219,7 +219,8 @@ class LongConv(Mixer):
         channels, position)`` (at least float32) and ``"taps"`` ``(channels, max_length)``,
         the kernel reversed in time: a cache of the parameters, computed once here in the
         current grad mode, like the recurrent generators' caches (make a new state after
-        the parameters change)."""
+        the parameters change).  With heads, the convolution state has ``batch * p * p``
+        rows, one per product ``(b, i, j)``."""
         state: State = {"position": 0}
         if self.order is not None:
             state["short_conv"] = self.short_conv.init_state(batch_size, device=device, dtype=dtype)

@@ -32,7 +32,7 @@ def worker(args: argparse.Namespace) -> None:
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     mixer = seqarch.build_mixer(args.mixer, args.width, device=device, dtype=dtype,
-                                **({"max_length": args.length} if args.mixer in ("m2", "s4") else {}))
+                                **({"max_length": args.length} if args.mixer in ("m2", "s4", "hyena") else {}))
     x = torch.randn(args.batch, args.length, args.width, device=device, dtype=dtype, requires_grad=True)
 
     def forward_backward():

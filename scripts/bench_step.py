@@ -1,9 +1,10 @@
 """Recurrent step cost per token against the position in the sequence, for every causal mixer.
 
-S4, S4D, Mamba and Mamba-2 carry a fixed-size state, so a step costs the same at every position;
-attention reads a KV cache that grows with the position; M2's long convolution
-has an implicit filter with no finite recurrent state, so its step is a dot
-product with the whole history (O(position * d_model)).
+S4, S4D, Mamba, Mamba-2, H3 and the modal (distilled) Hyena carry a fixed-size state,
+so a step costs the same at every position; attention reads a KV cache that grows
+with the position; M2's and Hyena's long convolutions have implicit filters with no
+finite recurrent state, so their step is a dot product with the whole history
+(O(position * d_model)).
 
     python scripts/bench_step.py                      # width 256, positions 0 .. 4096
 """
@@ -55,7 +56,7 @@ def main() -> None:
     with torch.no_grad():
         for name in sorted(seqarch.MIXERS):
             torch.manual_seed(0)
-            options = {"max_length": max_length} if name in ("attention", "m2") else {}
+            options = {"max_length": max_length} if name in ("attention", "m2", "hyena", "s4") else {}
             if name == "mamba2":  # heads of 64 channels where they divide d_inner = 2 width, smaller ones else
                 options["head_dim"] = math.gcd(64, 2 * args.width)
             mixer = seqarch.build_mixer(name, args.width, device=device, **options).eval()

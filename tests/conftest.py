@@ -27,6 +27,9 @@ SMALL_OPTIONS = {
     "m2": {"max_length": 256},
     "mamba": {"d_state": 4},
     "mamba2": {"head_dim": 8, "d_state": 8, "chunk_size": 16},
+    "hyena": {"max_length": 256, "filter_order": 16},
+    "hyena_modal": {"d_state": 8},
+    "h3": {"d_state": 8, "shift_state": 4, "head_dim": 2},
 }
 D_MODEL = 16
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from seqarch.mixers.hyena import Hyena
 from seqarch.mixers.long_conv import LongConv
 from seqarch.mixers.m2 import M2
 from seqarch.modules.fft_conv import fft_conv_flops
@@ -212,6 +213,17 @@ def test_registered():
     assert mixer(torch.randn(1, 8, 16)).shape == (1, 8, 16)
 
 
+def test_m2_is_the_order_2_hyena_with_m2_settings():
+    """One piece of code: M2 is Hyena's order-2 case, its filters with 5 positional features."""
+    assert issubclass(M2, Hyena) and set(M2.presets) == {"m2"} and set(Hyena.presets) == {"hyena"}
+    m2 = make(d_model=8)
+    torch.manual_seed(0)
+    hyena = Hyena(8, order=2, max_length=64, filter_emb_dim=5, dtype=torch.float64).eval()
+    assert m2.order == 2 and m2.kernel.filters[0].emb_dim == 5 and Hyena(8).kernel.filters[0].emb_dim == 3
+    x = torch.randn(1, 20, 8, dtype=torch.float64)
+    torch.testing.assert_close(m2(x), hyena(x), rtol=0, atol=0)  # same seed, same parameters, same output
+
+
 class HyenaOrder3(LongConv):
     """Hyena of order 3 as a configuration of the shell: two gated long convolutions."""
 
@@ -242,15 +254,13 @@ def test_hyena_order_3_from_the_shell_steps_like_forward():
     assert (bidirectional(bumped)[:, 10] - bidirectional(x)[:, 10]).abs().max() > 1e-6
 
 
-def test_a_recurrent_kernel_runs_one_long_convolution():
+def test_gates_around_a_recurrent_kernel():
     from seqarch.modules.diagonal_ssm import DiagonalSSMKernel
 
     class GatedDiagonal(LongConv):
         kernel_class = DiagonalSSMKernel
 
     assert GatedDiagonal.has_fixed_size_state and not M2.has_fixed_size_state
-    with pytest.raises(ValueError, match="order: a recurrent kernel runs one long convolution"):
-        GatedDiagonal(8, {"d_state": 4}, order=3)
     # Gates around a recurrent kernel (H3's shape): a fixed-size state that steps like forward.
     torch.manual_seed(0)
     mixer = GatedDiagonal(8, {"d_state": 4}, order=2, dtype=torch.float64)

@@ -308,6 +308,6 @@ def test_cli_lists_the_architectures_one_line_each_and_prints_the_schema(capsys)
     presets = {line.split()[0]: line for line in lines[1:lines.index(next(x for x in lines if x.startswith("mixers")))]}
     assert set(presets) == set(PRESETS)
     assert "Monarch MLP" in presets["m2"] and "channel_mixer=monarch" in presets["m2"]
-    assert "channel_mixer=glu" in presets["hyena"] and "mixer=m2" in presets["hyena"]
+    assert "channel_mixer=glu" in presets["hyena"] and "mixer=hyena" in presets["hyena"]
     assert main(["schema"]) == 0
     assert set(json.loads(capsys.readouterr().out)["properties"]) == set(SECTIONS)

@@ -73,7 +73,7 @@ def test_compare_budgets_within_two_percent():
         # The m2 preset is Monarch Mixer: its Monarch MLP is resized in steps of its blocks.
         m2, hyena = plan[3][1], plan[4][1]
         assert (m2.mixer, m2.channel_mixer, m2.d_ff % m2.monarch_blocks) == ("m2", "monarch", 0)
-        assert (hyena.mixer, hyena.channel_mixer) == ("m2", "glu")
+        assert (hyena.mixer, hyena.channel_mixer) == ("hyena", "glu")
         for _, model_config, match in plan:
             if "params" in budget:
                 achieved = count_params(model_config)

@@ -3,7 +3,7 @@
 from .base import MIXERS, Mixer, build_mixer, register_mixer
 
 # Importing a family module registers its mixers.
-from . import attention, m2, s4, s4d  # noqa: F401  isort: skip
+from . import attention, h3, hyena, m2, s4, s4d  # noqa: F401  isort: skip
 from . import mamba  # noqa: F401  isort: skip
 from . import mamba2  # noqa: F401  isort: skip
 

@@ -15,12 +15,20 @@ Two layouts, chosen by ``order``:
     then GELU, dropout, ``Linear(d, 2d)`` and a GLU.
 ``order=N >= 2`` (the Hyena operator of order N, Poli et al., ICML 2023; M2 is N = 2)
     ``in_proj`` to ``N + 1`` streams ``x_0 .. x_{N-1}, v`` after a short causal depthwise
-    convolution; ``N - 1`` gated long convolutions
+    convolution (on every stream, or, ``short_conv_streams="gates"``, on the pre-gates
+    ``x_1 .. x_{N-1}`` only: H3's shift SSM on K); ``N - 1`` gated long convolutions
     ``v <- k_i * (x_{N-1-i} v) + D_i (x_{N-1-i} v)``; ``y = out_proj(dropout(x_0 v))``.
+    ``head_dim = p > 1`` (order 2, H3's multi-head form, Fu et al., ICLR 2023): channels
+    form ``d / p`` heads of ``p``; the pre-gate is an outer product
+    ``kv[i, j] = k[i] v[j]`` within a head, the ``p * p`` products share their head's
+    kernel, and the post-gate contracts ``y[j] = sum_i q[i] conv(kv)[i, j]``.
 
 Recurrent form: with a recurrent generator (the SSMs) the state is the generator's,
 of fixed size; otherwise the shell keeps the history of every long convolution's
 input and a step at position ``t`` reads all ``t + 1`` values (exact, not flat).
+A recurrent generator under ``N - 1 > 1`` convolutions (a distilled order-N Hyena)
+steps by linearity: the state's readout plus ``k[0] u_t`` gives each convolution's
+output in turn, then one generator step takes all their inputs.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..checks import check_dropout, check_int, check_nonnegative_int, check_positive_int
+from ..checks import check_choice, check_dropout, check_int, check_nonnegative_int, check_positive_int
 from ..modules.fft_conv import bidirectional_fft_conv, fft_conv, fft_conv_flops
 from ..modules.kernel_generator import KernelGenerator, check_param_dtype
 from ..modules.mlp import GLUOutput
@@ -45,12 +53,14 @@ class LongConv(Mixer):
     Args:
         d_model: width.
         kernel_options: options of ``kernel_class`` (the subclass's generator), which is
-            built with ``channels = d_model * (order - 1)`` (``d_model`` when ``order`` is
-            None) and ``directions = 1`` (causal) or 2.
+            built with ``channels = (d_model / head_dim) * (order - 1)`` (``d_model`` when
+            ``order`` is None) and ``directions = 1`` (causal) or 2.
         causal: causal convolution; ``False``: a forward and a backward kernel, no
             recurrent form.
         order: ``None`` (SSM layer) or the Hyena order ``N >= 2`` (see the module).
         short_kernel: taps of the short convolution (Hyena layout only).
+        short_conv_streams: ``"all"`` (Hyena) or ``"gates"`` (the pre-gates only, H3).
+        head_dim: channels per head of the multi-head gating (order 2 only; 1: elementwise).
         dropout: after the GELU (SSM layout) or on the gated output (Hyena layout).
         device, dtype: of the parameters; kernels and FFTs run in ``compute_dtype``.
         layer_idx: see :class:`~seqarch.mixers.base.Mixer`.
@@ -65,17 +75,22 @@ class LongConv(Mixer):
         cls.has_fixed_size_state = cls.kernel_class.recurrent
 
     def __init__(self, d_model: int, kernel_options: dict[str, Any], *, causal: bool = True,
-                 order: int | None = None, short_kernel: int = 3, dropout: float = 0.0,
-                 device: Any = None, dtype: torch.dtype | None = None, layer_idx: int | None = None) -> None:
+                 order: int | None = None, short_kernel: int = 3, short_conv_streams: str = "all",
+                 head_dim: int = 1, dropout: float = 0.0, device: Any = None, dtype: torch.dtype | None = None,
+                 layer_idx: int | None = None) -> None:
         super().__init__(d_model, causal=causal, layer_idx=layer_idx)
         check_param_dtype(dtype)
         check_dropout(dropout)
         self.order = None if order is None else check_int("order", order, minimum=2)
         self.n_convs = 1 if order is None else order - 1
-        if self.kernel_class.recurrent and self.n_convs > 1:
-            raise ValueError(f"order: a recurrent kernel runs one long convolution (order=2), got {order}")
+        self.head_dim = check_positive_int("head_dim", head_dim)
+        if head_dim > 1 and order != 2:
+            raise ValueError(f"head_dim: multi-head gating needs order=2; expected 1, got {head_dim}")
+        if d_model % head_dim:
+            raise ValueError(f"head_dim: expected a divisor of d_model={d_model}, got {head_dim}")
+        self.conv_width = d_model // head_dim  # kernels per long convolution (one per head)
         factory = {"device": device, "dtype": dtype}
-        channels = self.n_convs * d_model
+        channels = self.n_convs * self.conv_width
         self.kernel = self.kernel_class(channels, directions=1 if causal else 2, **kernel_options, **factory)
         self.skip = nn.Parameter(torch.randn(channels, **factory))  # D: the present token's own weight
         if order is None:
@@ -83,8 +98,12 @@ class LongConv(Mixer):
             self.output = GLUOutput(d_model, dropout=dropout, **factory)
         else:
             self.short_kernel = check_positive_int("short_kernel", short_kernel)
+            self.short_conv_streams = check_choice("short_conv_streams", short_conv_streams, ("all", "gates"))
+            # The rows of in_proj's output that pass the short conv: every stream, or x_1 .. x_{N-1}.
+            self.short_rows = ((0, (order + 1) * d_model) if short_conv_streams == "all"
+                               else (d_model, order * d_model))
             self.in_proj = nn.Linear(d_model, (order + 1) * d_model, **factory)
-            self.short_conv = ShortConv((order + 1) * d_model, short_kernel, **factory)
+            self.short_conv = ShortConv(self.short_rows[1] - self.short_rows[0], short_kernel, **factory)
             self.dropout = nn.Dropout(dropout)
             self.out_proj = nn.Linear(d_model, d_model, **factory)
 
@@ -98,16 +117,52 @@ class LongConv(Mixer):
         return self.kernel_class.recurrent
 
     # -- streams and output -------------------------------------------------------------
-    def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, list, torch.Tensor | None]:
+    def _streams(self, x: torch.Tensor, history: torch.Tensor | None = None,
+                 ) -> tuple[torch.Tensor | None, torch.Tensor, list, torch.Tensor | None]:
         """``x: (batch, length, d)`` -> ``(u, v, pre_gates, post_gate)``, channels second.
 
-        ``u``: the short conv's input (Hyena layout; ``None`` otherwise), ``v``: the first
-        long convolution's input, one pre-gate per long convolution (or ``None``)."""
+        ``u``: the short conv's input (Hyena layout; ``None`` otherwise; after ``history``,
+        the short conv's earlier inputs from a state, when given), ``v``: the first long
+        convolution's input, one pre-gate per long convolution (or ``None``)."""
         if self.order is None:
             return None, x.to(compute_dtype(x.dtype)).transpose(1, 2), [None], None
         u = self.in_proj(x).transpose(1, 2)
-        streams = self.short_conv(u).split(self.d_model, dim=1)
-        return u, streams[-1], list(reversed(streams[1:-1])), streams[0]
+        low, high = self.short_rows
+        short_in = u[:, low:high]
+        if history is None:
+            mixed = self.short_conv(short_in)
+        else:  # continue the short conv from the state: its past inputs go first, their outputs are dropped
+            short_in = torch.cat([history.to(short_in.dtype), short_in], dim=-1)
+            mixed = self.short_conv(short_in)[..., history.shape[-1]:]
+        if self.short_conv_streams == "gates":
+            mixed = torch.cat([u[:, :low], mixed, u[:, high:]], dim=1)
+        streams = mixed.split(self.d_model, dim=1)
+        return short_in, streams[-1], list(reversed(streams[1:-1])), streams[0]
+
+    # -- gates --------------------------------------------------------------------------
+    def _gate_in(self, gate: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
+        """A long convolution's input: ``gate * v`` (``(batch, d, ...)``), or with heads the
+        outer products ``(batch * p * p, d / p, ...)``: row ``(b, i, j)``, channel ``h``
+        holds ``gate[b, h p + i] v[b, h p + j]``."""
+        if gate is None:
+            return v
+        if self.head_dim == 1:
+            return gate * v
+        p, batch, rest = self.head_dim, gate.shape[0], gate.shape[2:]
+        outer = gate.reshape(batch, -1, p, 1, *rest) * v.to(gate.dtype).reshape(batch, -1, 1, p, *rest)
+        return outer.movedim(1, 3).reshape(batch * p * p, self.conv_width, *rest)
+
+    def _gate_out(self, gate: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        """The post-gate: ``gate * y``, or with heads ``out[b, h p + j] = sum_i gate[b, h p + i]
+        y[(b, i, j), h]`` (a multiply and a sum, as H3 does it)."""
+        if gate is None:
+            return y
+        if self.head_dim == 1:
+            return gate * y.to(gate.dtype)
+        p, batch, rest = self.head_dim, gate.shape[0], gate.shape[2:]
+        y = y.to(gate.dtype).reshape(batch, p, p, self.conv_width, *rest)
+        q = gate.reshape(batch, self.conv_width, p, *rest).movedim(2, 1).unsqueeze(2)  # (b, p_i, 1, h, ...)
+        return (q * y).sum(1).movedim(1, 2).reshape(batch, self.d_model, *rest)
 
     def _output(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``y: (batch, d, ...)`` channels second -> ``(batch, ..., d)`` in ``dtype``."""
@@ -130,18 +185,23 @@ class LongConv(Mixer):
         adds) joins the last convolution's output before the post-gate."""
         k = self._kernels(v.shape[-1], v.dtype)
         inputs = []
+        fused = self.head_dim == 1  # elementwise gates run inside the FFT convolution
         for i, pre in enumerate(pre_gates):
-            k_i = k[:, i * self.d_model:(i + 1) * self.d_model]
-            post = post_gate if i == self.n_convs - 1 and readout is None else None
+            rows = slice(i * self.conv_width, (i + 1) * self.conv_width)
+            k_i = k[:, rows]
+            post = post_gate if fused and i == self.n_convs - 1 and readout is None else None
+            if not fused:
+                v, pre = self._gate_in(pre, v), None
             if keep_inputs:
                 inputs.append(v if pre is None else pre * v)
             if self.causal:
                 v = fft_conv(v, k_i[0], pre_gate=pre, post_gate=post)
             else:
                 v = bidirectional_fft_conv(v, k_i[0], k_i[1], pre_gate=pre, post_gate=post)
-        if readout is not None:
-            v = v + readout.to(v.dtype)
-            v = v if post_gate is None else post_gate * v
+            if readout is not None:  # what the incoming state adds to this convolution
+                v = v + readout[:, rows].to(v.dtype)
+        if not fused or readout is not None:
+            v = self._gate_out(post_gate, v)
         return v, inputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,17 +219,19 @@ class LongConv(Mixer):
         channels, position)`` (at least float32) and ``"taps"`` ``(channels, max_length)``,
         the kernel reversed in time: a cache of the parameters, computed once here in the
         current grad mode, like the recurrent generators' caches (make a new state after
-        the parameters change)."""
+        the parameters change).  With heads, the convolution state has ``batch * p * p``
+        rows, one per product ``(b, i, j)``."""
         state: State = {"position": 0}
         if self.order is not None:
             state["short_conv"] = self.short_conv.init_state(batch_size, device=device, dtype=dtype)
+        rows = batch_size * self.head_dim ** 2  # with heads, each (i, j) product is a row of its own
         if self._recurrent:
-            return {**state, **self.kernel.init_state(batch_size, device=device, dtype=dtype)}
+            return {**state, **self.kernel.init_state(rows, device=device, dtype=dtype)}
         max_length = self.max_length if max_length is None else max_length
         self.kernel.check_length(max_length, "max_length")
         work = compute_dtype(dtype)
         taps = self._kernels(max_length, work)[0].to(device=device, dtype=work)
-        history = torch.zeros(batch_size, self.kernel.channels, 0, device=device, dtype=work)
+        history = torch.zeros(rows, self.kernel.channels, 0, device=device, dtype=work)
         return {**state, "max_length": max_length, "v": history, "taps": taps.flip(-1)}
 
     def _position(self, state: State) -> int:
@@ -182,18 +244,35 @@ class LongConv(Mixer):
     def _token_streams(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, list, Any, State]:
         if self.order is None:
             return x_t.to(compute_dtype(x_t.dtype)), [None], None, state
-        u, history = self.short_conv.step(self.in_proj(x_t), state["short_conv"])
-        streams = u.split(self.d_model, dim=-1)
+        u = self.in_proj(x_t)
+        low, high = self.short_rows
+        mixed, history = self.short_conv.step(u[:, low:high], state["short_conv"])
+        if self.short_conv_streams == "gates":
+            mixed = torch.cat([u[:, :low], mixed, u[:, high:]], dim=-1)
+        streams = mixed.split(self.d_model, dim=-1)
         return streams[-1], list(reversed(streams[1:-1])), streams[0], {**state, "short_conv": history}
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         position = self._position(state)
         v, pre_gates, post_gate, state = self._token_streams(x_t, state)
-        if self._recurrent:
-            w = v if pre_gates[0] is None else pre_gates[0] * v
+        if self._recurrent and self.n_convs == 1:
+            w = self._gate_in(pre_gates[0], v)
             work = compute_dtype(w.dtype)
             conv, state = self.kernel.step(w.to(work), state)
             v = conv + self.skip.to(work) * w.to(work)
+        elif self._recurrent:
+            # Linear and time-invariant: conv_t = (the old state's readout) + k[0] u_t, so each
+            # convolution's output, and so the next one's input, comes before the state moves.
+            work = compute_dtype(v.dtype)
+            rows_in = v.shape[0] * self.head_dim ** 2
+            readout, _ = self.kernel.step(v.new_zeros(rows_in, self.kernel.channels, dtype=work), state)
+            tap0 = self._kernels(1, work)[0, :, 0]  # k[0] + D
+            inputs = []
+            for i, pre in enumerate(pre_gates):
+                rows = slice(i * self.conv_width, (i + 1) * self.conv_width)
+                inputs.append(self._gate_in(pre, v).to(work))
+                v = readout[:, rows] + tap0[rows] * inputs[-1]
+            _, state = self.kernel.step(torch.cat(inputs, dim=-1), state)
         else:
             if position >= state["max_length"]:
                 raise ValueError(f"x_t: expected at most max_length={state['max_length']} tokens per sequence, "
@@ -201,39 +280,49 @@ class LongConv(Mixer):
             taps = state["taps"][:, state["max_length"] - 1 - position:]  # k[t], ..., k[0] (skip on k[0])
             histories = []
             for i, pre in enumerate(pre_gates):
-                rows = slice(i * self.d_model, (i + 1) * self.d_model)
-                w = v if pre is None else pre * v
+                rows = slice(i * self.conv_width, (i + 1) * self.conv_width)
+                w = self._gate_in(pre, v)
                 # A new tensor per step (not an in-place write) keeps earlier states and the
                 # autograd graph valid; the copy costs the same O(t d) as the sum below.
                 history = torch.cat([state["v"][:, rows], w.to(state["v"].dtype).unsqueeze(-1)], dim=-1)
                 v = torch.einsum("bds,ds->bd", history, taps[rows])
                 histories.append(history)
             state = {**state, "v": torch.cat(histories, dim=1)}
-        y = v if post_gate is None else post_gate * v.to(post_gate.dtype)
+        y = self._gate_out(post_gate, v)
         return self._output(y.unsqueeze(-1), x_t.dtype)[:, 0], {**state, "position": position + 1}
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Run a prompt ``x: (batch, length, d_model)`` in parallel; returns ``(y, state)``.
 
         The FFT convolution gives the outputs; a recurrent generator gives the final state
-        (and what a non-empty state adds); otherwise the gated inputs become the history.
-        A non-empty state that only a step can continue (a non-recurrent kernel, or the
-        short convolution's history) falls back to the base class's step loop.
+        and what a non-empty state adds (the short conv continues from its history);
+        otherwise the gated inputs become the history.  A non-empty state of a
+        non-recurrent kernel falls back to the base class's step loop.
         """
         state = self.start_prefill(x, state)
         fresh = self._position(state) == 0
-        if not fresh and (not self._recurrent or self.order is not None):
+        if not fresh and not self._recurrent:
             return super().prefill(x, state)
         length = x.shape[1]
         self.kernel.check_length(length, "x")
         if not self._recurrent and length > state["max_length"]:
             raise ValueError(f"x: expected a length of at most the state's max_length={state['max_length']}, "
                              f"got {length}")
-        u, v, pre_gates, post_gate = self._streams(x)
-        if self._recurrent:
-            w = v if pre_gates[0] is None else pre_gates[0] * v
-            readout, state = self.kernel.prefill(w.to(compute_dtype(w.dtype)), state, fresh)
+        history = None if fresh or self.order is None else state["short_conv"]
+        u, v, pre_gates, post_gate = self._streams(x, history)
+        work = compute_dtype(v.dtype)
+        if self._recurrent and self.n_convs == 1:
+            w = self._gate_in(pre_gates[0], v)
+            readout, state = self.kernel.prefill(w.to(work), state, fresh)
             y, _ = self._long_convs(v, pre_gates, post_gate, readout)
+        elif self._recurrent:
+            # Later convolutions' inputs need the earlier outputs, so the state's readout
+            # (independent of the input: the response to zeros) comes first.
+            rows = v.shape[0] * self.head_dim ** 2
+            zeros = v.new_zeros(rows, self.kernel.channels, length, dtype=work)
+            readout = None if fresh else self.kernel.prefill(zeros, state, fresh)[0]
+            y, inputs = self._long_convs(v, pre_gates, post_gate, readout, keep_inputs=True)
+            _, state = self.kernel.prefill(torch.cat(inputs, dim=1).to(work), state, fresh)
         else:
             y, inputs = self._long_convs(v, pre_gates, post_gate, keep_inputs=True)
             state = {**state, "v": torch.cat(inputs, dim=1).to(state["v"].dtype)}
@@ -245,19 +334,21 @@ class LongConv(Mixer):
     def flops_breakdown(self, length: int) -> dict[str, int]:
         """Forward FLOPs for one sequence of ``length`` tokens (keys as in :class:`Mixer`):
         the generator's parts, the FFT convolutions, projections, gates and the skip."""
-        n, d = check_positive_int("length", length), self.d_model
+        n, d, p = check_positive_int("length", length), self.d_model, self.head_dim
         kernel = self.kernel.flops(n)
-        conv_fft = fft_conv_flops(n, d) if self.causal else fft_conv_flops(2 * n, d, causal=False)
+        rows = d * p  # channels of each long convolution: d, or (d / p heads) * (p * p products)
+        conv_fft = fft_conv_flops(n, rows) if self.causal else fft_conv_flops(2 * n, rows, causal=False)
         fft = kernel["fft"] + self.n_convs * conv_fft
-        matmul, other = kernel["matmul"], kernel["other"] + 2 * n * d * self.n_convs  # skip D v
+        matmul, other = kernel["matmul"], kernel["other"] + 2 * n * rows * self.n_convs  # skip D v
         if self.order is None:
             output = self.output.flops(n)
             return {"matmul": matmul + output["matmul"], "conv": 0, "fft": fft,
                     "other": other + output["other"] + 2 * n * d}  # + projection bias
         streams = self.order + 1
         matmul += 2 * n * (streams * d * d + d * d)  # in_proj, out_proj
-        other += n * (streams * d + d) + n * streams * d  # projection and short-conv biases
-        other += n * d * self.order  # the pre-gates and the post-gate
+        other += n * (streams * d + d) + n * self.short_conv.channels  # projection and short-conv biases
+        # The pre-gates and the post-gate; with heads, the outer product and the multiply-and-sum.
+        other += n * d * self.order if p == 1 else n * rows + 2 * n * rows
         return {"matmul": matmul, "conv": self.short_conv.flops(n), "fft": fft, "other": other}
 
     def state_size(self, length: int) -> int:
@@ -265,10 +356,12 @@ class LongConv(Mixer):
         and either the generator's fixed state or ``length`` values per convolution channel
         (cached kernel taps and matrices are parameters, not counted)."""
         check_nonnegative_int("length", length)
-        short = 0 if self.order is None else (self.order + 1) * self.d_model * (self.short_kernel - 1)
+        short = 0 if self.order is None else self.short_conv.channels * (self.short_kernel - 1)
         conv = self.kernel.state_size() if self._recurrent else length * self.kernel.channels
-        return short + conv
+        return short + conv * self.head_dim ** 2
 
     def extra_repr(self) -> str:
-        layout = "ssm" if self.order is None else f"hyena order={self.order}, short_kernel={self.short_kernel}"
+        layout = "ssm" if self.order is None else (
+            f"hyena order={self.order}, short_kernel={self.short_kernel}, "
+            f"short_conv_streams={self.short_conv_streams!r}, head_dim={self.head_dim}")
         return f"{super().extra_repr()}, {layout}, max_length={self.max_length}"

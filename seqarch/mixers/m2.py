@@ -1,7 +1,7 @@
 """Monarch Mixer sequence mixer (Fu et al., "Monarch Mixer", NeurIPS 2023, arXiv 2310.12109).
 
-The M2 sequence mixer is a Hyena (Poli et al., ICML 2023) operator of order 2, a
-configuration of :class:`~seqarch.mixers.long_conv.LongConv`: input projection to
+The M2 sequence mixer is a Hyena (Poli et al., ICML 2023) operator of order 2, the
+order-2 case of :class:`~seqarch.mixers.hyena.Hyena` with M2's settings: input projection to
 three streams, a short causal depthwise convolution, a gate, a long convolution with
 an implicit filter (:class:`~seqarch.modules.implicit_filter.ImplicitKernel`) computed
 by FFT, a second gate and an output projection.  ``causal=True`` is M2-GPT (FFT padded
@@ -19,14 +19,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..checks import check_positive_int
-from ..modules.implicit_filter import ImplicitKernel, check_decay, check_emb_dim
 from .base import register_mixer
-from .long_conv import LongConv
+from .hyena import Hyena
 
 
 @register_mixer("m2")
-class M2(LongConv):
+class M2(Hyena):
     """Monarch Mixer / Hyena order-2 sequence mixer: ``(batch, length, d_model)`` -> same.
 
     ``x1, x2, v`` from ``in_proj(x)`` and a short causal depthwise conv;
@@ -38,7 +36,7 @@ class M2(LongConv):
         max_length: longest sequence; the filter's positions are normalised by it.
         short_kernel: taps of the short depthwise conv (M2/Hyena: 3).
         filter_order: hidden width of the filter MLP (Hyena: 64).
-        filter_emb_dim: positional features (odd, >= 3; M2: 5).
+        filter_emb_dim: positional features (odd, >= 3; M2: 5, Hyena: 3).
         filter_decay: ``(fast, slow)`` fractions of ``max_length`` over which the
             fastest / slowest channel's window decays to 1e-2 (Hyena: 0.3, 1.5).
         dropout: on the gated output before ``out_proj``.
@@ -48,21 +46,12 @@ class M2(LongConv):
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "m2": {"description": "Monarch Mixer (Fu et al. 2023): the M2 sequence mixer and the block-diagonal "
                               "Monarch MLP", "channel_mixer": "monarch", "monarch_blocks": 4},
-        "hyena": {"description": "the Hyena order-2 operator (the M2 sequence mixer) with a SwiGLU channel mixer",
-                  "channel_mixer": "glu"},
     }
-
-    kernel_class = ImplicitKernel
 
     def __init__(self, d_model: int, *, causal: bool = True, max_length: int = 2048, short_kernel: int = 3,
                  filter_order: int = 64, filter_emb_dim: int = 5, filter_decay: tuple[float, float] = (0.3, 1.5),
                  dropout: float = 0.0, lr: float = 1e-3, device: Any = None, dtype: torch.dtype | None = None,
                  layer_idx: int | None = None) -> None:
-        # The filter's own checks would name its arguments (order, ...): name this layer's.
-        check_positive_int("filter_order", filter_order)
-        check_emb_dim("filter_emb_dim", filter_emb_dim)
-        check_decay("filter_decay", filter_decay)
-        kernel = {"max_length": max_length, "order": filter_order, "emb_dim": filter_emb_dim,
-                  "decay": filter_decay, "lr": lr}
-        super().__init__(d_model, kernel, causal=causal, order=2, short_kernel=short_kernel, dropout=dropout,
-                         device=device, dtype=dtype, layer_idx=layer_idx)
+        super().__init__(d_model, order=2, causal=causal, max_length=max_length, short_kernel=short_kernel,
+                         filter_order=filter_order, filter_emb_dim=filter_emb_dim, filter_decay=filter_decay,
+                         dropout=dropout, lr=lr, device=device, dtype=dtype, layer_idx=layer_idx)

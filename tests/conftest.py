@@ -25,6 +25,9 @@ SMALL_OPTIONS = {
     "s4d": {"d_state": 8},
     "s4": {"d_state": 8, "max_length": 256},
     "m2": {"max_length": 256},
+    "linear_attention": {"n_heads": 2},
+    "retnet": {"n_heads": 2},
+    "gla": {"n_heads": 2},
 }
 D_MODEL = 16
 

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import torch
 
+from .backend import device_guard, select, triton_available
 from .tensor_checks import check_dtype, check_like, dtype_names
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_TRITON_KEY_DIM = 128  # the whole key dimension sits in one tile (the state is BK x BV)
 DTYPES = (*TRITON_DTYPES, torch.float64)
 DEFAULT_CHUNK = 64
 
@@ -128,8 +130,16 @@ def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         ``(o: (batch, heads, length, d_v) in v's dtype, final_state: (batch, heads, d_k, d_v))``,
         the state in float32 (float64 for float64 inputs).  A zero length returns an empty ``o``
         and the initial state.
+
+    Backends (:mod:`seqarch.kernels.backend`): the Triton kernels (float32 accumulation; a fixed
+    chunk of 16 tokens, whatever ``chunk_size`` says) take float16, bfloat16 and float32 with
+    ``d_k <= 128`` (:func:`triton_limits`); float64 and wider keys run the twin
+    (:func:`chunked_linear_attention_reference`, which uses ``chunk_size``).  Gradients flow to
+    ``q, k, v, log_decay`` and ``initial_state`` on both.
     """
     _check_inputs(q, k, v, log_decay, initial_state, chunk_size)
+    if q.numel() and v.numel() and select("chunked_linear_attention", q, triton_limits(q, k, v, log_decay)) == "triton":
+        return ChunkedLinearAttentionFunction.apply(q, k, v, log_decay, initial_state)
     return chunked_linear_attention_reference(q, k, v, log_decay, initial_state, chunk_size)
 
 
@@ -137,6 +147,8 @@ def triton_limits(q, k, v, log_decay=None, initial_state=None, *, chunk_size=DEF
     """Why the Triton path cannot take this call, or None when it can."""
     if q.dtype not in TRITON_DTYPES:
         return f"q: expected dtype {dtype_names(TRITON_DTYPES)} for the Triton path, got {q.dtype}"
+    if q.shape[-1] > MAX_TRITON_KEY_DIM:
+        return f"q: expected d_k <= {MAX_TRITON_KEY_DIM} for the Triton path, got {q.shape[-1]}"
     return None
 
 
@@ -165,3 +177,310 @@ def _check_inputs(q, k, v, log_decay, initial_state, chunk_size) -> None:
         raise ValueError(f"chunk_size: expected a power of two >= 16, got {chunk_size!r}")
     check_like("q", q, {"k": k, "v": v, "log_decay": log_decay})
     check_like("q", q, {"initial_state": initial_state}, dtype=False)
+
+
+# -- the Triton path ----------------------------------------------------------------------------
+TRITON_CHUNK = 16
+
+
+def _decay_kind(log_decay: torch.Tensor | None) -> int:
+    """0: no decay, 1: one per head, 2: one per key channel (a constexpr of the kernels)."""
+    return 0 if log_decay is None else (1 if log_decay.dim() == 3 else 2)
+
+
+def _decay_strides(log_decay: torch.Tensor | None) -> tuple[int, int, int, int]:
+    if log_decay is None:
+        return (0, 0, 0, 0)
+    return (*log_decay.stride()[:3], log_decay.stride(3) if log_decay.dim() == 4 else 0)
+
+
+def _tiles(q: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int]:
+    """``(BK, BV, number of value blocks)``: all keys in one tile, values split in blocks of at most 64."""
+    block_k = max(16, triton.next_power_of_2(q.shape[-1]))
+    block_v = max(16, min(64, triton.next_power_of_2(v.shape[-1])))
+    return block_k, block_v, triton.cdiv(v.shape[-1], block_v)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # GPU fp32 dots default to tf32; ask for exact fp32 so fp32 results match the twin.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _forward(q, k, v, log_decay, initial_state):
+    batch, heads, length, d_k = q.shape
+    d_v = v.shape[-1]
+    block_k, block_v, n_v = _tiles(q, v)
+    out = torch.empty(v.shape, device=v.device, dtype=v.dtype)
+    final = torch.empty(batch, heads, d_k, d_v, device=v.device, dtype=torch.float32)
+    s0 = final if initial_state is None else initial_state
+    _forward_kernel[(n_v, batch * heads)](
+        q, k, v, q if log_decay is None else log_decay, s0, out, final,
+        *q.stride(), *k.stride(), *v.stride(), *_decay_strides(log_decay), *s0.stride(), *out.stride(),
+        heads, length, d_k, d_v,
+        DECAY=_decay_kind(log_decay), HAS_INITIAL=initial_state is not None, CHUNK=TRITON_CHUNK,
+        BK=block_k, BV=block_v, PRECISION=_precision(q.dtype), num_warps=4,
+    )
+    return out, final
+
+
+def _backward(q, k, v, log_decay, initial_state, grad_out, grad_final):
+    """Returns ``(dq, dk, dv, d_initial)`` (the first two in float32, summed over value blocks)."""
+    batch, heads, length, d_k = q.shape
+    d_v = v.shape[-1]
+    block_k, block_v, n_v = _tiles(q, v)
+    dq_part = torch.empty(n_v, batch, heads, length, d_k, device=q.device, dtype=torch.float32)
+    dk_part = torch.empty_like(dq_part)
+    dv = torch.empty(v.shape, device=v.device, dtype=v.dtype)
+    d_initial = torch.empty(batch, heads, d_k, d_v, device=v.device, dtype=torch.float32)
+    s0 = d_initial if initial_state is None else initial_state
+    g = q if log_decay is None else log_decay
+    dsf = d_initial if grad_final is None else grad_final
+    common = {"DECAY": _decay_kind(log_decay), "CHUNK": TRITON_CHUNK, "BK": block_k, "BV": block_v,
+              "PRECISION": _precision(q.dtype), "num_warps": 4}
+    _dq_kernel[(n_v, batch * heads)](
+        q, k, v, g, s0, grad_out, dq_part,
+        *q.stride(), *k.stride(), *v.stride(), *_decay_strides(log_decay), *s0.stride(), *grad_out.stride(),
+        heads, length, d_k, d_v, HAS_INITIAL=initial_state is not None, **common,
+    )
+    _dkdv_kernel[(n_v, batch * heads)](
+        q, k, v, g, dsf, grad_out, dk_part, dv, d_initial,
+        *q.stride(), *k.stride(), *v.stride(), *_decay_strides(log_decay), *dsf.stride(), *grad_out.stride(),
+        *dv.stride(), heads, length, d_k, d_v, HAS_FINAL_GRAD=grad_final is not None, **common,
+    )
+    return dq_part.sum(0), dk_part.sum(0), dv, d_initial
+
+
+def _decay_gradient(q, k, dq, dk, log_decay, final, grad_final):
+    """The log-decay's gradient from the others': with ``B_t`` the running sum of ``g``, the op reads
+    ``q_t exp(B_t)``, ``k_s exp(-B_s)`` and (in the final state) ``exp(B_L)``, so
+    ``dL/dB_t = q_t dq_t - k_t dk_t`` (plus the final state's term at ``t = L - 1``) and ``dg_t`` is its
+    sum over ``t' >= t``."""
+    dg = (q.float() * dq - k.float() * dk).flip(2).cumsum(2).flip(2)
+    if grad_final is not None:  # the term at t = L - 1 reaches every g_t
+        dg = dg + (grad_final.float() * final).sum(-1).unsqueeze(2)
+    return (dg.sum(-1) if log_decay.dim() == 3 else dg).to(log_decay.dtype)
+
+
+class ChunkedLinearAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper of the Triton kernels: ``apply(q, k, v, log_decay, initial_state) -> (o, final_state)``,
+    inputs checked by :func:`chunked_linear_attention`."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, log_decay, initial_state):
+        with device_guard(q):
+            out, final = _forward(q, k, v, log_decay, initial_state)
+        ctx.save_for_backward(q, k, v, log_decay, initial_state, final)
+        return out, final
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_final):
+        q, k, v, log_decay, initial_state, final = ctx.saved_tensors
+        with device_guard(q):
+            dq, dk, dv, d_initial = _backward(q, k, v, log_decay, initial_state, grad_out, grad_final)
+        dg = None if log_decay is None else _decay_gradient(q, k, dq, dk, log_decay, final, grad_final)
+        d_initial = None if initial_state is None else d_initial.to(initial_state.dtype)
+        return dq.to(q.dtype), dk.to(k.dtype), dv, dg, d_initial
+
+
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _chunk_decay(g_ptr, t, t_ok, rk, k_ok, stride_gl, stride_gd, DECAY: tl.constexpr, CHUNK: tl.constexpr):
+        """In-chunk running sums of the log-decay and their last value: per head ``(C,)`` and ``()``
+        (DECAY 1) or per key channel ``(C, BK)`` and ``(BK,)`` (DECAY 2)."""
+        rc = tl.arange(0, CHUNK)
+        if DECAY == 1:
+            cum = tl.cumsum(tl.load(g_ptr + t * stride_gl, mask=t_ok, other=0.0).to(tl.float32), axis=0)
+            last = tl.sum(tl.where(rc == CHUNK - 1, cum, 0.0), axis=0)
+        else:
+            g = tl.load(g_ptr + t[:, None] * stride_gl + rk[None, :] * stride_gd,
+                        mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+            cum = tl.cumsum(g, axis=0)
+            last = tl.sum(tl.where((rc == CHUNK - 1)[:, None], cum, 0.0), axis=0)
+        return cum, last
+
+    @triton.jit
+    def _forward_kernel(
+        q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, o_ptr, sf_ptr,
+        stride_qb, stride_qh, stride_ql, stride_qd, stride_kb, stride_kh, stride_kl, stride_kd,
+        stride_vb, stride_vh, stride_vl, stride_vd, stride_gb, stride_gh, stride_gl, stride_gd,
+        stride_sb, stride_sh, stride_sk, stride_sv, stride_ob, stride_oh, stride_ol, stride_od,
+        heads, length, d_k, d_v,
+        DECAY: tl.constexpr, HAS_INITIAL: tl.constexpr, CHUNK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        pid_v, pid_bh = tl.program_id(0), tl.program_id(1)
+        b, h = (pid_bh // heads).to(tl.int64), (pid_bh % heads).to(tl.int64)
+        rk, rv, rc = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV), tl.arange(0, CHUNK)
+        k_ok, v_ok = rk < d_k, rv < d_v
+        causal = rc[:, None] >= rc[None, :]
+        q_base, k_base = q_ptr + b * stride_qb + h * stride_qh, k_ptr + b * stride_kb + h * stride_kh
+        v_base, o_base = v_ptr + b * stride_vb + h * stride_vh, o_ptr + b * stride_ob + h * stride_oh
+        g_base = g_ptr + b * stride_gb + h * stride_gh
+        state_ok = k_ok[:, None] & v_ok[None, :]
+        state = tl.zeros((BK, BV), dtype=tl.float32)
+        if HAS_INITIAL:
+            state = tl.load(s0_ptr + b * stride_sb + h * stride_sh + rk[:, None] * stride_sk + rv[None, :] * stride_sv,
+                            mask=state_ok, other=0.0).to(tl.float32)
+        for start in range(0, length, CHUNK):
+            t = start + rc
+            t_ok = t < length
+            qk_ok = t_ok[:, None] & k_ok[None, :]
+            q = tl.load(q_base + t[:, None] * stride_ql + rk[None, :] * stride_qd, mask=qk_ok, other=0.0).to(tl.float32)
+            k = tl.load(k_base + t[:, None] * stride_kl + rk[None, :] * stride_kd, mask=qk_ok, other=0.0).to(tl.float32)
+            v = tl.load(v_base + t[:, None] * stride_vl + rv[None, :] * stride_vd,
+                        mask=t_ok[:, None] & v_ok[None, :], other=0.0).to(tl.float32)
+            if DECAY == 0:
+                scores = tl.where(causal, tl.dot(q, tl.trans(k), input_precision=PRECISION), 0.0)
+                out = tl.dot(q, state, input_precision=PRECISION)
+                state += tl.dot(tl.trans(k), v, input_precision=PRECISION)
+            elif DECAY == 1:
+                cum, last = _chunk_decay(g_base, t, t_ok, rk, k_ok, stride_gl, stride_gd, DECAY, CHUNK)
+                gap = tl.where(causal, cum[:, None] - cum[None, :], float("-inf"))
+                scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * tl.exp(gap)
+                out = tl.dot(q * tl.exp(cum)[:, None], state, input_precision=PRECISION)
+                k_end = k * tl.exp(last - cum)[:, None]
+                state = state * tl.exp(last) + tl.dot(tl.trans(k_end), v, input_precision=PRECISION)
+            else:
+                cum, last = _chunk_decay(g_base, t, t_ok, rk, k_ok, stride_gl, stride_gd, DECAY, CHUNK)
+                gap = tl.where(causal[:, :, None], cum[:, None, :] - cum[None, :, :], float("-inf"))
+                scores = tl.sum(q[:, None, :] * k[None, :, :] * tl.exp(gap), axis=2)
+                out = tl.dot(q * tl.exp(cum), state, input_precision=PRECISION)
+                k_end = k * tl.exp(last[None, :] - cum)
+                state = state * tl.exp(last)[:, None] + tl.dot(tl.trans(k_end), v, input_precision=PRECISION)
+            out += tl.dot(scores, v, input_precision=PRECISION)
+            tl.store(o_base + t[:, None] * stride_ol + rv[None, :] * stride_od, out.to(o_ptr.dtype.element_ty),
+                     mask=t_ok[:, None] & v_ok[None, :])
+        sf = sf_ptr + pid_bh.to(tl.int64) * d_k * d_v + rk[:, None] * d_v + rv[None, :]
+        tl.store(sf, state, mask=state_ok)
+
+    @triton.jit
+    def _dq_kernel(
+        q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, do_ptr, dq_ptr,
+        stride_qb, stride_qh, stride_ql, stride_qd, stride_kb, stride_kh, stride_kl, stride_kd,
+        stride_vb, stride_vh, stride_vl, stride_vd, stride_gb, stride_gh, stride_gl, stride_gd,
+        stride_sb, stride_sh, stride_sk, stride_sv, stride_ob, stride_oh, stride_ol, stride_od,
+        heads, length, d_k, d_v,
+        DECAY: tl.constexpr, HAS_INITIAL: tl.constexpr, CHUNK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        """``dq`` (this value block's part), forward in time, recomputing the state."""
+        pid_v, pid_bh = tl.program_id(0), tl.program_id(1)
+        b, h = (pid_bh // heads).to(tl.int64), (pid_bh % heads).to(tl.int64)
+        rk, rv, rc = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV), tl.arange(0, CHUNK)
+        k_ok, v_ok = rk < d_k, rv < d_v
+        causal = rc[:, None] >= rc[None, :]
+        k_base = k_ptr + b * stride_kb + h * stride_kh
+        v_base, do_base = v_ptr + b * stride_vb + h * stride_vh, do_ptr + b * stride_ob + h * stride_oh
+        g_base = g_ptr + b * stride_gb + h * stride_gh
+        dq_base = dq_ptr + (pid_v.to(tl.int64) * tl.num_programs(1) + pid_bh) * length * d_k
+        state = tl.zeros((BK, BV), dtype=tl.float32)
+        if HAS_INITIAL:
+            state = tl.load(s0_ptr + b * stride_sb + h * stride_sh + rk[:, None] * stride_sk + rv[None, :] * stride_sv,
+                            mask=k_ok[:, None] & v_ok[None, :], other=0.0).to(tl.float32)
+        for start in range(0, length, CHUNK):
+            t = start + rc
+            t_ok = t < length
+            qk_ok = t_ok[:, None] & k_ok[None, :]
+            tv_ok = t_ok[:, None] & v_ok[None, :]
+            k = tl.load(k_base + t[:, None] * stride_kl + rk[None, :] * stride_kd, mask=qk_ok, other=0.0).to(tl.float32)
+            v = tl.load(v_base + t[:, None] * stride_vl + rv[None, :] * stride_vd, mask=tv_ok, other=0.0).to(tl.float32)
+            do = tl.load(do_base + t[:, None] * stride_ol + rv[None, :] * stride_od, mask=tv_ok,
+                         other=0.0).to(tl.float32)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)  # (C, C): do_t . v_s
+            inter = tl.dot(do, tl.trans(state), input_precision=PRECISION)  # (C, BK)
+            if DECAY == 0:
+                dq = inter + tl.dot(tl.where(causal, dp, 0.0), k, input_precision=PRECISION)
+                state += tl.dot(tl.trans(k), v, input_precision=PRECISION)
+            elif DECAY == 1:
+                cum, last = _chunk_decay(g_base, t, t_ok, rk, k_ok, stride_gl, stride_gd, DECAY, CHUNK)
+                gap = tl.where(causal, cum[:, None] - cum[None, :], float("-inf"))
+                dq = inter * tl.exp(cum)[:, None] + tl.dot(dp * tl.exp(gap), k, input_precision=PRECISION)
+                k_end = k * tl.exp(last - cum)[:, None]
+                state = state * tl.exp(last) + tl.dot(tl.trans(k_end), v, input_precision=PRECISION)
+            else:
+                cum, last = _chunk_decay(g_base, t, t_ok, rk, k_ok, stride_gl, stride_gd, DECAY, CHUNK)
+                gap = tl.where(causal[:, :, None], cum[:, None, :] - cum[None, :, :], float("-inf"))
+                dq = inter * tl.exp(cum) + tl.sum(dp[:, :, None] * k[None, :, :] * tl.exp(gap), axis=1)
+                k_end = k * tl.exp(last[None, :] - cum)
+                state = state * tl.exp(last)[:, None] + tl.dot(tl.trans(k_end), v, input_precision=PRECISION)
+            tl.store(dq_base + t[:, None] * d_k + rk[None, :], dq, mask=qk_ok)
+
+    @triton.jit
+    def _dkdv_kernel(
+        q_ptr, k_ptr, v_ptr, g_ptr, dsf_ptr, do_ptr, dk_ptr, dv_ptr, ds0_ptr,
+        stride_qb, stride_qh, stride_ql, stride_qd, stride_kb, stride_kh, stride_kl, stride_kd,
+        stride_vb, stride_vh, stride_vl, stride_vd, stride_gb, stride_gh, stride_gl, stride_gd,
+        stride_sb, stride_sh, stride_sk, stride_sv, stride_ob, stride_oh, stride_ol, stride_od,
+        stride_dvb, stride_dvh, stride_dvl, stride_dvd,
+        heads, length, d_k, d_v,
+        DECAY: tl.constexpr, HAS_FINAL_GRAD: tl.constexpr, CHUNK: tl.constexpr, BK: tl.constexpr,
+        BV: tl.constexpr, PRECISION: tl.constexpr,
+    ):
+        """``dk`` (this value block's part), ``dv`` and the initial state's gradient, backward in time
+        with the state's gradient ``dH`` carried from the chunks after."""
+        pid_v, pid_bh = tl.program_id(0), tl.program_id(1)
+        b, h = (pid_bh // heads).to(tl.int64), (pid_bh % heads).to(tl.int64)
+        rk, rv, rc = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV), tl.arange(0, CHUNK)
+        k_ok, v_ok = rk < d_k, rv < d_v
+        state_ok = k_ok[:, None] & v_ok[None, :]
+        causal = rc[:, None] >= rc[None, :]
+        q_base, k_base = q_ptr + b * stride_qb + h * stride_qh, k_ptr + b * stride_kb + h * stride_kh
+        v_base, do_base = v_ptr + b * stride_vb + h * stride_vh, do_ptr + b * stride_ob + h * stride_oh
+        dv_base = dv_ptr + b * stride_dvb + h * stride_dvh
+        g_base = g_ptr + b * stride_gb + h * stride_gh
+        dk_base = dk_ptr + (pid_v.to(tl.int64) * tl.num_programs(1) + pid_bh) * length * d_k
+        d_state = tl.zeros((BK, BV), dtype=tl.float32)
+        if HAS_FINAL_GRAD:
+            d_state = tl.load(dsf_ptr + b * stride_sb + h * stride_sh + rk[:, None] * stride_sk
+                              + rv[None, :] * stride_sv, mask=state_ok, other=0.0).to(tl.float32)
+        n_chunks = tl.cdiv(length, CHUNK)
+        for i in range(n_chunks):
+            t = (n_chunks - 1 - i) * CHUNK + rc
+            t_ok = t < length
+            qk_ok = t_ok[:, None] & k_ok[None, :]
+            tv_ok = t_ok[:, None] & v_ok[None, :]
+            q = tl.load(q_base + t[:, None] * stride_ql + rk[None, :] * stride_qd, mask=qk_ok, other=0.0).to(tl.float32)
+            k = tl.load(k_base + t[:, None] * stride_kl + rk[None, :] * stride_kd, mask=qk_ok, other=0.0).to(tl.float32)
+            v = tl.load(v_base + t[:, None] * stride_vl + rv[None, :] * stride_vd, mask=tv_ok, other=0.0).to(tl.float32)
+            do = tl.load(do_base + t[:, None] * stride_ol + rv[None, :] * stride_od, mask=tv_ok,
+                         other=0.0).to(tl.float32)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)  # (C, C): do_t . v_s
+            if DECAY == 0:
+                scores = tl.where(causal, tl.dot(q, tl.trans(k), input_precision=PRECISION), 0.0)
+                k_end = k
+                dk = tl.dot(tl.trans(tl.where(causal, dp, 0.0)), q, input_precision=PRECISION)
+                dk += tl.dot(v, tl.trans(d_state), input_precision=PRECISION)
+                q_start = q
+            elif DECAY == 1:
+                cum, last = _chunk_decay(g_base, t, t_ok, rk, k_ok, stride_gl, stride_gd, DECAY, CHUNK)
+                decay = tl.exp(tl.where(causal, cum[:, None] - cum[None, :], float("-inf")))
+                scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * decay
+                to_end = tl.exp(last - cum)[:, None]
+                k_end = k * to_end
+                dk = tl.dot(tl.trans(dp * decay), q, input_precision=PRECISION)
+                dk += tl.dot(v, tl.trans(d_state), input_precision=PRECISION) * to_end
+                q_start = q * tl.exp(cum)[:, None]
+            else:
+                cum, last = _chunk_decay(g_base, t, t_ok, rk, k_ok, stride_gl, stride_gd, DECAY, CHUNK)
+                decay = tl.exp(tl.where(causal[:, :, None], cum[:, None, :] - cum[None, :, :], float("-inf")))
+                scores = tl.sum(q[:, None, :] * k[None, :, :] * decay, axis=2)
+                to_end = tl.exp(last[None, :] - cum)
+                k_end = k * to_end
+                dk = tl.sum(dp[:, :, None] * q[:, None, :] * decay, axis=0)
+                dk += tl.dot(v, tl.trans(d_state), input_precision=PRECISION) * to_end
+                q_start = q * tl.exp(cum)
+            dv = tl.dot(tl.trans(scores), do, input_precision=PRECISION)
+            dv += tl.dot(k_end, d_state, input_precision=PRECISION)
+            if DECAY == 1:
+                d_state = d_state * tl.exp(last)
+            elif DECAY == 2:
+                d_state = d_state * tl.exp(last)[:, None]
+            d_state += tl.dot(tl.trans(q_start), do, input_precision=PRECISION)
+            tl.store(dk_base + t[:, None] * d_k + rk[None, :], dk, mask=qk_ok)
+            tl.store(dv_base + t[:, None] * stride_dvl + rv[None, :] * stride_dvd, dv.to(dv_ptr.dtype.element_ty),
+                     mask=tv_ok)
+        ds0 = ds0_ptr + pid_bh.to(tl.int64) * d_k * d_v + rk[:, None] * d_v + rv[None, :]
+        tl.store(ds0, d_state, mask=state_ok)

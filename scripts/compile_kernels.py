@@ -42,12 +42,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from seqarch.kernels import attention as attention_mod
+from seqarch.kernels import chunked_linear_attention as chunked_linear_attention_mod
 from seqarch.kernels import fft_conv as fft_conv_mod
 from seqarch.kernels import monarch_matmul as monarch_mod
 from seqarch.kernels import short_conv as short_conv_mod
 from seqarch.kernels import ssm_kernel as ssm_mod
 
-KERNEL_MODULES = (attention_mod, fft_conv_mod, monarch_mod, short_conv_mod, ssm_mod)
+KERNEL_MODULES = (attention_mod, chunked_linear_attention_mod, fft_conv_mod, monarch_mod, short_conv_mod, ssm_mod)
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.float64: "*fp64",
                  torch.int32: "*i32", torch.int64: "*i64"}
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
@@ -138,7 +139,8 @@ def _run(function: type[torch.autograd.Function], *inputs) -> None:
     """``function.forward`` then ``function.backward`` with every tensor input wanting a gradient."""
     ctx = _Context(needs_input_grad=tuple(isinstance(x, torch.Tensor) for x in inputs))
     out = function.forward(ctx, *inputs)
-    function.backward(ctx, torch.empty_like(out))
+    outputs = out if isinstance(out, tuple) else (out,)  # e.g. (output, final state)
+    function.backward(ctx, *(torch.empty_like(o) for o in outputs))
 
 
 def exercise_kernels(quick: bool = False) -> list[Launch]:
@@ -153,6 +155,9 @@ def exercise_kernels(quick: bool = False) -> list[Launch]:
     fft_cases = [(1024, True, bf16), (8192, True, bf16)] + ([] if quick else [(2048, False, fp32)])
     short_conv_cases = [(4, bf16)] + ([] if quick else [(3, fp32)])
     ssm_length = 256 if quick else 4096
+    # (dtype, d_k, d_v, decay: None / "head" / "channel", initial state)
+    linear_attention_cases = [(bf16, 64, 64, "channel", True)] + ([] if quick else [
+        (bf16, 128, 256, None, False), (bf16, 64, 128, "head", True), (fp32, 32, 64, "channel", False)])
     with recording(launches), FakeTensorMode(), _CudaFreeOps():
         def empty(*shape, dtype=bf16):
             return torch.empty(*shape, device="cuda", dtype=dtype)
@@ -171,6 +176,11 @@ def exercise_kernels(quick: bool = False) -> list[Launch]:
         for kernel_size, dtype in short_conv_cases:
             _run(short_conv_mod.ShortConvFunction, empty(4, 256, 2048, dtype=dtype),
                  empty(256, kernel_size, dtype=dtype), empty(256, dtype=dtype))
+        for dtype, d_k, d_v, decay, has_state in linear_attention_cases:
+            q, k = (empty(2, 4, 1024, d_k, dtype=dtype) for _ in range(2))
+            g = {None: None, "head": empty(2, 4, 1024, dtype=dtype), "channel": empty(2, 4, 1024, d_k, dtype=dtype)}
+            _run(chunked_linear_attention_mod.ChunkedLinearAttentionFunction, q, k, empty(2, 4, 1024, d_v, dtype=dtype),
+                 g[decay], empty(2, 4, d_k, d_v, dtype=fp32) if has_state else None)
         _run(ssm_mod.VandermondeKernelFunction, empty(2, 256, 32, dtype=complex64), empty(256, 32, dtype=complex64),
              ssm_length)
         _run(ssm_mod.CauchyKernelFunction, empty(256, 4, 32, dtype=complex64), empty(ssm_length, dtype=complex64),

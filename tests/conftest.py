@@ -28,6 +28,8 @@ SMALL_OPTIONS = {
     "linear_attention": {"n_heads": 2},
     "retnet": {"n_heads": 2},
     "gla": {"n_heads": 2},
+    "deltanet": {"n_heads": 2},
+    "gated_deltanet": {"n_heads": 2},
 }
 D_MODEL = 16
 

@@ -43,12 +43,13 @@ from triton.compiler import ASTSource
 
 from seqarch.kernels import attention as attention_mod
 from seqarch.kernels import chunked_linear_attention as chunked_linear_attention_mod
+from seqarch.kernels import delta_rule as delta_rule_mod
 from seqarch.kernels import fft_conv as fft_conv_mod
 from seqarch.kernels import monarch_matmul as monarch_mod
 from seqarch.kernels import short_conv as short_conv_mod
 from seqarch.kernels import ssm_kernel as ssm_mod
 
-KERNEL_MODULES = (attention_mod, chunked_linear_attention_mod, fft_conv_mod, monarch_mod, short_conv_mod, ssm_mod)
+KERNEL_MODULES = (attention_mod, chunked_linear_attention_mod, delta_rule_mod, fft_conv_mod, monarch_mod, short_conv_mod, ssm_mod)
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.float64: "*fp64",
                  torch.int32: "*i32", torch.int64: "*i64"}
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
@@ -158,6 +159,9 @@ def exercise_kernels(quick: bool = False) -> list[Launch]:
     # (dtype, d_k, d_v, decay: None / "head" / "channel", initial state)
     linear_attention_cases = [(bf16, 64, 64, "channel", True)] + ([] if quick else [
         (bf16, 128, 256, None, False), (bf16, 64, 128, "head", True), (fp32, 32, 64, "channel", False)])
+    # (dtype, d_k, d_v, gated, initial state)
+    delta_rule_cases = [(bf16, 64, 128, True, True)] + ([] if quick else [(bf16, 128, 128, False, False),
+                                                                       (fp32, 64, 64, True, False)])
     with recording(launches), FakeTensorMode(), _CudaFreeOps():
         def empty(*shape, dtype=bf16):
             return torch.empty(*shape, device="cuda", dtype=dtype)
@@ -181,6 +185,11 @@ def exercise_kernels(quick: bool = False) -> list[Launch]:
             g = {None: None, "head": empty(2, 4, 1024, dtype=dtype), "channel": empty(2, 4, 1024, d_k, dtype=dtype)}
             _run(chunked_linear_attention_mod.ChunkedLinearAttentionFunction, q, k, empty(2, 4, 1024, d_v, dtype=dtype),
                  g[decay], empty(2, 4, d_k, d_v, dtype=fp32) if has_state else None)
+        for dtype, d_k, d_v, gated, has_state in delta_rule_cases:
+            q, k = (empty(2, 4, 1024, d_k, dtype=dtype) for _ in range(2))
+            _run(delta_rule_mod.DeltaRuleFunction, q, k, empty(2, 4, 1024, d_v, dtype=dtype),
+                 empty(2, 4, 1024, dtype=dtype), empty(2, 4, 1024, dtype=dtype) if gated else None,
+                 empty(2, 4, d_k, d_v, dtype=fp32) if has_state else None)
         _run(ssm_mod.VandermondeKernelFunction, empty(2, 256, 32, dtype=complex64), empty(256, 32, dtype=complex64),
              ssm_length)
         _run(ssm_mod.CauchyKernelFunction, empty(256, 4, 32, dtype=complex64), empty(ssm_length, dtype=complex64),

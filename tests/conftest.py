@@ -30,6 +30,9 @@ SMALL_OPTIONS = {
     "gla": {"n_heads": 2},
     "deltanet": {"n_heads": 2},
     "gated_deltanet": {"n_heads": 2},
+    "based": {"n_heads": 2, "key_dim": 4},
+    "sliding_window_attention": {"n_heads": 2, "window": 8},
+    "base_conv": {},
 }
 D_MODEL = 16
 

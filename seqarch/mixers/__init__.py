@@ -4,6 +4,6 @@ from .base import MIXERS, Mixer, build_mixer, register_mixer
 
 # Importing a family module registers its mixers.
 from . import attention, m2, s4, s4d  # noqa: F401  isort: skip
-from . import deltanet, gla, linear_attention, retnet  # noqa: F401  isort: skip
+from . import based, deltanet, gla, linear_attention, retnet, sliding_window_attention  # noqa: F401  isort: skip
 
 __all__ = ["MIXERS", "Mixer", "build_mixer", "register_mixer"]

@@ -19,7 +19,11 @@ The ops:
 - ``ssm_kernel.vandermonde_kernel``, ``ssm_kernel.cauchy_kernel`` - the S4D and S4 SSM kernels
   without the ``(channels, state, length)`` tensor (one module: they share the complex
   arithmetic helpers; their limits are ``vandermonde_triton_limits``, ``cauchy_triton_limits``);
-- ``short_conv.short_conv`` - causal depthwise convolution with 1 to 8 taps.
+- ``short_conv.short_conv`` - causal depthwise convolution with 1 to 8 taps;
+- ``chunked_linear_attention.chunked_linear_attention`` - causal linear attention in chunks, with an optional
+  per-head (RetNet) or per-key-channel (GLA) decay, initial and final states;
+- ``delta_rule.delta_rule`` - the chunked (gated) delta rule of DeltaNet and Gated DeltaNet, WY form, initial
+  and final states.
 
 Why a module per op and not a folder per op (``ops/<op>/{chunk, fused_recurrent, naive}.py``
 as flash-linear-attention keeps them): each op here has one Triton algorithm, and its

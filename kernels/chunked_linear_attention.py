@@ -80,12 +80,17 @@ def _initial(initial_state, batch, heads, d_k, d_v, like) -> torch.Tensor:
 
 def chunked_linear_attention_reference(q, k, v, log_decay=None, initial_state=None, chunk_size=DEFAULT_CHUNK):
     """The PyTorch twin of :func:`chunked_linear_attention` (the CPU path): the chunked form in the
-    state dtype (float32, float64 for float64 inputs), one loop step per chunk."""
+    state dtype (float32, float64 for float64 inputs), one loop step per chunk (chunks of at most 16
+    tokens with a per-channel decay)."""
     batch, heads, length, d_k = q.shape
     d_v = v.shape[-1]
     work = state_dtype(v.dtype)
     state = _initial(initial_state, batch, heads, d_k, d_v, v)
     g = _per_channel(log_decay, d_k)
+    if log_decay is not None and log_decay.dim() == 4:
+        # The per-channel decay sits between q and k, so the in-chunk product is (C, C, d_k): C = 16 keeps it
+        # 16 times the inputs (the Triton kernels use 16 too), where 64 would cost 4 times the memory and time.
+        chunk_size = min(chunk_size, 16)
     causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
     outputs = []
     for start in range(0, length, chunk_size):

@@ -21,6 +21,7 @@ Shapes: ``q, k: (batch, heads, length, d_k)``, ``v: (batch, heads, length, d_v)`
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .backend import device_guard, select, triton_available
 from .tensor_checks import check_dtype, check_like, dtype_names
@@ -78,44 +79,89 @@ def _initial(initial_state, batch, heads, d_k, d_v, like) -> torch.Tensor:
     return initial_state.to(work)
 
 
+SUB_CHUNK = 16  # the per-channel decay's in-chunk blocks (see _within_chunks)
+
+
+def effective_chunk(length: int, chunk_size: int) -> int:
+    """The chunk the twin uses for ``length`` tokens: ``chunk_size``, or the power of two (at least 16)
+    that holds a shorter sequence, so a short one is padded by less than a chunk."""
+    return min(chunk_size, max(16, 1 << max(0, length - 1).bit_length()))
+
+
+def twin_matmul_flops(length: int, heads: int, d_k: int, d_v: int, chunk_size: int, per_channel: bool) -> int:
+    """Matrix-product FLOPs of the twin for one sequence (padded to whole chunks), as FlopCounterMode counts
+    them: in-chunk scores and their values (``2 C (d_k + d_v)`` a token; ``(C + 16) (d_k + d_v)`` with the
+    per-channel decay's blocks of 16), the state read and the state update (``4 d_k d_v``)."""
+    chunk = effective_chunk(length, chunk_size)
+    tokens = -(-length // chunk) * chunk
+    pairs = (chunk + min(SUB_CHUNK, chunk)) if per_channel else 2 * chunk
+    return tokens * heads * (pairs * (d_k + d_v) + 4 * d_k * d_v)
+
+
+def _within_chunks(q, k, v, cum, per_head: bool) -> torch.Tensor:
+    """The in-chunk part of the output for every chunk at once: ``q, k, v: (batch, heads, chunks, C, d)``,
+    ``cum`` the in-chunk running sums of the log-decay ``(..., C, d_k)`` or None.
+
+    A per-channel decay sits between q and k, so a pair of positions costs ``d_k`` exponentials: the
+    diagonal blocks of 16 take that ``(16, 16, d_k)`` product, and each block's queries meet the
+    earlier keys of their chunk through one matrix product, scaled about the position ``r`` just
+    before the block (``exp(b_t - b_r)`` and ``exp(b_r - b_s)`` are both ``<= 1``, as ``b`` never
+    increases)."""
+    size = q.shape[-2]
+    causal = torch.ones(size, size, dtype=torch.bool, device=q.device).tril()
+    if cum is None:
+        return (q @ k.transpose(-1, -2)).masked_fill(~causal, 0) @ v
+    if per_head:
+        b = cum[..., 0]
+        gap = (b.unsqueeze(-1) - b.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
+        return ((q @ k.transpose(-1, -2)) * gap.exp()) @ v
+    block = min(SUB_CHUNK, size)
+    diagonal = causal[:block, :block, None]
+    outputs = []
+    for start in range(0, size, block):
+        rows = slice(start, start + block)
+        q_i, k_i, b_i = q[..., rows, :], k[..., rows, :], cum[..., rows, :]
+        gap = (b_i.unsqueeze(-2) - b_i.unsqueeze(-3)).masked_fill(~diagonal, float("-inf"))
+        out = torch.einsum("...td,...sd,...tsd->...ts", q_i, k_i, gap.exp()) @ v[..., rows, :]
+        if start:
+            ref = cum[..., start - 1: start, :]
+            scaled_k = k[..., :start, :] * (ref - cum[..., :start, :]).exp()
+            out = out + ((q_i * (b_i - ref).exp()) @ scaled_k.transpose(-1, -2)) @ v[..., :start, :]
+        outputs.append(out)
+    return torch.cat(outputs, -2)
+
+
 def chunked_linear_attention_reference(q, k, v, log_decay=None, initial_state=None, chunk_size=DEFAULT_CHUNK):
     """The PyTorch twin of :func:`chunked_linear_attention` (the CPU path): the chunked form in the
-    state dtype (float32, float64 for float64 inputs), one loop step per chunk (chunks of at most 16
-    tokens with a per-channel decay)."""
+    state dtype (float32, float64 for float64 inputs), the in-chunk products of all chunks at once,
+    then one loop step per chunk for the state."""
     batch, heads, length, d_k = q.shape
     d_v = v.shape[-1]
     work = state_dtype(v.dtype)
     state = _initial(initial_state, batch, heads, d_k, d_v, v)
-    g = _per_channel(log_decay, d_k)
-    if log_decay is not None and log_decay.dim() == 4:
-        # The per-channel decay sits between q and k, so the in-chunk product is (C, C, d_k): C = 16 keeps it
-        # 16 times the inputs (the Triton kernels use 16 too), where 64 would cost 4 times the memory and time.
-        chunk_size = min(chunk_size, 16)
-    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
-    outputs = []
-    for start in range(0, length, chunk_size):
-        end = min(start + chunk_size, length)
-        qc, kc, vc = (t[:, :, start:end].to(work) for t in (q, k, v))
-        mask = causal[: end - start, : end - start]
-        if g is None:
-            scores = (qc @ kc.transpose(-1, -2)).masked_fill(~mask, 0)
-            inter = qc @ state
-            state = state + kc.transpose(-1, -2) @ vc
-        else:
-            b = g[:, :, start:end].to(work).cumsum(2)  # (batch, heads, C, d_k): decay from the chunk start
-            if log_decay.dim() == 3:  # one decay per head: a C x C decay matrix
-                b1 = b[..., 0]
-                gap = (b1.unsqueeze(-1) - b1.unsqueeze(-2)).masked_fill(~mask, float("-inf"))
-                scores = (qc @ kc.transpose(-1, -2)) * gap.exp()
-            else:  # per key channel: the decay sits between q and k, so a (C, C, d_k) product
-                gap = (b.unsqueeze(3) - b.unsqueeze(2)).masked_fill(~mask[..., None], float("-inf"))
-                scores = torch.einsum("bhtd,bhsd,bhtsd->bhts", qc, kc, gap.exp())
-            inter = (qc * b.exp()) @ state
-            last = b[:, :, -1:]  # (batch, heads, 1, d_k)
-            state = state * last.transpose(-1, -2).exp() + (kc * (last - b).exp()).transpose(-1, -2) @ vc
-        outputs.append(inter + scores @ vc)
-    out = torch.cat(outputs, 2) if outputs else v.new_zeros(batch, heads, 0, d_v, dtype=work)
-    return out.to(v.dtype), state
+    if length == 0 or batch * heads == 0:
+        return v.new_zeros(batch, heads, length, d_v), state
+    chunk_size = effective_chunk(length, chunk_size)
+    pad = -length % chunk_size
+    n_chunks = (length + pad) // chunk_size
+
+    def chunked(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t.to(work), (0, 0, 0, pad)).view(batch, heads, n_chunks, chunk_size, t.shape[-1])
+
+    qc, kc, vc = chunked(q), chunked(k), chunked(v)
+    cum = None if log_decay is None else chunked(_per_channel(log_decay, d_k)).cumsum(3)  # padding: g = 0
+    out = _within_chunks(qc, kc, vc, cum, per_head=log_decay is not None and log_decay.dim() == 3)
+    if cum is not None:
+        last = cum[..., -1:, :]  # (batch, heads, chunks, 1, d_k)
+        qc, kc = qc * cum.exp(), kc * (last - cum).exp()
+    inter = []
+    for i in range(n_chunks):
+        inter.append(qc[:, :, i] @ state)
+        if cum is not None:
+            state = state * last[:, :, i].transpose(-1, -2).exp()
+        state = state + kc[:, :, i].transpose(-1, -2) @ vc[:, :, i]
+    out = out + torch.stack(inter, 2)
+    return out.reshape(batch, heads, n_chunks * chunk_size, d_v)[:, :, :length].to(v.dtype), state
 
 
 def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor | None = None,

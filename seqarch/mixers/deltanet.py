@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_bool, check_divides, check_positive_int
+from ..kernels.chunked_linear_attention import effective_chunk
 from ..kernels.delta_rule import delta_rule, delta_rule_step
 from ..modules.short_conv import ShortConv
 from .base import register_mixer
@@ -113,13 +114,20 @@ class DeltaNet(MatrixStateMixer):
             y = F.silu(self.gate(x)) * y
         return self.out(y)
 
+    def _chunked_tokens(self, length: int) -> tuple[int, int]:
+        chunk = effective_chunk(length, self.chunk_size)
+        return chunk, -(-length // chunk) * chunk
+
     def mixing_flops(self, length: int) -> int:
-        """The WY form: the linear-attention products plus, per chunk, ``K K^T``, ``K S`` and the
-        triangular solve (``C^2 d_v`` per chunk and head)."""
-        chunk = min(self.chunk_size, length)
+        """The WY form's matrix products: the linear-attention ones plus ``K K^T`` and ``K S`` per chunk."""
+        chunk, tokens = self._chunked_tokens(length)
         d_k, d_v = self.state_key_dim, self.state_value_dim
-        extra = 2 * length * self.n_heads * (chunk * d_k + d_k * d_v + chunk * d_v // 2)
-        return super().mixing_flops(length) + extra
+        return super().mixing_flops(length) + 2 * tokens * self.n_heads * (chunk * d_k + d_k * d_v)
+
+    def solve_flops(self, length: int) -> int:
+        """The triangular solves, ``C^2 d_v`` per chunk and head (FlopCounterMode counts no solve: "other")."""
+        chunk, tokens = self._chunked_tokens(length)
+        return tokens * self.n_heads * chunk * self.state_value_dim
 
     def flops_breakdown(self, length: int) -> dict[str, int]:
         check_positive_int("length", length)
@@ -127,6 +135,7 @@ class DeltaNet(MatrixStateMixer):
         projections = sum(linear_flops(layer, length) for layer in layers)
         channels = self.conv.channels
         other = length * (4 * channels + 6 * self.d_model + 4 * self.value_width + 4 * self.n_heads)
+        other += self.solve_flops(length)
         if self.gate is not None:
             other += 5 * length * self.value_width
         return {"matmul": projections + self.mixing_flops(length), "conv": self.conv.flops(length), "fft": 0,

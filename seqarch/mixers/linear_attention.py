@@ -25,6 +25,7 @@ from ..kernels.chunked_linear_attention import (
     chunked_linear_attention,
     linear_attention_step,
     state_dtype,
+    twin_matmul_flops,
 )
 from ..modules.feature_maps import FEATURE_MAPS, feature_dim, feature_map, feature_map_flops
 from .base import Mixer, State, register_mixer
@@ -111,12 +112,13 @@ class MatrixStateMixer(Mixer):
         return y, {**state, **extra, "S": matrix, "length": state["length"] + 1}
 
     # -- accounting -------------------------------------------------------------------
+    per_channel_decay = False  # GLA's decay, whose in-chunk products are blocked (twin_matmul_flops)
+
     def mixing_flops(self, length: int) -> int:
-        """Matrix products of the chunked form, per sequence: in each chunk of ``C`` tokens the
-        ``C x C`` scores and their values (counted dense), the state read and the state update."""
-        chunk = min(self.chunk_size, length)
-        d_k, d_v = self.state_key_dim, self.state_value_dim
-        return 2 * length * self.n_heads * (chunk * (d_k + d_v) + 2 * d_k * d_v)
+        """Matrix products of the chunked form, per sequence: in each chunk the in-chunk scores and their
+        values (counted dense), the state read and the state update (the twin's count)."""
+        return twin_matmul_flops(length, self.n_heads, self.state_key_dim, self.state_value_dim, self.chunk_size,
+                                 self.per_channel_decay)
 
     def state_size(self, length: int) -> int:
         """The ``d_k x d_v`` matrix of every head (plus short-convolution histories): the same at every length."""

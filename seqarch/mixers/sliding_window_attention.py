@@ -107,12 +107,12 @@ class SlidingWindowAttention(Mixer):
         return self.out(merge_heads(y))[:, 0], {**state, "length": position + 1}
 
     def flops_breakdown(self, length: int) -> dict[str, int]:
-        """Projections and the two attention products over ``min(window, length)`` keys per query
-        (counted as the window, as a banded kernel computes them)."""
+        """Projections and the two attention products, counted dense ``4 L^2 d`` as the parallel form
+        computes them (SDPA with a banded mask; a banded kernel would compute ``4 L w d``)."""
         check_positive_int("length", length)
         keys = min(self.window, length)
         projections = 2 * length * self.d_model * 4 * self.d_model
-        scores = 4 * length * keys * self.d_model
+        scores = 4 * length * length * self.d_model
         rotary = 12 * length * self.d_model if self.rotary is not None else 0
         return {"matmul": projections + scores, "fft": 0, "other": rotary + 5 * self.n_heads * length * keys}
 

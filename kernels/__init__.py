@@ -23,6 +23,10 @@ The ops:
 - ``selective_scan.selective_scan`` - Mamba's selective scan without the ``(batch, channels, length,
   state)`` tensor, float32 state, initial state in and last state out.
 - ``ssd.ssd`` - Mamba-2's SSD scan (chunk states, state passing, chunk scan), initial and final states.
+- ``chunked_linear_attention.chunked_linear_attention`` - causal linear attention in chunks, with an optional
+  per-head (RetNet) or per-key-channel (GLA) decay, initial and final states;
+- ``delta_rule.delta_rule`` - the chunked (gated) delta rule of DeltaNet and Gated DeltaNet, WY form, initial
+  and final states.
 
 Why a module per op and not a folder per op (``ops/<op>/{chunk, fused_recurrent, naive}.py``
 as flash-linear-attention keeps them): each op here has one Triton algorithm, and its

@@ -44,6 +44,8 @@ ENV_VAR = "SEQARCH_KERNELS"
 # on first use, since the op modules import this one.
 OPS = {
     "attention": ("attention", "triton_limits"),
+    "chunked_linear_attention": ("chunked_linear_attention", "triton_limits"),
+    "delta_rule": ("delta_rule", "triton_limits"),
     "fft_conv": ("fft_conv", "triton_limits"),
     "monarch_matmul": ("monarch_matmul", "triton_limits"),
     "short_conv": ("short_conv", "triton_limits"),

@@ -40,6 +40,8 @@ import torch
 from seqarch.devices import device_peaks
 from seqarch.kernels import backend
 from seqarch.kernels.attention import attention, offtheshelf_attention
+from seqarch.kernels.chunked_linear_attention import chunked_linear_attention, chunked_linear_attention_reference
+from seqarch.kernels.delta_rule import delta_rule, delta_rule_reference
 from seqarch.kernels.fft_conv import fft_conv, offtheshelf_fft_conv
 from seqarch.kernels.monarch_matmul import monarch_matmul, offtheshelf_monarch_matmul
 from seqarch.kernels.selective_scan import offtheshelf_selective_scan, selective_scan
@@ -278,6 +280,51 @@ def ssd_as_attention(x, dt, A, B, C) -> torch.Tensor:
     # the kernel wants one head dim: zero padding changes neither the scores nor the first head_dim outputs
     q, k, v = (torch.nn.functional.pad(t, (0, width - t.shape[-1])) for t in (q, k, v))
     return attention(q, k, v, causal=True)[..., :head_dim].transpose(1, 2)
+def _linear_shape(size: str) -> tuple[int, int, int, int]:
+    return {"full": (8, 16, 4096, 64), "quick": (4, 16, 2048, 64), "cpu": (1, 4, 1024, 32),
+            "tiny": (1, 2, 64, 16)}[size]
+
+
+def chunked_linear_attention_cases(size: str) -> list[Case]:
+    batch, heads, length, head_dim = _linear_shape(size)
+
+    def make(device, dtype, decay):
+        q, k = (_randn(batch, heads, length, head_dim, device=device, dtype=dtype, scale=0.3) for _ in range(2))
+        v = _randn(batch, heads, length, head_dim, device=device, dtype=dtype)
+        shape = {"none": None, "head": (batch, heads, length), "channel": (batch, heads, length, head_dim)}[decay]
+        g = None if shape is None else -torch.rand(shape, device=device).mul(0.1).to(dtype)
+        return {"q": q, "k": k, "v": v, "log_decay": g}
+
+    return [Case(f"b={batch} h={heads} L={length} d={head_dim} decay={decay}", functools.partial(make, decay=decay))
+            for decay in ("none", "head", "channel")]
+
+
+def delta_rule_cases(size: str) -> list[Case]:
+    batch, heads, length, head_dim = _linear_shape(size)
+
+    def make(device, dtype, gated):
+        q = _randn(batch, heads, length, head_dim, device=device, dtype=dtype, scale=0.3)
+        k = torch.nn.functional.normalize(_randn(batch, heads, length, head_dim, device=device, dtype=dtype), dim=-1)
+        v = _randn(batch, heads, length, head_dim, device=device, dtype=dtype)
+        beta = torch.rand(batch, heads, length, device=device).to(dtype)
+        g = -torch.rand(batch, heads, length, device=device).mul(0.1).to(dtype) if gated else None
+        return {"q": q, "k": k, "v": v, "beta": beta, "log_decay": g}
+
+    return [Case(f"b={batch} h={heads} L={length} d={head_dim} {'gated' if gated else 'plain'}",
+                 functools.partial(make, gated=gated)) for gated in (False, True)]
+
+
+def linear_attention_flops(inputs: dict, out: torch.Tensor, mode: str) -> float:
+    """The chunked form with chunks of 64: ``2 b h L (64 (d_k + d_v) + 2 d_k d_v)``; fwd+bwd 3 x fwd."""
+    batch, heads, length, d_k = inputs["q"].shape
+    d_v = inputs["v"].shape[-1]
+    flops = 2 * batch * heads * length * (min(64, length) * (d_k + d_v) + 2 * d_k * d_v)
+    return flops if mode == "fwd" else 3 * flops
+
+
+def _output_only(fn: Callable) -> Callable:
+    """The op's output alone (the benchmark differentiates one tensor; the final state is not timed apart)."""
+    return lambda **inputs: fn(**inputs)[0]
 
 
 def _dispatch(vandermonde: Callable, cauchy: Callable) -> Callable:
@@ -324,6 +371,17 @@ OPS: dict[str, Op] = {
         ssd_output, ssd_as_attention, "flash attention (seqarch.kernels.attention), q=C, k=B, v=dt x, causal",
         ("x", "dt", "B", "C"), "flops", "as ssd (the crossover: speed-up > 1 where SSD beats attention)",
         ssd_scan_flops, ssd_cases, {mode: [] for mode in MODES}),
+    # No target was set for these two: the rows report the speed-up over the chunked PyTorch twin.
+    "chunked_linear_attention": Op(
+        _output_only(chunked_linear_attention), _output_only(chunked_linear_attention_reference),
+        "the chunked PyTorch twin (chunked_linear_attention_reference, one loop step per 64 tokens)",
+        ("q", "k", "v"), "flops", linear_attention_flops.__doc__.split(": ")[1], linear_attention_flops,
+        chunked_linear_attention_cases, {mode: [] for mode in MODES}),
+    "delta_rule": Op(
+        _output_only(delta_rule), _output_only(delta_rule_reference),
+        "the chunked WY PyTorch twin (delta_rule_reference, one loop step per 64 tokens)",
+        ("q", "k", "v", "beta"), "flops", "as chunked_linear_attention (the triangular solves not counted)",
+        linear_attention_flops, delta_rule_cases, {mode: [] for mode in MODES}),
 }
 FIELD_NAMES = {"speedup": "speed-up", "throughput": "TFLOP/s", "memory_ratio": "memory ratio",
                "memory_per_io": "peak memory / io bytes"}

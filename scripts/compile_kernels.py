@@ -42,6 +42,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from seqarch.kernels import attention as attention_mod
+from seqarch.kernels import chunked_linear_attention as chunked_linear_attention_mod
+from seqarch.kernels import delta_rule as delta_rule_mod
 from seqarch.kernels import fft_conv as fft_conv_mod
 from seqarch.kernels import monarch_matmul as monarch_mod
 from seqarch.kernels import selective_scan as selective_scan_mod
@@ -49,7 +51,8 @@ from seqarch.kernels import short_conv as short_conv_mod
 from seqarch.kernels import ssd as ssd_mod
 from seqarch.kernels import ssm_kernel as ssm_mod
 
-KERNEL_MODULES = (attention_mod, fft_conv_mod, monarch_mod, short_conv_mod, ssm_mod, selective_scan_mod, ssd_mod)
+KERNEL_MODULES = (attention_mod, chunked_linear_attention_mod, delta_rule_mod, fft_conv_mod, monarch_mod, short_conv_mod,
+                  ssm_mod, selective_scan_mod, ssd_mod)
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.float64: "*fp64",
                  torch.int32: "*i32", torch.int64: "*i64"}
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
@@ -140,7 +143,8 @@ def _run(function: type[torch.autograd.Function], *inputs) -> None:
     """``function.forward`` then ``function.backward`` with every tensor input wanting a gradient."""
     ctx = _Context(needs_input_grad=tuple(isinstance(x, torch.Tensor) for x in inputs))
     out = function.forward(ctx, *inputs)
-    function.backward(ctx, torch.empty_like(out))
+    outputs = out if isinstance(out, tuple) else (out,)  # e.g. (output, final state)
+    function.backward(ctx, *(torch.empty_like(o) for o in outputs))
 
 
 def _run_selective_scan(dtype: torch.dtype, length: int, gate: bool, empty) -> None:
@@ -174,6 +178,12 @@ def exercise_kernels(quick: bool = False) -> list[Launch]:
     # (dtype, head_dim, d_state, chunk_size, initial state): Mamba-2's 64 x 128 heads, and the other tiles
     ssd_cases = [(bf16, 64, 128, 64, True)] + ([] if quick else [(bf16, 64, 64, 64, False), (fp16, 128, 128, 32, True),
                                                                  (fp32, 64, 128, 64, True), (bf16, 32, 16, 128, False)])
+    # (dtype, d_k, d_v, decay: None / "head" / "channel", initial state)
+    linear_attention_cases = [(bf16, 64, 64, "channel", True)] + ([] if quick else [
+        (bf16, 128, 256, None, False), (bf16, 64, 128, "head", True), (fp32, 32, 64, "channel", False)])
+    # (dtype, d_k, d_v, gated, initial state)
+    delta_rule_cases = [(bf16, 64, 128, True, True)] + ([] if quick else [(bf16, 128, 128, False, False),
+                                                                       (fp32, 64, 64, True, False)])
     with recording(launches), FakeTensorMode(), _CudaFreeOps():
         def empty(*shape, dtype=bf16):
             return torch.empty(*shape, device="cuda", dtype=dtype)
@@ -194,6 +204,16 @@ def exercise_kernels(quick: bool = False) -> list[Launch]:
                  empty(256, kernel_size, dtype=dtype), empty(256, dtype=dtype))
         for dtype, gate in [(bf16, True)] + ([] if quick else [(fp16, True), (fp32, False)]):
             _run_selective_scan(dtype, 1000 if quick else 4096, gate, empty)
+        for dtype, d_k, d_v, decay, has_state in linear_attention_cases:
+            q, k = (empty(2, 4, 1024, d_k, dtype=dtype) for _ in range(2))
+            g = {None: None, "head": empty(2, 4, 1024, dtype=dtype), "channel": empty(2, 4, 1024, d_k, dtype=dtype)}
+            _run(chunked_linear_attention_mod.ChunkedLinearAttentionFunction, q, k, empty(2, 4, 1024, d_v, dtype=dtype),
+                 g[decay], empty(2, 4, d_k, d_v, dtype=fp32) if has_state else None)
+        for dtype, d_k, d_v, gated, has_state in delta_rule_cases:
+            q, k = (empty(2, 4, 1024, d_k, dtype=dtype) for _ in range(2))
+            _run(delta_rule_mod.DeltaRuleFunction, q, k, empty(2, 4, 1024, d_v, dtype=dtype),
+                 empty(2, 4, 1024, dtype=dtype), empty(2, 4, 1024, dtype=dtype) if gated else None,
+                 empty(2, 4, d_k, d_v, dtype=fp32) if has_state else None)
         _run(ssm_mod.VandermondeKernelFunction, empty(2, 256, 32, dtype=complex64), empty(256, 32, dtype=complex64),
              ssm_length)
         _run(ssm_mod.CauchyKernelFunction, empty(256, 4, 32, dtype=complex64), empty(ssm_length, dtype=complex64),

@@ -30,6 +30,14 @@ SMALL_OPTIONS = {
     "hyena": {"max_length": 256, "filter_order": 16},
     "hyena_modal": {"d_state": 8},
     "h3": {"d_state": 8, "shift_state": 4, "head_dim": 2},
+    "linear_attention": {"n_heads": 2},
+    "retnet": {"n_heads": 2},
+    "gla": {"n_heads": 2},
+    "deltanet": {"n_heads": 2},
+    "gated_deltanet": {"n_heads": 2},
+    "based": {"n_heads": 2, "key_dim": 4},
+    "sliding_window_attention": {"n_heads": 2, "window": 8},
+    "base_conv": {},
 }
 D_MODEL = 16
 

@@ -11,6 +11,8 @@ import torch
 
 from seqarch.kernels import OPS, backend, select, triton_available, use_backend
 from seqarch.kernels.attention import attention, attention_reference
+from seqarch.kernels.chunked_linear_attention import chunked_linear_attention, chunked_linear_attention_reference
+from seqarch.kernels.delta_rule import delta_rule, delta_rule_reference
 from seqarch.kernels.fft_conv import fft_conv, fft_conv_reference
 from seqarch.kernels.monarch_matmul import monarch_matmul, monarch_matmul_reference
 from seqarch.kernels.short_conv import short_conv, short_conv_reference
@@ -39,6 +41,12 @@ def _cauchy(dtype):
     b = torch.randn(2, 9, dtype=dtype, generator=gen) * 0.1
     lam = torch.randn(2, 4, dtype=dtype, generator=gen) - 1
     return numerators, a, b, lam
+
+
+def _linear(d_k, dtype=torch.float32):
+    """q, k, v (and, for the delta rule, beta) of a small linear-attention call."""
+    return [torch.randn(1, 2, 9, d_k, dtype=dtype), torch.randn(1, 2, 9, d_k, dtype=dtype) * 0.1,
+            torch.randn(1, 2, 9, 16, dtype=dtype)]
 
 
 def _monarch(dtype):
@@ -78,6 +86,12 @@ OUTSIDE = [
      "x: expected dtype float16, bfloat16 or float32 for the Triton path, got torch.float64"),
     ("ssd", ssd, ssd_reference, _ssd(torch.float32), {"chunk_size": 24},
      r"chunk_size: expected one of \(16, 32, 64, 128\) for the Triton path, got 24"),
+    ("chunked_linear_attention", chunked_linear_attention, chunked_linear_attention_reference,
+     _linear(8, torch.float64), {}, "q: expected dtype float16, bfloat16 or float32 for the Triton path, got torch.float64"),
+    ("chunked_linear_attention", chunked_linear_attention, chunked_linear_attention_reference, _linear(130), {},
+     "q: expected d_k <= 128 for the Triton path, got 130"),
+    ("delta_rule", delta_rule, delta_rule_reference, [*_linear(130), torch.rand(1, 2, 9)], {},
+     "q: expected d_k <= 128 for the Triton path, got 130"),
 ]
 # (op, positional args, keyword args) of calls within the Triton limits
 WITHIN = [
@@ -88,6 +102,8 @@ WITHIN = [
     ("vandermonde_kernel", [torch.randn(2, 4, dtype=C64), -torch.rand(2, 4, dtype=C64), 10], {}),
     ("cauchy_kernel", _cauchy(C64), {}),
     ("ssd", _ssd(torch.float32), {"chunk_size": 16}),
+    ("chunked_linear_attention", _linear(8), {}),
+    ("delta_rule", [*_linear(8), torch.rand(1, 2, 9)], {}),
 ]
 
 

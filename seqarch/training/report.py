@@ -9,7 +9,6 @@ with state).
 from __future__ import annotations
 
 import json
-import os
 import platform
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from .. import __version__
 from ..data import DataBundle
 from .config import RunConfig
+from .durable import write_atomic
 from .result import RunResult
 
 TABLE_COLUMNS = ("architecture", "d_model", "layers", "params", "FLOPs/token", "training FLOPs", "lr",
@@ -78,12 +78,6 @@ def environment() -> dict:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
     return {"seqarch": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "device": device, "threads": torch.get_num_threads()}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def plot_metric_vs_flops(results: list[RunResult], path: Path, metric: str) -> None:
@@ -148,7 +142,7 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
     payload = {"command": command, "wall_s": wall_s, "environment": environment(), "config": config.to_dict(),
                "data": data_info, "metric": metric, "higher_is_better": bundle.metric.higher_is_better,
                "results": [r.to_dict() for r in results]}
-    _write_atomic(paths["json"], json.dumps(payload, indent=2, default=str))
+    write_atomic(paths["json"], json.dumps(payload, indent=2, default=str))
     budget = config.budget.model_dump(exclude_defaults=True)
     budget_text = ", ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}" for k, v in budget.items())
     env = payload["environment"]
@@ -174,5 +168,5 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
     ]
     if bundle.recall:
         lines += ["", f"![accuracy against state size]({paths['state_plot'].name})"]
-    _write_atomic(paths["markdown"], "\n".join(lines) + "\n")
+    write_atomic(paths["markdown"], "\n".join(lines) + "\n")
     return paths

@@ -22,6 +22,7 @@ from ..models import ModelConfig
 from .checkpoints import CheckpointError, EvalHistory, StepCheckpoint, check_checkpoint, latest_checkpoint
 from .config import Architecture, RunConfig, TrainSection
 from .datamodule import SeqarchDataModule
+from .durable import write_atomic
 from .loggers import build_loggers
 from .module import SeqarchModule
 from .result import RunResult
@@ -105,20 +106,22 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         gradient_clip_val=train.grad_clip, precision=_precision(train),
         accelerator=options.accelerator, devices=options.devices, strategy=options.strategy,
         num_nodes=options.num_nodes, enable_progress_bar=options.enable_progress_bar,
-        use_distributed_sampler=False, enable_checkpointing=False, enable_model_summary=False,
+        use_distributed_sampler=False, enable_checkpointing=True,  # StepCheckpoint is the only one
+        enable_model_summary=False,
         logger=build_loggers(config.logger, folder, label or folder.name, config.wandb.model_dump(),
                              resumed_from=resumed_from),
-        callbacks=[StepCheckpoint(RunPaths(folder).checkpoints, train.checkpoint_every, train.keep_checkpoints),
-                   history, *(callbacks or [])],
+        callbacks=[history, StepCheckpoint(RunPaths(folder).checkpoints, train.checkpoint_every, train.keep_checkpoints,
+                                           validates=lambda step: step % train.eval_every == 0),
+                   *(callbacks or [])],
         default_root_dir=str(folder),
     )
     datamodule = SeqarchDataModule(bundle, train)
     memory = PeakMemory(trainer.strategy.root_device)
     start = time.perf_counter()
     with memory:
-        # Our own checkpoints (checked by check_checkpoint) hold numpy RNG state, hence weights_only=False.
+        # Our checkpoints hold only tensors and plain data (check_checkpoint refuses anything else).
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
-                    weights_only=False)
+                    weights_only=True)
         if not history.history or history.history[-1]["step"] != trainer.global_step:
             trainer.validate(module, datamodule=datamodule, verbose=False)
     wall = time.perf_counter() - start
@@ -142,5 +145,5 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         history=history.history, model_config=model_config, folder=str(folder),
     )
     if trainer.is_global_zero:
-        RunPaths(folder).result.write_text(json.dumps(result.to_dict(), indent=2))
+        write_atomic(RunPaths(folder).result, json.dumps(result.to_dict(), indent=2))
     return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import pickle
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,9 +55,10 @@ def check_checkpoint(path: str | Path) -> dict:
         # weights_only: tensors and plain data only, so loading someone else's file cannot run their code.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights_only" not in str(error).lower() and "Unsupported global" not in str(error):
-            raise CheckpointError(f"checkpoint {str(path)!r}: cannot be read (UnpicklingError: {error})") from error
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found is None:  # a damaged file, not a foreign object
+            reason = next((line for line in str(error).splitlines() if line.startswith("Unsupported")), "damaged")
+            raise CheckpointError(f"checkpoint {str(path)!r}: cannot be read (UnpicklingError: {reason})") from None
         raise CheckpointError(
             f"checkpoint {str(path)!r}: refused: it holds Python objects beyond tensors and plain data"
             f"{f' ({found.group(1)})' if found else ''}, and loading those can run code; seqarch loads only "
@@ -156,12 +158,16 @@ class EvalHistory(L.Callback):
         self.metric = metric
         self.stop_at = stop_at
         self.history: list[dict] = []
+        # Training wall time of the processes before a resume (so a resumed run reports its whole time).
+        self.wall_before = 0.0
+        self._started = time.perf_counter()
 
     def state_dict(self) -> dict:
-        return {"history": self.history}
+        return {"history": self.history, "wall_s": self.wall_before + time.perf_counter() - self._started}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict.get("history", []))
+        self.wall_before = float(state_dict.get("wall_s", 0.0))
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:

@@ -376,8 +376,12 @@ class RunConfig(Section):
 
     @property
     def folder(self) -> Path:
-        """The run folder: ``output/name``."""
-        return Path(self.output) / self.name
+        """The run folder of ``seqarch compare``: ``output/name``."""
+        return folder_of(self.output, self.name, "compare")
+
+    def folder_for(self, command: str) -> Path:
+        """The run folder of ``command``: ``output/name`` for compare, ``output/name-train`` for train."""
+        return folder_of(self.output, self.name, command)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML/JSON) that validates back to this config: every default filled in, but the
@@ -386,6 +390,11 @@ class RunConfig(Section):
         values["model"] = self.model.overrides()
         values["architectures"] = [a.to_dict() for a in self.architectures]
         return values
+
+
+def folder_of(output: str, name: str, command: str) -> Path:
+    """``output/name`` for compare, ``output/name-train`` for train: the two never share a folder."""
+    return Path(output) / (name if command == "compare" else f"{name}-train")
 
 
 LOGGERS = ("csv", "wandb")
@@ -481,7 +490,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), *, command: 
     modules = _imports_of(raw, "") + list(imports)
     if resume:
         defaults = RunConfig.model_fields
-        folder = Path(str(raw.get("output", defaults["output"].default))) / str(raw.get("name", defaults["name"].default))
+        folder = folder_of(str(raw.get("output", defaults["output"].default)), str(raw.get("name", defaults["name"].default)),
+                           command)
         modules += saved_imports(folder)
     raw["imports"] = list(dict.fromkeys(modules))
     import_modules(raw["imports"])

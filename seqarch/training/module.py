@@ -32,6 +32,12 @@ def device_peak_flops(device: torch.device) -> float | None:
     return peak_flops(torch.cuda.get_device_name(device), "bf16")
 
 
+def run_fingerprint(model_config: ModelConfig, kind: str, train: TrainSection, lr: float, seq_len: int) -> dict:
+    """What makes a run the run it is, as plain data: the model, the data kind and length, the recipe."""
+    return {"model_config": model_config.to_dict(), "kind": kind, "train": train.model_dump(mode="json"),
+            "lr": lr, "seq_len": seq_len}
+
+
 class SeqarchModule(L.LightningModule):
     """Trains a :class:`LanguageModel` (``kind="lm"``) or :class:`SequenceClassifier` (``"classification"``).
 
@@ -48,9 +54,9 @@ class SeqarchModule(L.LightningModule):
 
     def __init__(self, model_config: ModelConfig, kind: str, train: TrainSection, lr: float, seq_len: int) -> None:
         super().__init__()
-        # Checkpoints carry the model and recipe as plain data, readable without seqarch's classes.
-        self.save_hyperparameters({"model_config": model_config.to_dict(), "kind": kind,
-                                   "train": train.model_dump(mode="json"), "lr": lr, "seq_len": seq_len})
+        # Checkpoints carry the model and recipe as plain data, readable without seqarch's classes;
+        # a resume compares them with its own (run_folder.check_fingerprint).
+        self.save_hyperparameters(run_fingerprint(model_config, kind, train, lr, seq_len))
         self.config = model_config
         self.kind = kind
         self.train_options = train

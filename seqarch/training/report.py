@@ -20,8 +20,8 @@ from .config import RunConfig
 from .durable import write_atomic
 from .result import RunResult
 
-TABLE_COLUMNS = ("architecture", "d_model", "layers", "params", "FLOPs/token", "training FLOPs", "lr",
-                 "final", "best", "state size", "tokens/s", "peak memory")
+TABLE_COLUMNS = ("architecture", "d_model", "layers", "params", "budget error", "FLOPs/token", "training FLOPs",
+                 "steps", "lr", "final", "best", "state size", "tokens/s", "peak memory")
 
 
 def _si(value: float | None, unit: str = "") -> str:
@@ -37,12 +37,38 @@ def _metric(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _budget_error(r: RunResult) -> str:
+    return "-" if r.budget is None else f"{r.budget.relative_error:+.2%}"
+
+
+def _steps(r: RunResult) -> str:
+    if r.failure:
+        return "failed"
+    return f"{r.steps} (stopped early)" if r.stopped_early else str(r.steps)
+
+
 def table_rows(results: list[RunResult]) -> list[list[str]]:
     return [[
-        r.name, str(r.d_model), str(r.n_layers), _si(r.params), _si(r.flops_per_token),
-        _si(r.training_flops), f"{r.lr:g}", _metric(r.final), _metric(r.best),
+        r.name, str(r.d_model), str(r.n_layers), _si(r.params), _budget_error(r), _si(r.flops_per_token),
+        _si(r.training_flops), _steps(r), f"{r.lr:g}", _metric(r.final), _metric(r.best),
         _si(r.state_size), _si(r.tokens_per_s), _si(r.peak_memory_bytes, "B"),
     ] for r in results]
+
+
+def notes(results: list[RunResult], metric: str) -> list[str]:
+    """Lines for what the table cannot say: failed runs, early stops, the learning-rate sweep."""
+    lines = []
+    for r in results:
+        if r.failure:
+            lines.append(f"- **{r.name} failed** (lr {r.lr:g}): {r.failure}")
+        elif r.stopped_early:
+            lines.append(f"- {r.name} stopped early at step {r.steps}: {metric} reached train.stop_at")
+        if len(r.sweep) > 1:
+            points = ", ".join(f"lr {p.lr:g}: " + (f"failed ({p.failure.split(';')[0]})" if p.failure else
+                                                   f"best {_metric(p.best)}, final {_metric(p.final)}")
+                               for p in r.sweep)
+            lines.append(f"- {r.name} learning-rate sweep: {points}")
+    return lines
 
 
 def markdown_table(results: list[RunResult]) -> str:
@@ -124,7 +150,7 @@ def plot_accuracy_vs_state(results: list[RunResult], path: Path) -> None:
 
 
 def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: list[RunResult], *,
-                 command: str, wall_s: float) -> dict[str, Path]:
+                 command: str, wall_s: float, kind: str = "compare", resumes: list[dict] = ()) -> dict[str, Path]:
     """Write ``results.json``, ``report.md`` and the plots into ``folder``; returns their paths.
 
     The metric is the task's (``bundle.metric``); recall tasks (``bundle.recall``) also get the
@@ -141,28 +167,38 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
         plot_accuracy_vs_state(results, paths["state_plot"])
     payload = {"command": command, "wall_s": wall_s, "environment": environment(), "config": config.to_dict(),
                "data": data_info, "metric": metric, "higher_is_better": bundle.metric.higher_is_better,
-               "results": [r.to_dict() for r in results]}
+               "results": [r.to_dict() for r in results], "resumes": list(resumes)}
     write_atomic(paths["json"], json.dumps(payload, indent=2, default=str))
     budget = config.budget.model_dump(exclude_defaults=True)
     budget_text = ", ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}" for k, v in budget.items())
     env = payload["environment"]
+    compared = kind == "compare"
+    title = (f"{metric} at a matched budget" if compared and budget_text else
+             f"{metric}, every architecture at its own size" if compared else f"{metric} of one model")
     lines = [
-        f"# {config.name}: {metric} at a matched budget",
+        f"# {config.name}: {title}",
         "",
         f"- Command: `{command}`",
         f"- Data: {', '.join(f'{k}={v}' for k, v in data_info.items() if not isinstance(v, (list, dict)))}",
-        f"- Budget: {budget_text or 'none (every architecture at the config size)'}",
+        *([f"- Budget: {budget_text or 'none (every architecture at the config size)'}"] if compared else []),
         (f"- Recipe: {config.train.steps} steps x batch {config.train.batch_size}, AdamW "
          f"(lr {config.train.lr}, wd {config.train.weight_decay}), warmup + cosine; seed {config.train.seed}"),
         f"- Machine: {env['device']}, torch {env['torch']}, {env['threads']} threads; wall time {wall_s:.0f} s",
+        *[f"- Resumed {entry['time']}" + (": changed " + ", ".join(
+            f"{k} {v['was']!r} -> {v['now']!r}" for k, v in entry["changed"].items()) if entry["changed"] else "")
+          for entry in resumes],
         "",
         markdown_table(results),
         "",
+        *(lines_of_notes + [""] if (lines_of_notes := notes(results, metric)) else []),
         *([f"Best {metric} by sweep point and width:", "", sweep, ""] if (sweep := sweep_table(results)) else []),
         (f"`final`/`best`: {metric} at the last / best evaluation "
          f"({'higher' if bundle.metric.higher_is_better else 'lower'} is better). Training FLOPs: 3 x forward FLOPs per token x tokens trained. State size: numbers in "
-         "the recurrent state per sequence at the training length (a KV cache for attention). Peak memory: "
-         "CUDA allocator peak on GPUs, process peak RSS on CPUs."),
+         "the recurrent state per sequence at the training length (a KV cache for attention). "
+         "Budget error: the model's size against the budget. tokens/s: measured by this process while it "
+         "trained (a resumed run counts only its own steps), on a machine that may run other work at the same "
+         "time: compare them within one report. Peak memory: CUDA allocator peak on GPUs; on CPUs the whole "
+         "process's peak RSS (the Python runtime and libraries included, so it differs little between models)."),
         "",
         f"![{metric} against training FLOPs]({paths['metric_plot'].name})",
     ]

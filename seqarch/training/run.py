@@ -24,8 +24,9 @@ from .config import Architecture, RunConfig, TrainSection
 from .datamodule import SeqarchDataModule
 from .durable import write_atomic
 from .loggers import build_loggers
-from .module import SeqarchModule
+from .module import SeqarchModule, run_fingerprint
 from .result import RunResult
+from .run_folder import check_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,12 @@ class RunPaths:
         return self.folder / "result.json"
 
 
-def prepare_run_folder(folder: Path, resume: bool) -> tuple[Path | None, int]:
+def prepare_run_folder(folder: Path, resume: bool, fingerprint: dict | None = None) -> tuple[Path | None, int]:
     """Check the run folder before training; returns the checkpoint to resume from and its step.
 
-    A folder that already holds checkpoints is never trained over without ``resume``.
+    A folder that already holds checkpoints is never trained over without ``resume``; on resume the
+    newest checkpoint must be readable and made by the same model and recipe (``fingerprint``:
+    :func:`run_fingerprint`'s data), else :class:`CheckpointError` names the file and the keys.
     """
     paths = RunPaths(folder)
     latest = latest_checkpoint(paths.checkpoints)
@@ -77,7 +80,28 @@ def prepare_run_folder(folder: Path, resume: bool) -> tuple[Path | None, int]:
         return None, 0
     if latest is None:
         return None, 0
-    return latest, int(check_checkpoint(latest)["global_step"])
+    checkpoint = check_checkpoint(latest)
+    if fingerprint is not None:
+        try:
+            check_fingerprint(latest, checkpoint["hyper_parameters"], fingerprint)
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
+    return latest, int(checkpoint["global_step"])
+
+
+def finished_result(folder: Path, steps: int, resumed_from: int) -> RunResult | None:
+    """The result of a run in ``folder`` that already finished (its newest checkpoint is the one its
+    ``result.json`` was written after, and it reached ``steps`` or stopped early); ``None`` otherwise."""
+    path = RunPaths(folder).result
+    if not path.is_file():
+        return None
+    try:
+        result = RunResult.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError):
+        return None  # unreadable: the run is trained on from its checkpoint and the file written again
+    if result.failure is None and result.steps == resumed_from and (result.steps >= steps or result.stopped_early):
+        return result
+    return None
 
 
 def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, *, lr: float, folder: Path,
@@ -90,7 +114,11 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
     """
     train = config.train
     folder = Path(folder)
-    ckpt_path, resumed_from = prepare_run_folder(folder, resume)
+    ckpt_path, resumed_from = prepare_run_folder(
+        folder, resume, run_fingerprint(model_config, bundle.kind, train, lr, bundle.seq_len))
+    if resume and (done := finished_result(folder, train.steps, resumed_from)) is not None:
+        log.info("%s: finished before (step %d); its result is kept as it was", label or folder.name, done.steps)
+        return done
     L.seed_everything(train.seed, workers=True, verbose=False)
     module = SeqarchModule(model_config, bundle.kind, train, lr, bundle.seq_len)
     if train.compile:
@@ -141,7 +169,7 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         metric=metric.name, higher_is_better=metric.higher_is_better,
         final=values[-1] if values else None, best=best, state_size=state_size,
         tokens_per_s=(steps_done - resumed_from) * tokens_per_step / wall if wall > 0 else None,
-        wall_s=wall, peak_memory_bytes=memory.peak_bytes, device=str(trainer.strategy.root_device),
+        wall_s=history.wall_before + wall, stopped_early=steps_done < train.steps, peak_memory_bytes=memory.peak_bytes, device=str(trainer.strategy.root_device),
         history=history.history, model_config=model_config, folder=str(folder),
     )
     if trainer.is_global_zero:

@@ -42,8 +42,8 @@ def run_command(command: str, config: RunConfig, *, resume: bool = False, cache_
     started = time.time() if started is None else started
     folder = config.folder_for(command)
     # The folder first: nothing is built, trained or written before it is known to be ours.
-    changes = check_run_folder(folder, config, command, resume=resume)
     config.trainer.enable_progress_bar = not quiet
+    changes = check_run_folder(folder, config, command, resume=resume)
     seed = config.train.seed
     points = sweep_points(config) if command == "compare" else [("", config)]
     # Every data set is built and every budget solved before the first step trains.

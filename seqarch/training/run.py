@@ -14,15 +14,17 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from ..budget import TRAINING_FLOPS_PER_FORWARD
 from ..data import DataBundle
 from ..memory import PeakMemory
 from ..models import ModelConfig
 from .checkpoints import CheckpointError, EvalHistory, StepCheckpoint, check_checkpoint, latest_checkpoint
-from .config import Architecture, RunConfig, TrainSection
+from .config import Architecture, RunConfig, TrainerSection, TrainSection
 from .datamodule import SeqarchDataModule
 from .durable import write_atomic
+from .errors import ConfigError
 from .loggers import build_loggers
 from .module import SeqarchModule, run_fingerprint
 from .result import RunResult
@@ -47,6 +49,24 @@ def _precision(train: TrainSection) -> str:
     if train.precision == "auto":
         return "bf16-mixed" if torch.cuda.is_available() else "32"
     return train.precision
+
+
+def check_trainer_options(options: TrainerSection) -> None:
+    """Let Lightning judge the ``trainer`` section before anything trains (``accelerator: gpu`` on a
+    machine without one, ``devices: abc``); raises :class:`ConfigError` with its reason."""
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.ERROR)  # its device lines come once, from the real trainer
+    try:
+        L.Trainer(accelerator=options.accelerator, devices=options.devices, strategy=options.strategy,
+                  num_nodes=options.num_nodes, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False)
+    except (MisconfigurationException, ValueError, RuntimeError, TypeError) as error:
+        values = options.model_dump(exclude={"enable_progress_bar"})
+        reason = " ".join(str(error).split())
+        raise ConfigError(f"trainer: Lightning cannot train with {values}: {reason}") from None
+    finally:
+        lightning_log.setLevel(level)
 
 
 @dataclass

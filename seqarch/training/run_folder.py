@@ -82,7 +82,7 @@ def check_run_folder(folder: Path, config: RunConfig, command: str, *, resume: b
         )
     try:
         saved = parse_yaml(saved_path.read_text()) or {}
-    except Exception as error:  # a damaged file: yaml raises several types
+    except ValueError as error:  # ConfigError from parse_yaml: a damaged file
         raise RunFolderError(f"--resume: {str(saved_path)!r} cannot be read ({error})") from error
     refused, allowed = config_differences(saved, config.to_dict())
     if refused:

@@ -17,7 +17,7 @@ from .errors import NonFiniteLossError
 from .module import run_fingerprint
 from .report import text_table, write_report
 from .result import RunResult
-from .run import model_config_for, prepare_run_folder, train_run
+from .run import check_trainer_options, model_config_for, prepare_run_folder, train_run
 from .run_folder import check_run_folder, read_resumes, record_resume
 
 log = logging.getLogger("seqarch")
@@ -44,6 +44,9 @@ def run_command(command: str, config: RunConfig, *, resume: bool = False, cache_
     # The folder first: nothing is built, trained or written before it is known to be ours.
     config.trainer.enable_progress_bar = not quiet
     changes = check_run_folder(folder, config, command, resume=resume)
+    check_trainer_options(config.trainer)
+    if command == "train" and config.budget.is_set:
+        log.info("seqarch train: the budget section is for compare; training the model section at its own size")
     seed = config.train.seed
     points = sweep_points(config) if command == "compare" else [("", config)]
     # Every data set is built and every budget solved before the first step trains.

@@ -13,6 +13,7 @@ from test_training_run import fit, tiny_config
 from seqarch.training.checkpoints import CheckpointError
 from seqarch.training.cli import main
 from seqarch.training.module import SeqarchModule
+from seqarch.training.progress import ProgressLine
 from seqarch.training.run_folder import config_differences
 
 TINY = {"name": "tiny", "data": {"task": "mqar", "num_train": 64, "num_test": 32, "seq_len": 16},
@@ -113,3 +114,13 @@ def test_config_differences_split_refused_from_resumable_keys():
                                           {"train": {"lr": 2, "steps": 3}, "trainer": {"devices": 2}})
     assert refused == {"train.lr": (1, 2)}
     assert allowed == {"train.steps": (2, 3), "trainer.devices": (1, 2)}
+
+
+def test_the_progress_line_names_the_run_its_place_the_step_the_metric_and_the_eta(tmp_path):
+    progress = ProgressLine("s4d", 2, 3, 12, "val/accuracy", every_s=0.0)
+    fit(tiny_config(steps=12, stop_at=0.0), tmp_path / "run", callbacks=[progress])
+    assert progress.lines[0] == "[2/3] s4d  training 12 steps"
+    during = progress.lines[1]
+    assert during.startswith("[2/3] s4d  step 1/12  loss ") and "ETA run " in during and ", all " in during
+    assert any("val/accuracy" in line for line in progress.lines)
+    assert "stopped early at step 6: val/accuracy reached train.stop_at" in progress.lines[-1]

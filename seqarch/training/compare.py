@@ -95,12 +95,13 @@ def check_run_folders(config: RunConfig, bundle: DataBundle, folder: Path, plan:
 
 
 def train_or_record_failure(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, *, name: str,
-                            lr: float, folder: Path, resume: bool, callbacks: list | None = None) -> RunResult:
+                            lr: float, folder: Path, resume: bool, callbacks: list | None = None,
+                            position: tuple[int, int] = (1, 1)) -> RunResult:
     """:func:`train_run`, or, when the run's loss becomes NaN, the record of that failure (the
     comparison goes on with the other architectures)."""
     try:
         return train_run(config, bundle, model_config, lr=lr, folder=folder, resume=resume, label=name,
-                         callbacks=callbacks)
+                         callbacks=callbacks, position=position)
     except NonFiniteLossError as error:
         log.error("%s (lr %g) failed: %s", name, lr, error)
         return RunResult.failed(name, model_config, lr=lr, metric=bundle.metric.name,
@@ -125,9 +126,11 @@ def compare(config: RunConfig, bundle: DataBundle, folder: Path, *, resume: bool
     check_run_folders(config, bundle, folder, plan, resume=resume)
     finished: list[RunResult] = []
     runs_by_name: dict[str, list[RunResult]] = {}
-    for index, (name, model_config, match, lr, run_folder) in enumerate(run_folders(plan, folder, lrs)):
+    runs_planned = run_folders(plan, folder, lrs)
+    for index, (name, model_config, match, lr, run_folder) in enumerate(runs_planned):
         result = train_or_record_failure(config, bundle, model_config, name=name, lr=lr, folder=run_folder,
-                                         resume=resume, callbacks=callbacks(name, index) if callbacks else None)
+                                         resume=resume, callbacks=callbacks(name, index) if callbacks else None,
+                                         position=(index + 1, len(runs_planned)))
         result.budget = BudgetResult.of(match)
         runs = runs_by_name.setdefault(name, [])
         runs.append(result)

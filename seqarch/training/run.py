@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .durable import write_atomic
 from .errors import ConfigError
 from .loggers import build_loggers
 from .module import SeqarchModule, run_fingerprint
+from .progress import ProgressLine
 from .result import RunResult
 from .run_folder import check_fingerprint
 
@@ -125,12 +127,14 @@ def finished_result(folder: Path, steps: int, resumed_from: int) -> RunResult | 
 
 
 def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, *, lr: float, folder: Path,
-              resume: bool = False, label: str | None = None, callbacks: list | None = None) -> RunResult:
+              resume: bool = False, label: str | None = None, callbacks: list | None = None,
+              position: tuple[int, int] = (1, 1)) -> RunResult:
     """Train ``model_config`` on ``bundle`` with the config's recipe at learning rate ``lr``.
 
     Writes ``folder/checkpoints/``, ``folder/logs/metrics.csv`` and ``folder/result.json``;
     returns the :class:`RunResult` (parameters, FLOPs, metrics, tokens/s, peak memory, history).
-    ``callbacks``: extra Lightning callbacks (after the checkpoint and history ones).
+    ``callbacks``: extra Lightning callbacks (after the checkpoint and history ones). ``position``:
+    ``(index, total)`` of this run in a comparison, for the progress line (``trainer.enable_progress_bar``).
     """
     train = config.train
     folder = Path(folder)
@@ -153,20 +157,25 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         num_sanity_val_steps=0, log_every_n_steps=train.log_every,
         gradient_clip_val=train.grad_clip, precision=_precision(train),
         accelerator=options.accelerator, devices=options.devices, strategy=options.strategy,
-        num_nodes=options.num_nodes, enable_progress_bar=options.enable_progress_bar,
+        num_nodes=options.num_nodes, enable_progress_bar=False,  # ProgressLine instead of Lightning's bar
         use_distributed_sampler=False, enable_checkpointing=True,  # StepCheckpoint is the only one
         enable_model_summary=False,
         logger=build_loggers(config.logger, folder, label or folder.name, config.wandb.model_dump(),
                              resumed_from=resumed_from),
         callbacks=[history, StepCheckpoint(RunPaths(folder).checkpoints, train.checkpoint_every, train.keep_checkpoints,
                                            validates=lambda step: step % train.eval_every == 0),
+                   *([ProgressLine(label or folder.name, *position, train.steps, bundle.metric.name)]
+                     if options.enable_progress_bar else []),
                    *(callbacks or [])],
         default_root_dir=str(folder),
     )
     datamodule = SeqarchDataModule(bundle, train)
     memory = PeakMemory(trainer.strategy.root_device)
     start = time.perf_counter()
-    with memory:
+    with memory, warnings.catch_warnings():
+        # Lightning warns that a mid-epoch resume is inexact unless the loader is stateful; ours is exact:
+        # StepBatchSampler starts from the restored global step.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
         # Our checkpoints hold only tensors and plain data (check_checkpoint refuses anything else).
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
                     weights_only=True)

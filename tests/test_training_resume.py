@@ -35,6 +35,10 @@ def test_train_and_compare_of_one_config_write_different_folders_and_never_over_
     assert json.loads((train / "results.json").read_text())["results"][0]["name"] == "s4d"
     assert [r["name"] for r in json.loads((compare / "results.json").read_text())["results"]] == ["s4d", "attention"]
     report = (compare / "report.md").read_text()
+    for plot in ("metric_vs_flops", "accuracy_vs_state"):
+        assert (compare / f"{plot}.pdf").read_bytes()[:4] == b"%PDF"
+        assert b"<svg" in (compare / f"{plot}.svg").read_bytes()[:1000]
+    assert "| steps |" in report and "| budget error |" in report
     assert _cli(tmp_path, "compare", "train.lr=0.01") == 2
     assert "already holds a run; pass --resume" in caplog.text
     assert (compare / "report.md").read_text() == report

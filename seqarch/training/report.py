@@ -106,46 +106,80 @@ def environment() -> dict:
             "device": device, "threads": torch.get_num_threads()}
 
 
-def plot_metric_vs_flops(results: list[RunResult], path: Path, metric: str) -> None:
+PLOT_FORMATS = ("png", "pdf", "svg")  # the PNG for the report, PDF and SVG for papers
+
+
+def _save(fig, path: Path) -> None:
+    for suffix in PLOT_FORMATS:
+        fig.savefig(path.with_suffix(f".{suffix}"), dpi=120)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _chance_line(ax, chance: float | None) -> None:
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=f"chance ({chance:.3g})")
+
+
+def plot_metric_vs_flops(results: list[RunResult], path: Path, metric: str, chance: float | None = None) -> None:
+    """The metric against training FLOPs, a line per architecture; an early stop is marked by an x."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
         points = [(h["training_flops"], h[metric]) for h in r.history if metric in h and h["training_flops"] > 0]
         if points:
             xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", markersize=3, label=f"{r.name} ({_si(r.params)} params)")
+            (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=f"{r.name} ({_si(r.params)} params)")
+            if r.stopped_early:
+                ax.plot(xs[-1], ys[-1], marker="x", markersize=9, color=line.get_color(), linestyle="none")
+    if any(r.stopped_early for r in results):
+        ax.plot([], [], marker="x", color="black", linestyle="none", label="stopped early (stop_at reached)")
+    if metric.endswith("accuracy"):
+        _chance_line(ax, chance)
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel(metric.replace("/", " "))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
 
 
-def plot_accuracy_vs_state(results: list[RunResult], path: Path) -> None:
-    import matplotlib
+def plot_accuracy_vs_state(results: list[RunResult], path: Path, chance: float | None = None) -> None:
+    """Best accuracy against recurrent state size (log axis spanning at least a decade)."""
+    from matplotlib.ticker import LogLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in results:
-        if r.best is not None and r.state_size:
-            ax.scatter([r.state_size], [r.best], s=30)
-            ax.annotate(f"{r.name} d={r.d_model}", (r.state_size, r.best), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+    shown = sorted((r for r in results if r.best is not None and r.state_size), key=lambda r: (r.state_size, r.best))
+    for i, r in enumerate(shown):
+        ax.scatter([r.state_size], [r.best], s=30)
+        # Alternate the labels above and below their points, so neighbours do not print over each other.
+        ax.annotate(f"{r.name} d={r.d_model}", (r.state_size, r.best), fontsize=7,
+                    xytext=(4, 6 if i % 2 == 0 else -11), textcoords="offset points")
+    _chance_line(ax, chance)
     ax.set_xscale("log")
+    if shown:
+        low, high = min(r.state_size for r in shown), max(r.state_size for r in shown)
+        centre = (low * high) ** 0.5
+        ax.set_xlim(min(low / 2, centre / 4), max(high * 2, centre * 4))
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.set_xlabel("recurrent state size (numbers per sequence)")
     ax.set_ylabel("best validation accuracy")
+    ax.set_ylim(-0.02, 1.05)
     ax.grid(alpha=0.3)
+    if chance is not None:
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -161,10 +195,12 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
     data_info = bundle.info
     paths = {"json": folder / "results.json", "markdown": folder / "report.md",
              "metric_plot": folder / "metric_vs_flops.png"}
-    plot_metric_vs_flops(results, paths["metric_plot"], metric)
+    # Chance accuracy: one of the classes, or one token of the vocabulary.
+    chance = 1.0 / (bundle.num_classes or bundle.vocab_size) if (bundle.num_classes or bundle.vocab_size) else None
+    plot_metric_vs_flops(results, paths["metric_plot"], metric, chance)
     if bundle.recall:
         paths["state_plot"] = folder / "accuracy_vs_state.png"
-        plot_accuracy_vs_state(results, paths["state_plot"])
+        plot_accuracy_vs_state(results, paths["state_plot"], chance)
     payload = {"command": command, "wall_s": wall_s, "environment": environment(), "config": config.to_dict(),
                "data": data_info, "metric": metric, "higher_is_better": bundle.metric.higher_is_better,
                "results": [r.to_dict() for r in results], "resumes": list(resumes)}

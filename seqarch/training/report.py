@@ -9,6 +9,7 @@ with state).
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -102,8 +103,10 @@ def sweep_table(results: list[RunResult]) -> str | None:
 
 def environment() -> dict:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    # The load average says how busy the machine was while tokens/s were measured (other jobs slow them).
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"seqarch": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": device, "threads": torch.get_num_threads()}
+            "device": device, "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average": load}
 
 
 PLOT_FORMATS = ("png", "pdf", "svg")  # the PNG for the report, PDF and SVG for papers
@@ -219,7 +222,9 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
         *([f"- Budget: {budget_text or 'none (every architecture at the config size)'}"] if compared else []),
         (f"- Recipe: {config.train.steps} steps x batch {config.train.batch_size}, AdamW "
          f"(lr {config.train.lr}, wd {config.train.weight_decay}), warmup + cosine; seed {config.train.seed}"),
-        f"- Machine: {env['device']}, torch {env['torch']}, {env['threads']} threads; wall time {wall_s:.0f} s",
+        (f"- Machine: {env['device']}, torch {env['torch']}, {env['threads']} threads of {env['cpus']} CPUs"
+         + (f", load average {env['load_average']:.1f}" if env["load_average"] is not None else "")
+         + f"; wall time {wall_s:.0f} s"),
         *[f"- Resumed {entry['time']}" + (": changed " + ", ".join(
             f"{k} {v['was']!r} -> {v['now']!r}" for k, v in entry["changed"].items()) if entry["changed"] else "")
           for entry in resumes],

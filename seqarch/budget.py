@@ -116,8 +116,14 @@ def _closest(candidates: list[tuple[ModelConfig, float]], target: float) -> tupl
     return min(candidates, key=lambda c: abs(c[1] - target))
 
 
+# The largest sizes the solver considers: a budget beyond them is an error, never a model that cannot be built.
+MAX_PARAMS = 1e10
+MAX_HIDDEN_RATIO = 16  # d_ff <= 16 x d_model
+
+
 def _tune_hidden(config: ModelConfig, metric: str, target: float, length: int) -> tuple[ModelConfig, float]:
-    """Fine-tune the channel mixer's hidden width, which the measure is linear in."""
+    """Fine-tune the channel mixer's hidden width, which the measure is linear in (at most
+    ``MAX_HIDDEN_RATIO`` x ``d_model``)."""
     base = _try(config, metric, length)
     if config.channel_mixer == "none" or base is None:
         return base
@@ -128,6 +134,7 @@ def _tune_hidden(config: ModelConfig, metric: str, target: float, length: int) -
         return base
     per_unit = (bigger[1] - base[1]) / (quantum * 16)
     ideal = hidden + (target - base[1]) / per_unit if per_unit > 0 else hidden
+    ideal = min(ideal, MAX_HIDDEN_RATIO * config.d_model)
     options = []
     for guess in {math.floor(ideal / quantum) * quantum, math.ceil(ideal / quantum) * quantum}:
         if guess >= quantum:
@@ -193,6 +200,9 @@ def match_budget(
         raise ValueError(f"{metric}: expected a positive budget, got {target}")
     check_choice("by", by, ("width", "depth"))
     check_positive_int("length", length)
+    if metric == "params" and target > MAX_PARAMS:
+        raise ValueError(f"params: expected a budget of at most {MAX_PARAMS:.4g} parameters (the solver's bound), "
+                         f"got {target:.4g}")
 
     if by == "width":
         values = list(range(width_multiple, max_width + 1, width_multiple))
@@ -204,6 +214,20 @@ def match_budget(
             "n_layers": depth,
             "mixer": config.mixer if isinstance(config.mixer, str) else [names[i % len(names)] for i in range(depth)],
         }
+    bound = f"d_model <= {max_width}" if by == "width" else f"n_layers <= {max_depth}"
+    bounds = f"the solver considers {bound} and d_ff <= {MAX_HIDDEN_RATIO} x d_model"
+    # A FLOP budget beyond what a model of MAX_PARAMS spends (about 2 FLOPs per parameter and token) is
+    # checked against the largest size first, so it fails at once rather than after a scan of every size.
+    far = metric == "flops_per_token" and target > 2 * MAX_PARAMS
+    largest = _try(config, metric, length, **resize(values[-1])) if far else None
+    if largest is not None and config.channel_mixer != "none":
+        largest = _try(largest[0], metric, length, d_ff=MAX_HIDDEN_RATIO * largest[0].d_model) or largest
+    if largest is not None and largest[1] < target / 1.5:
+        raise ValueError(
+            f"{metric}: no {by} of {config.layer_mixers} meets a budget of {target:.4g}; the largest size, "
+            f"d_model={largest[0].d_model}, n_layers={largest[0].n_layers}, d_ff={largest[0].d_ff}, reaches "
+            f"{largest[1]:.4g} ({bounds})"
+        )
     rejections = _Rejections()
     scanned = _scan(values, lambda v: _try(config, metric, length, rejections, **resize(v)), target)
     if not scanned:
@@ -216,6 +240,7 @@ def match_budget(
     if abs(achieved - target) > 0.5 * target:
         raise ValueError(
             f"{metric}: no {by} of {config.layer_mixers} meets a budget of {target:.4g}; the closest "
-            f"reaches {achieved:.4g} (expected within 50%)"
+            f"reaches {achieved:.4g} at d_model={best_config.d_model}, n_layers={best_config.n_layers}, "
+            f"d_ff={best_config.d_ff} (expected within 50%; {bounds})"
         )
     return BudgetMatch(best_config, metric, target, achieved)

@@ -284,3 +284,14 @@ def test_too_little_text_for_one_block_names_seq_len(tmp_path):
     corpus = write_txt_corpus(tmp_path / "corpus", copies=1)
     with pytest.raises(ValueError, match="data.seq_len: expected the (train|validation) split"):
         build_data({"task": "text", "path": str(corpus), "seq_len": 4096}, seed=0, cache_dir=tmp_path / "cache")
+
+
+def test_a_binary_file_given_as_text_is_refused_with_the_byte_offset(tmp_path):
+    binary = tmp_path / "weights.txt"
+    binary.write_bytes(b"plain start\n" * 10 + b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=r"data.path: expected UTF-8 text.* 0xff .*byte offset 120 of .*weights.txt"):
+        build_data({"task": "text", "path": str(binary), "seq_len": 8}, seed=0, cache_dir=tmp_path / "cache")
+    records = tmp_path / "records.jsonl"
+    records.write_bytes(b'{"text": "ok"}\n{"text": "\xc3("}\n')
+    with pytest.raises(ValueError, match=r"byte offset 25 of .*records.jsonl"):
+        build_data({"task": "text", "path": str(records), "seq_len": 8}, seed=0, cache_dir=tmp_path / "cache")

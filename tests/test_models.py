@@ -188,3 +188,30 @@ def test_a_mixer_declares_its_presets_in_its_own_file():
     finally:
         seqarch.MIXERS.pop("declares_presets_for_test")
         PRESETS.pop("with-presets-for-test", None)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": float("nan")}, "temperature: expected a finite number >= 0"),
+    ({"temperature": float("inf")}, "temperature: expected a finite number >= 0"),
+    ({"temperature": "hot"}, "temperature: expected a finite number >= 0 .*'hot'"),
+    ({"top_k": 2.5}, "top_k: expected a positive integer or None, got 2.5"),
+    ({"top_k": True}, "top_k: expected a positive integer or None, got True"),
+])
+def test_generate_names_a_bad_sampling_argument(kwargs, message):
+    model = seqarch.LanguageModel(seqarch.ModelConfig(vocab_size=12, d_model=16, mixer="s4d"))
+    with pytest.raises(ValueError, match=message):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), 2, **kwargs)
+
+
+def test_generate_refuses_an_empty_prompt():
+    model = seqarch.LanguageModel(seqarch.ModelConfig(vocab_size=12, d_model=16, mixer="m2"))
+    with pytest.raises(ValueError, match=r"prompt: expected at least one sequence of at least one token, got shape \(1, 0\)"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), 2)
+
+
+def test_attention_names_an_input_dtype_other_than_its_weights():
+    mixer = seqarch.build_mixer("attention", 16)
+    with pytest.raises(ValueError, match="x: expected dtype torch.float32 .* got torch.float64"):
+        mixer(torch.randn(2, 5, 16, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mixer(torch.randn(2, 5, 16)).shape == (2, 5, 16)

@@ -229,17 +229,17 @@ def test_cli_bad_input_fails_before_training_and_writes_nothing(tmp_path, caplog
 
 
 def test_cli_corrupt_checkpoint_is_a_clear_error_and_is_left_alone(tmp_path, caplog):
-    path = _write(tmp_path / "config.yaml", TINY)
-    folder = tmp_path / "runs" / "tiny" / "checkpoints"
-    folder.mkdir(parents=True)
+    path = _write(tmp_path / "config.yaml", {**TINY, "train": {**TINY["train"], "keep_checkpoints": 1}})
+    assert main(["train", str(path), "--output", str(tmp_path / "runs"), "--quiet"]) == 0
+    folder = tmp_path / "runs" / "tiny-train" / "checkpoints"
     corrupt = folder / "step-0000002.ckpt"
     corrupt.write_bytes(b"not a checkpoint")
     assert main(["train", str(path), "--output", str(tmp_path / "runs"), "--resume", "--quiet"]) == 2
     assert "step-0000002.ckpt" in caplog.text and "cannot be read" in caplog.text
     assert corrupt.read_bytes() == b"not a checkpoint"
-    # Without --resume the run refuses to train over the folder's checkpoints.
+    # Without --resume the run refuses to write into the folder.
     assert main(["train", str(path), "--output", str(tmp_path / "runs"), "--quiet"]) == 2
-    assert "already holds checkpoints" in caplog.text
+    assert "already holds a run" in caplog.text
     assert sorted(p.name for p in folder.iterdir()) == ["step-0000002.ckpt"]
     assert torch.__version__  # the process is intact after both errors
 

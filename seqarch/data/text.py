@@ -71,16 +71,27 @@ def list_local_files(path: str | os.PathLike) -> tuple[Path, list[Path]]:
     return path, files
 
 
+def read_utf8(path: Path) -> str:
+    """The text of ``path``; a file that is not UTF-8 (a binary file given as text) is refused with the
+    offset of its first bad byte, since training on replacement characters would go unnoticed."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"data.path: expected UTF-8 text, got a byte {data[error.start]:#04x} that is not UTF-8 at byte offset "
+            f"{error.start} of {str(path)!r} (a binary file?); convert it or leave it out of the corpus"
+        ) from None
+
+
 def _read_records(path: Path, relative: str, text_field: str) -> Iterator[tuple[str, str]]:
     """``(key, text)`` per document of a file."""
     if path.suffix in WHOLE_FILE_SUFFIXES:
-        # errors="replace": one stray byte in a corpus should not stop a training run.
-        yield relative, path.read_text(encoding="utf-8", errors="replace")
+        yield relative, read_utf8(path)
     elif path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines):
-                if line.strip():
-                    yield f"{relative}:{number}", _field(json.loads(line), text_field, f"{path}:{number + 1}")
+        for number, line in enumerate(read_utf8(path).splitlines(keepends=True)):
+            if line.strip():
+                yield f"{relative}:{number}", _field(json.loads(line), text_field, f"{path}:{number + 1}")
     else:
         import pyarrow.parquet as pq
 

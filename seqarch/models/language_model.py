@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -68,12 +70,16 @@ class LanguageModel(nn.Module):
         reference the recurrent path must match).  Returns ``(batch, length + max_new_tokens)``.
         """
         check_tokens(prompt, self.config, "prompt")
+        if prompt.shape[0] == 0 or prompt.shape[1] == 0:
+            raise ValueError(f"prompt: expected at least one sequence of at least one token, got shape "
+                             f"{tuple(prompt.shape)}")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
-        if temperature < 0:
-            raise ValueError(f"temperature: expected a value >= 0, got {temperature}")
-        if top_k is not None and top_k <= 0:
-            raise ValueError(f"top_k: expected a positive integer or None, got {top_k}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0 \
+                or math.isinf(temperature):
+            raise ValueError(f"temperature: expected a finite number >= 0 (0: greedy), got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
+            raise ValueError(f"top_k: expected a positive integer or None, got {top_k!r}")
         tokens = prompt
         if max_new_tokens == 0:
             return tokens

@@ -7,14 +7,20 @@ the one with the highest step.
 
 from __future__ import annotations
 
-import os
+import math
+import pickle
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 
 from ..data import Metric
+from .durable import replace_durably
+from .errors import NonFiniteLossError
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.ckpt$")
 
@@ -46,46 +52,96 @@ def check_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint: no such file: {str(path)!r}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain data only, so loading someone else's file cannot run their code.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found is None:  # a damaged file, not a foreign object
+            reason = next((line for line in str(error).splitlines() if line.startswith("Unsupported")), "damaged")
+            raise CheckpointError(f"checkpoint {str(path)!r}: cannot be read (UnpicklingError: {reason})") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: refused: it holds Python objects beyond tensors and plain data"
+            f"{f' ({found.group(1)})' if found else ''}, and loading those can run code; seqarch loads only "
+            "checkpoints readable with torch.load(weights_only=True)"
+        ) from None
     except Exception as error:  # torch raises several types for a damaged zip/pickle
         raise CheckpointError(f"checkpoint {str(path)!r}: cannot be read ({type(error).__name__}: {error})") from error
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r}: expected a seqarch training checkpoint (a mapping), "
+                              f"got {type(checkpoint).__name__}")
     missing = [k for k in ("state_dict", "global_step", "hyper_parameters", "optimizer_states") if k not in checkpoint]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r}: expected a seqarch training checkpoint, missing {missing}")
     return checkpoint
 
 
-class StepCheckpoint(L.Callback):
-    """Save every ``every`` optimiser steps and at the end; keep the newest ``keep``."""
+def non_finite_tensors(pl_module: L.LightningModule, optimizers: list) -> list[str]:
+    """Names of the weights and optimiser-state tensors holding NaN or Inf (empty when all are finite)."""
+    bad = [name for name, value in pl_module.state_dict().items()
+           if value.is_floating_point() and not torch.isfinite(value).all()]
+    for i, optimizer in enumerate(optimizers):
+        for index, state in enumerate(optimizer.state.values()):
+            bad += [f"optimizer[{i}].state[{index}].{key}" for key, value in state.items()
+                    if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
+    return bad
 
-    def __init__(self, folder: str | Path, every: int, keep: int) -> None:
+
+class StepCheckpoint(Checkpoint):
+    """Save every ``every`` optimiser steps and at the end; keep the newest ``keep``.
+
+    A step that also validates (``validates(step)``) is saved after its validation, so the checkpoint
+    holds that evaluation. A checkpoint is never written with a non-finite weight or optimiser state:
+    the run stops with :class:`NonFiniteLossError` instead, and the earlier checkpoints stay.
+    (A ``Checkpoint`` subclass: Lightning calls it after the other callbacks, the history included.)
+    """
+
+    def __init__(self, folder: str | Path, every: int, keep: int, validates: Callable[[int], bool] = lambda _: False
+                 ) -> None:
         self.folder = Path(folder)
         self.every = every
         self.keep = keep
+        self.validates = validates
         self.last_saved_step: int | None = None
+        self._pending_step: int | None = None
 
-    def _save(self, trainer: L.Trainer) -> None:
+    def _save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
         if step == self.last_saved_step:
             return
+        bad = non_finite_tensors(pl_module, trainer.optimizers)
+        if bad:
+            raise NonFiniteLossError(
+                f"{len(bad)} weight or optimiser tensors are NaN or infinite at step {step} ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}); stopping without writing that checkpoint. Checkpoints "
+                "written before this step are kept; lower train.lr or set train.grad_clip"
+            )
         final = self.folder / f"step-{step:07d}.ckpt"
         partial = final.with_suffix(".ckpt.partial")
         if trainer.is_global_zero:
             self.folder.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(partial)  # every rank calls it; rank 0 writes
+        trainer.save_checkpoint(partial, weights_only=False)  # every rank calls it; rank 0 writes
         if trainer.is_global_zero:
-            os.replace(partial, final)
+            replace_durably(partial, final)
             for old in list_checkpoints(self.folder)[: -self.keep]:
                 old.unlink()
         trainer.strategy.barrier("seqarch_checkpoint")
         self.last_saved_step = step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % self.every == 0:
-            self._save(trainer)
+        step = trainer.global_step
+        if step % self.every == 0:
+            if self.validates(step):
+                self._pending_step = step
+            else:
+                self._save(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._pending_step == trainer.global_step and not trainer.sanity_checking:
+            self._pending_step = None
+            self._save(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._save(trainer)
+        self._save(trainer, pl_module)
 
 
 class EvalHistory(L.Callback):
@@ -102,12 +158,16 @@ class EvalHistory(L.Callback):
         self.metric = metric
         self.stop_at = stop_at
         self.history: list[dict] = []
+        # Training wall time of the processes before a resume (so a resumed run reports its whole time).
+        self.wall_before = 0.0
+        self._started = time.perf_counter()
 
     def state_dict(self) -> dict:
-        return {"history": self.history}
+        return {"history": self.history, "wall_s": self.wall_before + time.perf_counter() - self._started}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict.get("history", []))
+        self.wall_before = float(state_dict.get("wall_s", 0.0))
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
@@ -118,6 +178,10 @@ class EvalHistory(L.Callback):
             "step": trainer.global_step, "tokens": tokens,
             "training_flops": tokens * self.training_flops_per_token, **metrics,
         })
+        loss = metrics.get("val/loss")
+        if loss is not None and not math.isfinite(loss):
+            raise NonFiniteLossError(f"validation loss is {loss} at step {trainer.global_step}; stopping. "
+                                     "Checkpoints written before this step are kept; lower train.lr or set train.grad_clip")
         value = metrics.get(self.metric.name)
         if self.stop_at is not None and value is not None and self.metric.reached(value, self.stop_at):
             trainer.should_stop = True

@@ -17,13 +17,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from ..budget import TRAINING_FLOPS_PER_FORWARD, BudgetMatch, match_budget
+from ..budget import TRAINING_FLOPS_PER_FORWARD, BudgetMatch, count_params, forward_flops_per_token, match_budget
 from ..data import DataBundle
 from ..models import ModelConfig
 from .config import RunConfig
-from .errors import ConfigError, nested
+from .errors import ConfigError, NonFiniteLossError, nested
+from .module import run_fingerprint
 from .result import BudgetResult, LearningRateRun, RunResult
-from .run import model_config_for, train_run
+from .run import model_config_for, prepare_run_folder, train_run
 
 log = logging.getLogger(__name__)
 
@@ -78,31 +79,69 @@ def plan_comparison(config: RunConfig, bundle: DataBundle) -> Plan:
     return plan
 
 
+def run_folders(plan: Plan, folder: Path, lrs: list[float]) -> list[tuple[str, ModelConfig, BudgetMatch | None,
+                                                                        float, Path]]:
+    """``(name, model_config, match, lr, run folder)`` of every run of a comparison, in training order."""
+    return [(name, model_config, match, lr, folder / name / (f"lr-{lr:g}" if len(lrs) > 1 else "run"))
+            for name, model_config, match in plan for lr in lrs]
+
+
+def check_run_folders(config: RunConfig, bundle: DataBundle, folder: Path, plan: Plan, *, resume: bool) -> None:
+    """Every run folder of the comparison checked before the first trains (checkpoints over which a
+    run would train, an unreadable checkpoint, one made by another model or recipe)."""
+    for _, model_config, _, lr, run_folder in run_folders(plan, folder, config.train.learning_rates):
+        prepare_run_folder(run_folder, resume,
+                           run_fingerprint(model_config, bundle.kind, config.train, lr, bundle.seq_len))
+
+
+def train_or_record_failure(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, *, name: str,
+                            lr: float, folder: Path, resume: bool, callbacks: list | None = None,
+                            position: tuple[int, int] = (1, 1)) -> RunResult:
+    """:func:`train_run`, or, when the run's loss becomes NaN, the record of that failure (the
+    comparison goes on with the other architectures)."""
+    try:
+        return train_run(config, bundle, model_config, lr=lr, folder=folder, resume=resume, label=name,
+                         callbacks=callbacks, position=position)
+    except NonFiniteLossError as error:
+        log.error("%s (lr %g) failed: %s", name, lr, error)
+        return RunResult.failed(name, model_config, lr=lr, metric=bundle.metric.name,
+                                higher_is_better=bundle.metric.higher_is_better, params=count_params(model_config),
+                                flops_per_token=forward_flops_per_token(model_config, bundle.seq_len),
+                                folder=str(folder), failure=str(error))
+
+
 def compare(config: RunConfig, bundle: DataBundle, folder: Path, *, resume: bool = False,
             on_result: Callable[[RunResult, list[RunResult]], None] | None = None,
-            plan: Plan | None = None) -> list[RunResult]:
+            plan: Plan | None = None, callbacks: Callable[[str, int], list] | None = None) -> list[RunResult]:
     """Train every architecture (and learning rate); returns the best run per architecture,
-    by the task's metric (``bundle.metric``).
+    by the task's metric (``bundle.metric``). An architecture whose every run failed (a NaN loss)
+    is returned with its ``failure``; the others are trained all the same.
 
     ``on_result(best, all_so_far)`` is called as each architecture finishes; ``plan``
-    is :func:`plan_comparison`'s answer when the caller has it already.
+    is :func:`plan_comparison`'s answer when the caller has it already; ``callbacks(name, index)``
+    gives the extra Lightning callbacks of the ``index``-th run.
     """
     plan = plan_comparison(config, bundle) if plan is None else plan
     lrs = config.train.learning_rates
+    check_run_folders(config, bundle, folder, plan, resume=resume)
     finished: list[RunResult] = []
-    for name, model_config, match in plan:
-        runs = []
-        for lr in lrs:
-            run_folder = folder / name / (f"lr-{lr:g}" if len(lrs) > 1 else "run")
-            result = train_run(config, bundle, model_config, lr=lr, folder=run_folder, resume=resume, label=name)
-            result.budget = BudgetResult.of(match)
-            runs.append(result)
-        scored = [r for r in runs if r.best is not None]
+    runs_by_name: dict[str, list[RunResult]] = {}
+    runs_planned = run_folders(plan, folder, lrs)
+    for index, (name, model_config, match, lr, run_folder) in enumerate(runs_planned):
+        result = train_or_record_failure(config, bundle, model_config, name=name, lr=lr, folder=run_folder,
+                                         resume=resume, callbacks=callbacks(name, index) if callbacks else None,
+                                         position=(index + 1, len(runs_planned)))
+        result.budget = BudgetResult.of(match)
+        runs = runs_by_name.setdefault(name, [])
+        runs.append(result)
+        if len(runs) < len(lrs):
+            continue
+        scored = [r for r in runs if r.best is not None and r.failure is None]
         best = scored[0] if scored else runs[-1]
         for run in scored[1:]:
             if bundle.metric.better(run.best, best.best):
                 best = run
-        best.sweep = [LearningRateRun(r.lr, r.best, r.final) for r in runs]
+        best.sweep = [LearningRateRun(r.lr, r.best, r.final, r.failure) for r in runs]
         finished.append(best)
         if on_result is not None:
             on_result(best, finished)

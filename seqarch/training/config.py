@@ -59,9 +59,18 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str):
-    """``yaml.safe_load`` that also reads ``1e-3`` as a float."""
-    return yaml.load(text, Loader=_Loader)
+def parse_yaml(text: str, where: str = "config"):
+    """``yaml.safe_load`` that also reads ``1e-3`` as a float; a syntax error is a :class:`ConfigError`
+    naming ``where`` (the file or the override) and the line."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        context = getattr(error, "context", None)
+        raise ConfigError(f"{where}: expected valid YAML, got a syntax error at{at} {problem}"
+                          f"{f' ({context})' if context else ''}") from None
 
 
 # -- value types: the shared validators of seqarch.checks, named by the key path in the error ------------
@@ -376,8 +385,12 @@ class RunConfig(Section):
 
     @property
     def folder(self) -> Path:
-        """The run folder: ``output/name``."""
-        return Path(self.output) / self.name
+        """The run folder of ``seqarch compare``: ``output/name``."""
+        return folder_of(self.output, self.name, "compare")
+
+    def folder_for(self, command: str) -> Path:
+        """The run folder of ``command``: ``output/name`` for compare, ``output/name-train`` for train."""
+        return folder_of(self.output, self.name, command)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML/JSON) that validates back to this config: every default filled in, but the
@@ -386,6 +399,11 @@ class RunConfig(Section):
         values["model"] = self.model.overrides()
         values["architectures"] = [a.to_dict() for a in self.architectures]
         return values
+
+
+def folder_of(output: str, name: str, command: str) -> Path:
+    """``output/name`` for compare, ``output/name-train`` for train: the two never share a folder."""
+    return Path(output) / (name if command == "compare" else f"{name}-train")
 
 
 LOGGERS = ("csv", "wandb")
@@ -418,7 +436,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key}: {part!r} is not a section")
             target = node
-        target[parts[-1]] = parse_yaml(raw)
+        target[parts[-1]] = parse_yaml(raw, f"override {item!r}")
     return values
 
 
@@ -446,7 +464,7 @@ def read_config_file(path: str | Path) -> dict:
             raise ConfigError(f"config: no such file: {str(path)!r}; expected a YAML file or a shipped experiment "
                               f"({', '.join(shipped_experiments())})")
         path = shipped
-    raw = parse_yaml(path.read_text()) or {}
+    raw = parse_yaml(path.read_text(), f"config {str(path)!r}") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config: expected a mapping of sections in {str(path)!r}, got {type(raw).__name__}")
     return raw
@@ -481,7 +499,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), *, command: 
     modules = _imports_of(raw, "") + list(imports)
     if resume:
         defaults = RunConfig.model_fields
-        folder = Path(str(raw.get("output", defaults["output"].default))) / str(raw.get("name", defaults["name"].default))
+        folder = folder_of(str(raw.get("output", defaults["output"].default)), str(raw.get("name", defaults["name"].default)),
+                           command)
         modules += saved_imports(folder)
     raw["imports"] = list(dict.fromkeys(modules))
     import_modules(raw["imports"])

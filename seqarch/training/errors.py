@@ -18,6 +18,10 @@ _STARTS_WITH_PATH = re.compile(r"^[\w.\[\]]+( \([^)]*\))?: ")
 _STARTS_WITH_FIELD = re.compile(r"^[a-z_]+: ")
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss, a gradient or a weight became NaN or infinite; checkpoints written before are kept as they were."""
+
+
 class ConfigError(ValueError):
     """A run config that cannot run; the message names the key path."""
 

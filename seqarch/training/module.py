@@ -21,11 +21,8 @@ from .. import LanguageModel, ModelConfig, SequenceClassifier
 from ..budget import TRAINING_FLOPS_PER_FORWARD
 from ..devices import peak_flops
 from .config import TrainSection
+from .errors import NonFiniteLossError
 from .optim import build_optimizer
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; earlier checkpoints are kept as they were."""
 
 
 def device_peak_flops(device: torch.device) -> float | None:
@@ -33,6 +30,12 @@ def device_peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
     return peak_flops(torch.cuda.get_device_name(device), "bf16")
+
+
+def run_fingerprint(model_config: ModelConfig, kind: str, train: TrainSection, lr: float, seq_len: int) -> dict:
+    """What makes a run the run it is, as plain data: the model, the data kind and length, the recipe."""
+    return {"model_config": model_config.to_dict(), "kind": kind, "train": train.model_dump(mode="json"),
+            "lr": lr, "seq_len": seq_len}
 
 
 class SeqarchModule(L.LightningModule):
@@ -51,9 +54,9 @@ class SeqarchModule(L.LightningModule):
 
     def __init__(self, model_config: ModelConfig, kind: str, train: TrainSection, lr: float, seq_len: int) -> None:
         super().__init__()
-        # Checkpoints carry the model and recipe as plain data, readable without seqarch's classes.
-        self.save_hyperparameters({"model_config": model_config.to_dict(), "kind": kind,
-                                   "train": train.model_dump(mode="json"), "lr": lr, "seq_len": seq_len})
+        # Checkpoints carry the model and recipe as plain data, readable without seqarch's classes;
+        # a resume compares them with its own (run_folder.check_fingerprint).
+        self.save_hyperparameters(run_fingerprint(model_config, kind, train, lr, seq_len))
         self.config = model_config
         self.kind = kind
         self.train_options = train
@@ -86,6 +89,18 @@ class SeqarchModule(L.LightningModule):
             )
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # A finite loss can still give an infinite gradient; the step it would poison the weights is this one.
+        # (16-bit mixed precision is the exception: its grad scaler skips steps with infinite gradients.)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if self.trainer.precision != "16-mixed" and grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
+            bad = [n for n, p in self.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            raise NonFiniteLossError(
+                f"gradients of {len(bad)} weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) are NaN "
+                f"or infinite at step {self.global_step}; stopping before that update. Checkpoints written before "
+                "this step are kept; lower train.lr or set train.grad_clip"
+            )
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         if self._tick is None:
@@ -126,21 +141,36 @@ class SeqarchModule(L.LightningModule):
         optimizer, schedule = build_optimizer(self.model, self.train_options, self.lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    # Resume must continue the random streams too (dropout, sampling), not only the weights.
+    # Resume must continue the random streams too (dropout, sampling), not only the weights. The states
+    # are stored as tensors and plain lists so the checkpoint loads with torch.load(weights_only=True).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states")
-        if not states:
-            return
-        torch.set_rng_state(states["torch"])
-        np.random.set_state(states["numpy"])
-        random.setstate(states["python"])
-        if states["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
+        if states:
+            set_rng_states(states)
+
+
+def rng_states() -> dict:
+    """The torch, numpy, Python and CUDA random states as tensors, numbers, strings and lists."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    version, python_state, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss),
+                  float(cached_gaussian)],
+        "python": [version, list(python_state), gauss],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what :func:`rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+    version, python_state, gauss = states["python"]
+    random.setstate((version, tuple(python_state), gauss))
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -33,6 +33,7 @@ class LearningRateRun:
     lr: float
     best: float | None
     final: float | None
+    failure: str | None = None
 
 
 @dataclass
@@ -73,10 +74,34 @@ class RunResult:
     sweep: list[LearningRateRun] = field(default_factory=list)
     data_point: str = ""
     seq_len: int | None = None
+    # Set when the run stopped before train.steps because the metric reached train.stop_at.
+    stopped_early: bool = False
+    # Set when the run failed (a NaN loss): the message; its metrics are then those before the failure.
+    failure: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (the model config as its fields)."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunResult:
+        """The result :meth:`to_dict` wrote (a finished run's ``result.json``)."""
+        values = dict(values)
+        values["model_config"] = ModelConfig.from_dict(values["model_config"])
+        values["budget"] = BudgetResult(**values["budget"]) if values.get("budget") else None
+        values["sweep"] = [LearningRateRun(**point) for point in values.get("sweep", [])]
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def failed(cls, name: str, model_config: ModelConfig, *, lr: float, metric: str, higher_is_better: bool,
+               params: int, flops_per_token: float, folder: str, failure: str) -> RunResult:
+        """The record of a run that stopped on an error before it had a result."""
+        return cls(name=name, mixer=model_config.mixer, lr=lr, d_model=model_config.d_model,
+                   n_layers=model_config.n_layers, params=params, flops_per_token=flops_per_token, training_flops=0.0,
+                   steps=0, metric=metric, higher_is_better=higher_is_better, final=None, best=None, state_size=0,
+                   tokens_per_s=None, wall_s=0.0, peak_memory_bytes=None, device="", history=[],
+                   model_config=model_config, folder=folder, failure=failure)
 
     @property
     def architecture(self) -> str:

@@ -9,22 +9,28 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from ..budget import TRAINING_FLOPS_PER_FORWARD
 from ..data import DataBundle
 from ..memory import PeakMemory
 from ..models import ModelConfig
 from .checkpoints import CheckpointError, EvalHistory, StepCheckpoint, check_checkpoint, latest_checkpoint
-from .config import Architecture, RunConfig, TrainSection
+from .config import Architecture, RunConfig, TrainerSection, TrainSection
 from .datamodule import SeqarchDataModule
+from .durable import write_atomic
+from .errors import ConfigError
 from .loggers import build_loggers
-from .module import SeqarchModule
+from .module import SeqarchModule, run_fingerprint
+from .progress import ProgressLine
 from .result import RunResult
+from .run_folder import check_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,24 @@ def _precision(train: TrainSection) -> str:
     return train.precision
 
 
+def check_trainer_options(options: TrainerSection) -> None:
+    """Let Lightning judge the ``trainer`` section before anything trains (``accelerator: gpu`` on a
+    machine without one, ``devices: abc``); raises :class:`ConfigError` with its reason."""
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.ERROR)  # its device lines come once, from the real trainer
+    try:
+        L.Trainer(accelerator=options.accelerator, devices=options.devices, strategy=options.strategy,
+                  num_nodes=options.num_nodes, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False)
+    except (MisconfigurationException, ValueError, RuntimeError, TypeError) as error:
+        values = options.model_dump(exclude={"enable_progress_bar"})
+        reason = " ".join(str(error).split())
+        raise ConfigError(f"trainer: Lightning cannot train with {values}: {reason}") from None
+    finally:
+        lightning_log.setLevel(level)
+
+
 @dataclass
 class RunPaths:
     folder: Path
@@ -60,10 +84,12 @@ class RunPaths:
         return self.folder / "result.json"
 
 
-def prepare_run_folder(folder: Path, resume: bool) -> tuple[Path | None, int]:
+def prepare_run_folder(folder: Path, resume: bool, fingerprint: dict | None = None) -> tuple[Path | None, int]:
     """Check the run folder before training; returns the checkpoint to resume from and its step.
 
-    A folder that already holds checkpoints is never trained over without ``resume``.
+    A folder that already holds checkpoints is never trained over without ``resume``; on resume the
+    newest checkpoint must be readable and made by the same model and recipe (``fingerprint``:
+    :func:`run_fingerprint`'s data), else :class:`CheckpointError` names the file and the keys.
     """
     paths = RunPaths(folder)
     latest = latest_checkpoint(paths.checkpoints)
@@ -76,20 +102,47 @@ def prepare_run_folder(folder: Path, resume: bool) -> tuple[Path | None, int]:
         return None, 0
     if latest is None:
         return None, 0
-    return latest, int(check_checkpoint(latest)["global_step"])
+    checkpoint = check_checkpoint(latest)
+    if fingerprint is not None:
+        try:
+            check_fingerprint(latest, checkpoint["hyper_parameters"], fingerprint)
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
+    return latest, int(checkpoint["global_step"])
+
+
+def finished_result(folder: Path, steps: int, resumed_from: int) -> RunResult | None:
+    """The result of a run in ``folder`` that already finished (its newest checkpoint is the one its
+    ``result.json`` was written after, and it reached ``steps`` or stopped early); ``None`` otherwise."""
+    path = RunPaths(folder).result
+    if not path.is_file():
+        return None
+    try:
+        result = RunResult.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError):
+        return None  # unreadable: the run is trained on from its checkpoint and the file written again
+    if result.failure is None and result.steps == resumed_from and (result.steps >= steps or result.stopped_early):
+        return result
+    return None
 
 
 def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, *, lr: float, folder: Path,
-              resume: bool = False, label: str | None = None, callbacks: list | None = None) -> RunResult:
+              resume: bool = False, label: str | None = None, callbacks: list | None = None,
+              position: tuple[int, int] = (1, 1)) -> RunResult:
     """Train ``model_config`` on ``bundle`` with the config's recipe at learning rate ``lr``.
 
     Writes ``folder/checkpoints/``, ``folder/logs/metrics.csv`` and ``folder/result.json``;
     returns the :class:`RunResult` (parameters, FLOPs, metrics, tokens/s, peak memory, history).
-    ``callbacks``: extra Lightning callbacks (after the checkpoint and history ones).
+    ``callbacks``: extra Lightning callbacks (after the checkpoint and history ones). ``position``:
+    ``(index, total)`` of this run in a comparison, for the progress line (``trainer.enable_progress_bar``).
     """
     train = config.train
     folder = Path(folder)
-    ckpt_path, resumed_from = prepare_run_folder(folder, resume)
+    ckpt_path, resumed_from = prepare_run_folder(
+        folder, resume, run_fingerprint(model_config, bundle.kind, train, lr, bundle.seq_len))
+    if resume and (done := finished_result(folder, train.steps, resumed_from)) is not None:
+        log.info("%s: finished before (step %d); its result is kept as it was", label or folder.name, done.steps)
+        return done
     L.seed_everything(train.seed, workers=True, verbose=False)
     module = SeqarchModule(model_config, bundle.kind, train, lr, bundle.seq_len)
     if train.compile:
@@ -104,21 +157,28 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         num_sanity_val_steps=0, log_every_n_steps=train.log_every,
         gradient_clip_val=train.grad_clip, precision=_precision(train),
         accelerator=options.accelerator, devices=options.devices, strategy=options.strategy,
-        num_nodes=options.num_nodes, enable_progress_bar=options.enable_progress_bar,
-        use_distributed_sampler=False, enable_checkpointing=False, enable_model_summary=False,
+        num_nodes=options.num_nodes, enable_progress_bar=False,  # ProgressLine instead of Lightning's bar
+        use_distributed_sampler=False, enable_checkpointing=True,  # StepCheckpoint is the only one
+        enable_model_summary=False,
         logger=build_loggers(config.logger, folder, label or folder.name, config.wandb.model_dump(),
                              resumed_from=resumed_from),
-        callbacks=[StepCheckpoint(RunPaths(folder).checkpoints, train.checkpoint_every, train.keep_checkpoints),
-                   history, *(callbacks or [])],
+        callbacks=[history, StepCheckpoint(RunPaths(folder).checkpoints, train.checkpoint_every, train.keep_checkpoints,
+                                           validates=lambda step: step % train.eval_every == 0),
+                   *([ProgressLine(label or folder.name, *position, train.steps, bundle.metric.name)]
+                     if options.enable_progress_bar else []),
+                   *(callbacks or [])],
         default_root_dir=str(folder),
     )
     datamodule = SeqarchDataModule(bundle, train)
     memory = PeakMemory(trainer.strategy.root_device)
     start = time.perf_counter()
-    with memory:
-        # Our own checkpoints (checked by check_checkpoint) hold numpy RNG state, hence weights_only=False.
+    with memory, warnings.catch_warnings():
+        # Lightning warns that a mid-epoch resume is inexact unless the loader is stateful; ours is exact:
+        # StepBatchSampler starts from the restored global step.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        # Our checkpoints hold only tensors and plain data (check_checkpoint refuses anything else).
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
-                    weights_only=False)
+                    weights_only=True)
         if not history.history or history.history[-1]["step"] != trainer.global_step:
             trainer.validate(module, datamodule=datamodule, verbose=False)
     wall = time.perf_counter() - start
@@ -138,9 +198,9 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         metric=metric.name, higher_is_better=metric.higher_is_better,
         final=values[-1] if values else None, best=best, state_size=state_size,
         tokens_per_s=(steps_done - resumed_from) * tokens_per_step / wall if wall > 0 else None,
-        wall_s=wall, peak_memory_bytes=memory.peak_bytes, device=str(trainer.strategy.root_device),
+        wall_s=history.wall_before + wall, stopped_early=steps_done < train.steps, peak_memory_bytes=memory.peak_bytes, device=str(trainer.strategy.root_device),
         history=history.history, model_config=model_config, folder=str(folder),
     )
     if trainer.is_global_zero:
-        RunPaths(folder).result.write_text(json.dumps(result.to_dict(), indent=2))
+        write_atomic(RunPaths(folder).result, json.dumps(result.to_dict(), indent=2))
     return result

@@ -7,7 +7,7 @@ the training checkpoint's ``model.*``), and works with ``generate``: the prompt 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -70,7 +70,7 @@ class SeqarchForCausalLM(PreTrainedModel, GenerationMixin):
     main_input_name = "input_ids"
     _is_stateful = True
     _supports_cache_class = True
-    _tied_weights_keys = {"model.head.weight": "model.backbone.embedding.weight"}
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"model.head.weight": "model.backbone.embedding.weight"}
 
     def __init__(self, config: SeqarchConfig) -> None:
         super().__init__(config)

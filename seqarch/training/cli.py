@@ -82,7 +82,51 @@ def build_parser() -> argparse.ArgumentParser:
                         "channel mixer and options of its paper) and the registered mixers.")
     commands.add_parser("schema", help="print the JSON schema of a run config",
                         description="Print the JSON schema of a run config: every key, its type, default and meaning.")
+    add_hf_commands(commands)
     return parser
+
+
+def add_hf_commands(commands) -> None:
+    """``seqarch export`` and ``seqarch eval`` (the ``hf`` extra; transformers is imported only when they run)."""
+    export = commands.add_parser(
+        "export", help="a trained run's latest checkpoint and tokenizer as a Hugging Face folder",
+        description="Write RUN_FOLDER's latest checkpoint (safetensors), its tokenizer and the code that loads "
+        "them into OUT_DIR: AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True) then works "
+        "without seqarch installed. Needs the hf extra (pip install -e '.[hf]').")
+    export.add_argument("run_folder", metavar="RUN_FOLDER", help="a run folder holding checkpoints/")
+    export.add_argument("out_dir", metavar="OUT_DIR", help="a new (or empty) folder to write")
+    evaluate = commands.add_parser(
+        "eval", help="lm-evaluation-harness tasks on an exported folder",
+        description="Run lm-evaluation-harness tasks on OUT_DIR (what seqarch export wrote) through its hf model; "
+        "the same as lm_eval --model hf --model_args pretrained=OUT_DIR,trust_remote_code=True.")
+    evaluate.add_argument("model_dir", metavar="OUT_DIR", help="an exported Hugging Face folder")
+    evaluate.add_argument("--tasks", required=True, help="comma-separated task names")
+    evaluate.add_argument("--include-path", default=None, help="a folder of task YAMLs of your own")
+    evaluate.add_argument("--limit", type=float, default=None, help="examples per task (or a fraction)")
+    evaluate.add_argument("--batch-size", type=int, default=1, help="lm-eval batch size")
+    evaluate.add_argument("--output", default=None, help="write the results JSON here")
+
+
+def run_hf_command(args: argparse.Namespace) -> int:
+    """Run ``seqarch export`` or ``seqarch eval``; bad input is one error line and exit code 2."""
+    try:
+        if args.command == "export":
+            from ..hf.export import export_run
+
+            log.info("seqarch export: wrote %s", export_run(args.run_folder, args.out_dir))
+            return 0
+        from ..hf.evaluate import evaluate, summary
+
+        results = evaluate(args.model_dir, args.tasks.split(","), include_path=args.include_path,
+                           limit=args.limit, batch_size=args.batch_size, output=args.output)
+        print(summary(results))
+        return 0
+    except ImportError as error:
+        log.error("seqarch %s: error: %s (install the hf extra: pip install -e '.[hf]')", args.command, error)
+        return 2
+    except (CheckpointError, ValueError) as error:
+        log.error("seqarch %s: error: %s", args.command, error)
+        return 2
 
 
 def _split_config_argument(args: argparse.Namespace) -> None:
@@ -132,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     is_override = [("=" in a and not a.startswith("-")) for a in argv]
     args = build_parser().parse_args([a for a, o in zip(argv, is_override) if not o])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command in ("export", "eval"):
+        return run_hf_command(args)
     if args.command == "schema":
         print(json.dumps(config_schema(), indent=2))
         return 0

@@ -26,7 +26,12 @@ def evaluate(model_dir: str | os.PathLike, tasks: list[str], *, include_path: st
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=include_path)
+    manager = None
+    if include_path is not None:  # the built-in tasks' index costs seconds: skip it when not needed
+        manager = TaskManager(include_path=include_path, include_defaults=False)
+        if any(t not in manager.all_tasks for t in tasks):
+            manager = None
+    manager = manager or TaskManager(include_path=include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ValueError(f"tasks: unknown task(s) {unknown}; expected lm-eval task names (or pass "
@@ -45,6 +50,7 @@ def summary(results: dict[str, Any]) -> str:
     lines = []
     for task, metrics in results["results"].items():
         for name, value in metrics.items():
-            if isinstance(value, (int, float)) and not name.endswith("_stderr,none") and name not in ("alias", "sample_len"):
+            skipped = name.endswith("_stderr,none") or name in ("alias", "sample_len")
+            if isinstance(value, (int, float)) and not skipped:
                 lines.append(f"{task}  {name}  {value:.4f}")
     return "\n".join(lines)

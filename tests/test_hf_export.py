@@ -4,6 +4,11 @@ lm-eval runs on local task YAMLs over a local jsonl (one loglikelihood, one gene
 from __future__ import annotations
 
 import json
+import os
+
+# No downloads anywhere: the tasks read a local jsonl, the model and tokenizer a local folder.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 import torch

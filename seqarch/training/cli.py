@@ -82,7 +82,88 @@ def build_parser() -> argparse.ArgumentParser:
                         "channel mixer and options of its paper) and the registered mixers.")
     commands.add_parser("schema", help="print the JSON schema of a run config",
                         description="Print the JSON schema of a run config: every key, its type, default and meaning.")
+    add_hf_commands(commands)
+    add_launcher_options(commands.choices["compare"])
     return parser
+
+
+def add_launcher_options(compare: argparse.ArgumentParser) -> None:
+    """``seqarch compare --launcher local|slurm`` (the ``cluster`` extra) and ``--collect RUN_FOLDER``."""
+    group = compare.add_argument_group("launching jobs (one per architecture, learning rate and seed; needs the "
+                                       "cluster extra: pip install -e '.[cluster]')")
+    group.add_argument("--launcher", default=None, help="local (subprocesses) or slurm (sbatch through submitit)")
+    group.add_argument("--collect", default=None, metavar="RUN_FOLDER",
+                       help="gather the finished jobs of a launched comparison into its report")
+    group.add_argument("--seeds", default=None, help="comma-separated seeds (default: train.seed)")
+    group.add_argument("--partition", default=None, help="SLURM partition")
+    group.add_argument("--gpus", type=int, default=None, help="GPUs per node")
+    group.add_argument("--time", type=int, default=None, help="time limit per job in minutes (default 60)")
+    group.add_argument("--account", default=None, help="SLURM account")
+    group.add_argument("--no-wait", action="store_true", help="local launcher: return once the jobs are started")
+
+
+def run_launch_command(args: argparse.Namespace, config=None) -> int:
+    """``--collect`` (no config), or submit the config's jobs (waiting for local ones, then collecting)."""
+    from .launch import SlurmOptions, collect, launch, wait_for
+
+    if args.collect is not None:
+        results, missing = collect(args.collect, cache_dir=args.cache_dir)
+        log.info("collected %d result(s) into %s; %d job(s) unfinished%s", len(results), args.collect, len(missing),
+                 "".join(f"\n  {m}" for m in missing))
+        return 0 if results else 1
+    options = SlurmOptions(partition=args.partition, gpus_per_node=args.gpus, time_min=args.time or 60,
+                           account=args.account)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    jobs = launch(config, args.launcher, seeds=seeds, options=options, cache_dir=args.cache_dir)
+    if args.launcher == "local" and not args.no_wait:
+        wait_for(jobs)
+        collect(config.folder, cache_dir=args.cache_dir)
+    else:
+        log.info("%d job(s) submitted; gather them with: seqarch compare --collect %s", len(jobs), config.folder)
+    return 0
+
+
+def add_hf_commands(commands) -> None:
+    """``seqarch export`` and ``seqarch eval`` (the ``hf`` extra; transformers is imported only when they run)."""
+    export = commands.add_parser(
+        "export", help="a trained run's latest checkpoint and tokenizer as a Hugging Face folder",
+        description="Write RUN_FOLDER's latest checkpoint (safetensors), its tokenizer and the code that loads "
+        "them into OUT_DIR: AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True) then works "
+        "without seqarch installed. Needs the hf extra (pip install -e '.[hf]').")
+    export.add_argument("run_folder", metavar="RUN_FOLDER", help="a run folder holding checkpoints/")
+    export.add_argument("out_dir", metavar="OUT_DIR", help="a new (or empty) folder to write")
+    evaluate = commands.add_parser(
+        "eval", help="lm-evaluation-harness tasks on an exported folder",
+        description="Run lm-evaluation-harness tasks on OUT_DIR (what seqarch export wrote) through its hf model; "
+        "the same as lm_eval --model hf --model_args pretrained=OUT_DIR,trust_remote_code=True.")
+    evaluate.add_argument("model_dir", metavar="OUT_DIR", help="an exported Hugging Face folder")
+    evaluate.add_argument("--tasks", required=True, help="comma-separated task names")
+    evaluate.add_argument("--include-path", default=None, help="a folder of task YAMLs of your own")
+    evaluate.add_argument("--limit", type=float, default=None, help="examples per task (or a fraction)")
+    evaluate.add_argument("--batch-size", type=int, default=1, help="lm-eval batch size")
+    evaluate.add_argument("--output", default=None, help="write the results JSON here")
+
+
+def run_hf_command(args: argparse.Namespace) -> int:
+    """Run ``seqarch export`` or ``seqarch eval``; bad input is one error line and exit code 2."""
+    try:
+        if args.command == "export":
+            from ..hf.export import export_run
+
+            log.info("seqarch export: wrote %s", export_run(args.run_folder, args.out_dir))
+            return 0
+        from ..hf.evaluate import evaluate, summary
+
+        results = evaluate(args.model_dir, args.tasks.split(","), include_path=args.include_path,
+                           limit=args.limit, batch_size=args.batch_size, output=args.output)
+        print(summary(results))
+        return 0
+    except ImportError as error:
+        log.error("seqarch %s: error: %s (install the hf extra: pip install -e '.[hf]')", args.command, error)
+        return 2
+    except (CheckpointError, ValueError) as error:
+        log.error("seqarch %s: error: %s", args.command, error)
+        return 2
 
 
 def _split_config_argument(args: argparse.Namespace) -> None:
@@ -132,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     is_override = [("=" in a and not a.startswith("-")) for a in argv]
     args = build_parser().parse_args([a for a, o in zip(argv, is_override) if not o])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command in ("export", "eval"):
+        return run_hf_command(args)
     if args.command == "schema":
         print(json.dumps(config_schema(), indent=2))
         return 0
@@ -147,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.overrides = [a for a, o in zip(argv, is_override) if o] + list(args.overrides)
     _split_config_argument(args)
+    if getattr(args, "collect", None) is not None:
+        try:
+            return run_launch_command(args)
+        except (ConfigError, ValueError) as error:
+            log.error("seqarch compare: error: %s", error)
+            return 2
     _quiet_lightning(args.quiet)
     if args.command == "train" and args.config is None and not args.overrides:
         log.info("seqarch train: no config given; training the embedded default's model section (MQAR)")
@@ -157,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"name={args.name}")
     try:
         config = load_config(args.config, overrides, command=args.command, imports=args.imports, resume=args.resume)
+        if getattr(args, "launcher", None) is not None:
+            return run_launch_command(args, config)
         from .session import run_command
 
         return run_command(args.command, config, resume=args.resume, cache_dir=args.cache_dir,

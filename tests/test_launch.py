@@ -1,0 +1,97 @@
+"""``seqarch compare --launcher``: one job per (architecture, learning rate, seed) through submitit
+(the ``cluster`` extra), run here by submitit's local executor as real subprocesses, one of them
+interrupted (a preemption) and requeued; ``--collect`` gathers the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+submitit = pytest.importorskip("submitit")
+
+from submitit.local.local import LocalJobEnvironment
+
+from seqarch.training.cli import main
+from seqarch.training.config import validate
+from seqarch.training.launch import SlurmOptions, collect, job_specs, launch, slurm_parameters, wait_for
+
+
+def tiny(tmp_path, **train):
+    return validate({
+        "name": "launched", "output": str(tmp_path),
+        "data": {"task": "mqar", "num_train": 128, "num_test": 32, "seq_len": 32},
+        "model": {"d_model": 16}, "architectures": ["s4d"],
+        "train": {"steps": 24, "batch_size": 8, "eval_every": 12, "checkpoint_every": 2, "log_every": 1,
+                  "warmup_steps": 2, "lr": [1e-3, 3e-3], **train},
+        "trainer": {"enable_progress_bar": False, "accelerator": "cpu"},
+    }, command="compare")
+
+
+def test_one_job_per_architecture_lr_and_seed(tmp_path):
+    specs = job_specs(tiny(tmp_path), [0, 1])
+    assert [(s.name, s.lr, s.seed) for s in specs] == [("s4d", 1e-3, 0), ("s4d", 1e-3, 1), ("s4d", 3e-3, 0),
+                                                       ("s4d", 3e-3, 1)]
+    assert specs[1].folder.endswith("launched/s4d/lr-0.001/seed-1")
+
+
+def test_local_jobs_run_as_subprocesses_and_a_preempted_job_resumes(tmp_path):
+    config = tiny(tmp_path)
+    executor = submitit.LocalExecutor(folder=tmp_path / "logs")
+    executor.update_parameters(timeout_min=10)
+    jobs = launch(config, "local", executor=executor)
+    assert len(jobs) == 2
+    checkpoints = tmp_path / "launched" / "s4d" / "lr-0.001" / "checkpoints"
+    deadline = time.time() + 240
+    while not list(checkpoints.glob("step-*.ckpt")) and time.time() < deadline and not jobs[0].done():
+        time.sleep(0.2)
+    assert not jobs[0].done(), "the job finished before it could be interrupted"
+    # The preemption / time-out signal, to the training process itself (submitit's local controller
+    # does not forward it): submitit checkpoints the submission, the process exits, the controller requeues.
+    controller = jobs[0]._process.pid
+    [task] = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
+    os.kill(int(task), LocalJobEnvironment._usr_sig())
+    wait_for(jobs)
+    log = jobs[0].paths.stderr.read_text() + jobs[0].paths.stdout.read_text()
+    assert "Requeued" in log or "requeue" in log.lower()
+    for job in jobs:
+        assert job.result()["steps"] == 24
+    # Same command again: nothing left to submit; --collect writes the report.
+    assert launch(config, "local", executor=executor) == []
+    assert main(["compare", "--collect", str(config.folder)]) == 0
+    results = json.loads((config.folder / "results.json").read_text())
+    [best] = results["results"]
+    assert best["name"] == "s4d" and len(best["sweep"]) == 2
+    assert (config.folder / "report.md").is_file()
+
+
+def test_collect_lists_unfinished_jobs(tmp_path):
+    config = tiny(tmp_path)
+
+    class Never:  # an executor that accepts jobs and never runs them
+        def submit(self, fn, spec):
+            return type("Job", (), {"job_id": "0"})()
+
+    launch(config, "local", executor=Never())
+    results, missing = collect(config.folder)
+    assert results == [] and len(missing) == 2
+
+
+def test_bad_launcher_and_rejected_slurm_options_are_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(tiny(tmp_path).to_dict()))
+    assert main(["compare", str(path), "--launcher", "pbs"]) == 2
+    with pytest.raises(ValueError, match="--launcher: expected one of local, slurm, got 'pbs'"):
+        launch(tiny(tmp_path), "pbs")
+    with pytest.raises(ValueError, match=r"slurm: submitit rejects option\(s\) \['bogus'\]"):
+        slurm_parameters(SlurmOptions(extra={"bogus": 1}), tiny(tmp_path), tmp_path)
+    parameters = slurm_parameters(SlurmOptions(partition="gpu", gpus_per_node=4, time_min=30, account="lab"),
+                                  tiny(tmp_path), tmp_path)
+    assert parameters["slurm_partition"] == "gpu" and parameters["timeout_min"] == 30
+    assert parameters["slurm_account"] == "lab" and parameters["slurm_gpus_per_node"] == 4
+    with pytest.raises(ValueError, match="--collect: expected a run folder"):
+        collect(tmp_path)
+    assert not (tmp_path / "launched").exists()  # nothing was written by the refused launches

@@ -32,6 +32,7 @@ def test_every_kernel_compiles_for_sm90_without_a_gpu():
         "_blockdiag_weight_grad_kernel", "_fft_conv_kernel", "_short_conv_forward_kernel",
         "_short_conv_backward_kernel", "_vandermonde_fwd_kernel", "_vandermonde_bwd_kernel", "_cauchy_fwd_kernel",
         "_cauchy_bwd_b_kernel", "_cauchy_bwd_state_kernel",
+        "_selective_scan_forward_kernel", "_selective_scan_backward_kernel",
     }, result.stdout
     # the half-precision matmul kernels use tensor cores
     for line in compiled:

@@ -15,6 +15,7 @@ from seqarch.kernels.chunked_linear_attention import chunked_linear_attention, c
 from seqarch.kernels.delta_rule import delta_rule, delta_rule_reference
 from seqarch.kernels.fft_conv import fft_conv, fft_conv_reference
 from seqarch.kernels.monarch_matmul import monarch_matmul, monarch_matmul_reference
+from seqarch.kernels.selective_scan import selective_scan, selective_scan_reference
 from seqarch.kernels.short_conv import short_conv, short_conv_reference
 from seqarch.kernels.ssd import ssd, ssd_reference
 from seqarch.kernels.ssm_kernel import (
@@ -49,6 +50,12 @@ def _linear(d_k, dtype=torch.float32):
             torch.randn(1, 2, 9, 16, dtype=dtype)]
 
 
+def _scan(dtype, state=2):
+    u, z = torch.randn(1, 3, 5, dtype=dtype), torch.rand(1, 3, 5, dtype=dtype)
+    return [u, z, -torch.rand(3, state, dtype=dtype), torch.randn(1, state, 5, dtype=dtype),
+            torch.randn(1, state, 5, dtype=dtype)]
+
+
 def _monarch(dtype):
     return torch.randn(3, 16, dtype=dtype), torch.randn(2, 8, 8, dtype=dtype), torch.randn(2, 8, 8, dtype=dtype)
 
@@ -77,6 +84,10 @@ OUTSIDE = [
     ("short_conv", short_conv, short_conv_reference,
      [torch.randn(1, 2, 12, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)], {},
      "x: expected dtype float16, bfloat16 or float32 for the Triton path, got torch.float64"),
+    ("selective_scan", selective_scan, selective_scan_reference, _scan(torch.float64), {},
+     "u: expected dtype float16, bfloat16 or float32 for the Triton path, got torch.float64"),
+    ("selective_scan", selective_scan, selective_scan_reference, _scan(torch.float32, 257), {},
+     "A: expected state <= 256 for the Triton path, got 257"),
     ("vandermonde_kernel", vandermonde_kernel, vandermonde_kernel_reference,
      [torch.randn(2, 4, dtype=C128), -torch.rand(2, 4, dtype=C128), 10], {},
      "coef: expected dtype complex64 for the Triton path, got torch.complex128"),
@@ -99,6 +110,7 @@ WITHIN = [
     ("fft_conv", [torch.randn(1, 2, 256), torch.randn(2, 9)], {}),
     ("monarch_matmul", _monarch(torch.float32), {}),
     ("short_conv", [torch.randn(1, 2, 12), torch.randn(2, 8)], {}),
+    ("selective_scan", _scan(torch.float32), {}),
     ("vandermonde_kernel", [torch.randn(2, 4, dtype=C64), -torch.rand(2, 4, dtype=C64), 10], {}),
     ("cauchy_kernel", _cauchy(C64), {}),
     ("ssd", _ssd(torch.float32), {"chunk_size": 16}),

@@ -224,7 +224,8 @@ def _check_inputs(q, k, v, log_decay, initial_state, chunk_size) -> None:
     if initial_state is not None and (not isinstance(initial_state, torch.Tensor)
                                       or initial_state.shape != (batch, heads, d_k, v.shape[-1])):
         raise _shape_error("initial_state", f"None or shape {(batch, heads, d_k, v.shape[-1])}", initial_state)
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 16 or chunk_size & (chunk_size - 1):
+    if (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 16
+            or chunk_size & (chunk_size - 1)):
         raise ValueError(f"chunk_size: expected a power of two >= 16, got {chunk_size!r}")
     check_like("q", q, {"k": k, "v": v, "log_decay": log_decay})
     check_like("q", q, {"initial_state": initial_state}, dtype=False)

@@ -110,7 +110,8 @@ def delta_rule_reference(q, k, v, beta, log_decay=None, initial_state=None, chun
 def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
                log_decay: torch.Tensor | None = None, initial_state: torch.Tensor | None = None, *,
                chunk_size: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (gated) delta rule, chunked: ``S_t = a_t S_{t-1} + beta_t k_t (v_t - a_t S_{t-1}^T k_t)^T``, ``o_t = S_t^T q_t``.
+    """The (gated) delta rule, chunked: ``S_t = a_t S_{t-1} + beta_t k_t (v_t - a_t S_{t-1}^T k_t)^T``,
+    ``o_t = S_t^T q_t``.
 
     Args:
         q, k: ``(batch, heads, length, d_k)``, float16, bfloat16, float32 or float64.
@@ -165,7 +166,8 @@ def _check_inputs(q, k, v, beta, log_decay, initial_state, chunk_size) -> None:
     if initial_state is not None and (not isinstance(initial_state, torch.Tensor)
                                       or initial_state.shape != (batch, heads, d_k, v.shape[-1])):
         raise _shape_error("initial_state", f"None or shape {(batch, heads, d_k, v.shape[-1])}", initial_state)
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 16 or chunk_size & (chunk_size - 1):
+    if (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 16
+            or chunk_size & (chunk_size - 1)):
         raise ValueError(f"chunk_size: expected a power of two >= 16, got {chunk_size!r}")
     check_like("q", q, {"k": k, "v": v, "beta": beta, "log_decay": log_decay})
     check_like("q", q, {"initial_state": initial_state}, dtype=False)
@@ -411,7 +413,8 @@ if triton_available():
             ds_read = tl.dot(d_read, tl.trans(state), input_precision=PRECISION)
             u_ds = tl.dot(corrections, tl.trans(d_state), input_precision=PRECISION)
             grad_k = tl.dot(tl.trans(d_qk), q, input_precision=PRECISION)
-            grad_k += tl.dot(d_inner, k, input_precision=PRECISION) + tl.dot(tl.trans(d_inner), k, input_precision=PRECISION)
+            grad_k += (tl.dot(d_inner, k, input_precision=PRECISION)
+                       + tl.dot(tl.trans(d_inner), k, input_precision=PRECISION))
             grad_k += u_ds * to_end[:, None] - ds_read * gamma[:, None]
             if GATED:  # the running sum b: through Gamma, exp(b), exp(b_C - b) and exp(b_C) S
                 d_gap = d_qk * qk + d_inner * kk

@@ -323,7 +323,8 @@ if triton_available():
     def _load_chunk(ptr, stride_b, stride_l, stride_h, stride_d, pid_b, head, start, length, offs_q, offs_d, dim):
         """The ``(Q, BLOCK)`` tile of a ``(batch, length, heads, dim)`` tensor at one head and chunk, as float32."""
         t = start + offs_q
-        ptrs = ptr + pid_b.to(tl.int64) * stride_b + head * stride_h + t[:, None] * stride_l + offs_d[None, :] * stride_d
+        ptrs = (ptr + pid_b.to(tl.int64) * stride_b + head * stride_h + t[:, None] * stride_l
+                + offs_d[None, :] * stride_d)
         return tl.load(ptrs, mask=(t < length)[:, None] & (offs_d < dim)[None, :], other=0.0).to(tl.float32)
 
     @triton.jit

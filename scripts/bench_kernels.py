@@ -209,7 +209,8 @@ def short_conv_cases(size: str) -> list[Case]:
                 "weight": _randn(channels, 4, device=device, dtype=dtype, scale=0.5),
                 "bias": _randn(channels, device=device, dtype=dtype)}
 
-    return [Case(f"b={b} c={c} L={n} k=4", functools.partial(make, batch=b, channels=c, length=n)) for b, c, n in shapes]
+    return [Case(f"b={b} c={c} L={n} k=4", functools.partial(make, batch=b, channels=c, length=n))
+            for b, c, n in shapes]
 
 
 def selective_scan_flops(inputs: dict, out: torch.Tensor, mode: str) -> float:
@@ -228,7 +229,8 @@ def selective_scan_cases(size: str) -> list[Case]:
                 "A": -torch.arange(1, state + 1, device=device, dtype=torch.float32).repeat(channels, 1),
                 "B": _randn(batch, state, length, device=device, dtype=dtype),
                 "C": _randn(batch, state, length, device=device, dtype=dtype),
-                "D": torch.ones(channels, device=device), "z": _randn(batch, channels, length, device=device, dtype=dtype)}
+                "D": torch.ones(channels, device=device),
+                "z": _randn(batch, channels, length, device=device, dtype=dtype)}
 
     return [Case(f"b={b} d={c} L={n} N={s}", functools.partial(make, batch=b, channels=c, length=n, state=s))
             for b, c, n, s in shapes]
@@ -347,7 +349,8 @@ OPS: dict[str, Op] = {
         "flops", "fwd 2 tokens (numel(blkdiag1) + numel(blkdiag2)); fwd+bwd 3 x fwd", monarch_flops, monarch_cases,
         {mode: [("speedup", ">=", 1.2)] for mode in MODES}),
     "ssm_kernel": Op(
-        _dispatch(vandermonde_kernel, cauchy_kernel), _dispatch(offtheshelf_vandermonde_kernel, offtheshelf_cauchy_kernel),
+        _dispatch(vandermonde_kernel, cauchy_kernel),
+        _dispatch(offtheshelf_vandermonde_kernel, offtheshelf_cauchy_kernel),
         "materialising einsum / broadcast over (channels, state, length)", ("coef", "log_z", "numerators", "b", "lam"),
         "flops", "8 real flops per complex multiply-add: Vandermonde 8 c N L, Cauchy 8 c sums N L "
         "(reciprocals not counted); fwd+bwd 3 x fwd. Memory linear in length: peak <= 4 x the bytes of inputs, "
@@ -564,7 +567,8 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="bfloat16 on CUDA, float32 on CPU by default")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats on the CPU (median)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice; 1 gives steadier times on a busy machine)")
+                        help="CPU threads for torch (default: torch's choice; "
+                             "1 gives steadier times on a busy machine)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds: cases that would start after this are skipped (marked in the report)")
     parser.add_argument("--out", type=Path, default=None,
@@ -600,7 +604,8 @@ def main() -> None:
             sys.stderr.writelines(progress_line(row) for row in rows[-len(MODES):])
             # Rewritten after every case: a run cut short (timeout) keeps the rows it finished.
             text = markdown(rows, names, device, args.dtype, size, args.repeats)
-            json_path, md_path = benchlib.write_report(out, "bench_kernels", payload(rows, names, device, args, size), text)
+            json_path, md_path = benchlib.write_report(out, "bench_kernels", payload(rows, names, device, args, size),
+                                                       text)
     sys.stdout.write(text + f"\nwrote {json_path} and {md_path}\n")
 
 

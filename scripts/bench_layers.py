@@ -102,7 +102,8 @@ def main() -> None:
         too_slow = False
         for length in lengths:
             if too_slow:
-                results.append({"mixer": name, "length": length, "error": "skipped: a shorter length exceeded --max-seconds"})
+                results.append({"mixer": name, "length": length,
+                                "error": "skipped: a shorter length exceeded --max-seconds"})
                 continue
             common = ["--mixer", name, "--length", str(length), "--width", str(args.width), "--batch",
                       str(args.batch), "--device", args.device, "--dtype", args.dtype, "--repeats", str(args.repeats)]
@@ -125,13 +126,14 @@ def main() -> None:
     lines = [
         f"# Layer benchmark: forward+backward, d_model={args.width}, batch={args.batch}, {args.dtype}",
         "",
-        f"Device: {benchlib.device_name(device)}. Command: `{benchlib.command_line()}`. Median of {args.repeats} warm runs; memory is "
+        f"Device: {benchlib.device_name(device)}. Command: `{benchlib.command_line()}`. "
+        f"Median of {args.repeats} warm runs; memory is "
         + ("CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS growth in a fresh process")
         + "; '-' means not run (see the JSON).",
         "",
         benchlib.markdown_table(header, rows),
-        "Shortest length from which each mixer's forward+backward is faster than attention's "
-        "(at every longer measured length):",
+        ("Shortest length from which each mixer's forward+backward is faster than attention's "
+         "(at every longer measured length):"),
         "",
     ]
     for m, length in crossovers.items():

@@ -146,7 +146,8 @@ def main() -> None:
     rows = [
         ["ssd twin fwd+bwd vs per-position loop", f"b={args.batch} L={args.length} d_inner={2 * args.width} N=64",
          (f"{twin * 1e3:.0f} ms vs {loop * 1e3:.0f} ms (loop at L={args.loop_length}: {loop_short * 1e3:.0f} ms, "
-         f"twin {twin_short * 1e3:.0f} ms)"), f"{loop / twin:.1f}x ({loop_short / twin_short:.1f}x at L={args.loop_length})",
+         f"twin {twin_short * 1e3:.0f} ms)"),
+         f"{loop / twin:.1f}x ({loop_short / twin_short:.1f}x at L={args.loop_length})",
          ">= 20x"],
         ["mamba2 layer fwd+bwd vs s4d layer", f"b={args.batch} L={args.length} d={args.width}",
          f"{mamba2 * 1e3:.0f} ms vs {s4d * 1e3:.0f} ms", f"{mamba2 / s4d:.2f}x", "<= 2x"],

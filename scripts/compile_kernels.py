@@ -51,8 +51,8 @@ from seqarch.kernels import short_conv as short_conv_mod
 from seqarch.kernels import ssd as ssd_mod
 from seqarch.kernels import ssm_kernel as ssm_mod
 
-KERNEL_MODULES = (attention_mod, chunked_linear_attention_mod, delta_rule_mod, fft_conv_mod, monarch_mod, short_conv_mod,
-                  ssm_mod, selective_scan_mod, ssd_mod)
+KERNEL_MODULES = (attention_mod, chunked_linear_attention_mod, delta_rule_mod, fft_conv_mod, monarch_mod,
+                  short_conv_mod, ssm_mod, selective_scan_mod, ssd_mod)
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.float64: "*fp64",
                  torch.int32: "*i32", torch.int64: "*i64"}
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
@@ -223,8 +223,8 @@ def exercise_kernels(quick: bool = False) -> list[Launch]:
             init = empty(batch, heads, head_dim, d_state, dtype=fp32) if has_init else None
             _run_pair(ssd_mod.SSDFunction, empty(batch, length, heads, head_dim, dtype=dtype),
                       empty(batch, length, heads, dtype=fp32), empty(heads, dtype=fp32),
-                      empty(batch, length, groups, d_state, dtype=dtype), empty(batch, length, groups, d_state, dtype=dtype),
-                      chunk_size, init)
+                      empty(batch, length, groups, d_state, dtype=dtype),
+                      empty(batch, length, groups, d_state, dtype=dtype), chunk_size, init)
     return launches
 
 

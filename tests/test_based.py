@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import D_MODEL, small_mixer
 
 import seqarch
 from seqarch.models.presets import build_preset
+
+from conftest import D_MODEL, small_mixer
 
 
 def test_based_is_taylor_linear_attention_on_16_wide_keys():

@@ -32,8 +32,8 @@ def test_cpu_run_writes_a_row_per_op_and_mode(tmp_path, bench):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     # One thread: on a shared 2-core machine, two spinning torch threads make the timings erratic.
     done = subprocess.run([sys.executable, str(SCRIPTS / "bench_kernels.py"), "--quick", "--device", "cpu",
-                           "--threads", "1", "--repeats", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120,
-                          env=env, check=False)
+                           "--threads", "1", "--repeats", "1", "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, env=env, check=False)
     assert done.returncode == 0, done.stderr
     payload = json.loads((tmp_path / "bench_kernels.json").read_text())
     rows = payload["results"]
@@ -100,7 +100,8 @@ def test_targets_are_checked_per_mode(bench):
 def test_summarise_derives_rates_ratios_and_the_target_on_a_gpu(bench):
     ssm = bench.OPS["ssm_kernel"]
     peaks = bench.device_peaks("NVIDIA H100 80GB HBM3")
-    row = {"op": "ssm_kernel", "case": "c", "mode": "fwd", "ours_ms": 2.0, "theirs_ms": 20.0, "ours_peak_bytes": 300, "theirs_peak_bytes": 3000}
+    row = {"op": "ssm_kernel", "case": "c", "mode": "fwd", "ours_ms": 2.0, "theirs_ms": 20.0, "ours_peak_bytes": 300,
+           "theirs_peak_bytes": 3000}
     out = bench.summarise(row, ssm, work=67e9, io=100, peaks=peaks, dtype=torch.complex64, on_gpu=True)
     assert out["unit"] == "TFLOP/s" and out["ours_throughput"] == pytest.approx(33.5)
     assert out["theirs_throughput"] == pytest.approx(3.35) and out["speedup"] == pytest.approx(10.0)

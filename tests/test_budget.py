@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SMALL_OPTIONS
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 import seqarch
 from seqarch.budget import count_params, flops_breakdown, forward_flops_per_token, match_budget, training_flops
+
+from conftest import SMALL_OPTIONS
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

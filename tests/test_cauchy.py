@@ -14,7 +14,8 @@ def random_inputs(channels=3, sums=4, state=5, length=7):
     numerators = torch.randn(channels, sums, state, dtype=c, requires_grad=True)
     a = torch.randn(length, dtype=c) + 3
     b = torch.randn(channels, length, dtype=c, requires_grad=True)
-    lam = torch.complex(-torch.rand(channels, state, dtype=torch.float64), torch.randn(channels, state, dtype=torch.float64))
+    lam = torch.complex(-torch.rand(channels, state, dtype=torch.float64),
+                        torch.randn(channels, state, dtype=torch.float64))
     return numerators, a, b, lam.requires_grad_()
 
 

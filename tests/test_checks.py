@@ -54,7 +54,8 @@ def test_modules_never_import_mixers():
     (lambda: checks.check_positive_int("d_state", True), "d_state: expected a positive integer, got True"),
     (lambda: checks.check_even_positive_int("d_state", 7, "conjugate pairs"),
      "d_state: expected an even positive integer (conjugate pairs), got 7"),
-    (lambda: checks.check_int("data.seq_len", 3, minimum=4, maximum=8), "data.seq_len: expected an integer in [4, 8], got 3"),
+    (lambda: checks.check_int("data.seq_len", 3, minimum=4, maximum=8),
+     "data.seq_len: expected an integer in [4, 8], got 3"),
     (lambda: checks.check_int("data.seq_len", "8"), "data.seq_len: expected an integer, got '8'"),
     (lambda: checks.check_real("lr", float("nan"), low=0.0), "lr: expected a number in (0.0, inf), got nan"),
     (lambda: checks.check_dropout(1.0), "dropout: expected a number in [0, 1), got 1.0"),
@@ -62,7 +63,8 @@ def test_modules_never_import_mixers():
     (lambda: checks.check_bool("causal", 1), "causal: expected a bool, got 1"),
     (lambda: checks.check_range_pair("filter_decay", (2, 1), what="(fast, slow)"),
      "filter_decay: expected a pair (fast, slow) of positive numbers with fast <= slow, got (2, 1)"),
-    (lambda: checks.check_odd_int("filter_emb_dim", 4, minimum=3), "filter_emb_dim: expected an odd integer >= 3, got 4"),
+    (lambda: checks.check_odd_int("filter_emb_dim", 4, minimum=3),
+     "filter_emb_dim: expected an odd integer >= 3, got 4"),
     (lambda: checks.check_divides("n_heads", 3, "d_model", 16), "n_heads: expected a divisor of d_model=16, got 3"),
 ])
 def test_checks_name_the_argument_the_expectation_and_what_came(call, message):

@@ -8,11 +8,12 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import D_MODEL, small_mixer
 
 import seqarch
 from seqarch.kernels.delta_rule import delta_rule, delta_rule_recurrence
 from seqarch.models.presets import all_presets
+
+from conftest import D_MODEL, small_mixer
 
 HAS_FLA = importlib.util.find_spec("fla") is not None
 

@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from helpers import relative_rms
 from torch.utils.flop_counter import FlopCounterMode
 
 import seqarch
 from seqarch.mixers.h3 import H3
+
+from helpers import relative_rms
 
 
 def make(d_model=8, dtype=torch.float64, seed=0, **options):

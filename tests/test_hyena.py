@@ -2,12 +2,13 @@
 
 import pytest
 import torch
-from helpers import relative_rms
 from torch.utils.flop_counter import FlopCounterMode
 
 import seqarch
 from seqarch.mixers.hyena import DistillationReport, Hyena, ModalHyena, distill_hyena
 from seqarch.modules.modal_filter import fit_modal, initial_modes, modal_filter
+
+from helpers import relative_rms
 
 
 def make(d_model=8, order=2, dtype=torch.float64, seed=0, **options):

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from helpers import relative_rms
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import seqarch
@@ -20,6 +19,8 @@ from seqarch.kernels.attention import (
     attention_reference,
     offtheshelf_attention,
 )
+
+from helpers import relative_rms
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="needs triton")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import relative_rms
 
 from seqarch.kernels import backend, triton_available
 from seqarch.kernels.backend import use_backend
@@ -15,6 +14,8 @@ from seqarch.kernels.chunked_linear_attention import (
     chunked_linear_attention_reference,
     linear_attention_recurrence,
 )
+
+from helpers import relative_rms
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
@@ -27,7 +28,8 @@ def make(batch, heads, length, d_k, d_v, decay, *, strided=False, with_state=Tru
             return torch.randn(*shape[:-2], shape[-1], shape[-2], generator=generator).transpose(-1, -2)
         return torch.randn(*shape, generator=generator)
 
-    q, k, v = rand(batch, heads, length, d_k) * 0.5, rand(batch, heads, length, d_k) * 0.5, rand(batch, heads, length, d_v)
+    q, k, v = (rand(batch, heads, length, d_k) * 0.5, rand(batch, heads, length, d_k) * 0.5,
+               rand(batch, heads, length, d_v))
     g = {None: None, "head": lambda: -torch.rand(batch, heads, length, generator=generator),
          "channel": lambda: -rand(batch, heads, length, d_k).abs()}[decay]
     g = g() if callable(g) else g

@@ -27,7 +27,8 @@ def defined_kernels() -> set[str]:
 
 
 def test_the_kernel_inventory_is_found():
-    assert {"_attention_forward_kernel", "_selective_scan_backward_kernel", "_ssd_chunk_scan_kernel"} <= defined_kernels()
+    assert ({"_attention_forward_kernel", "_selective_scan_backward_kernel", "_ssd_chunk_scan_kernel"}
+            <= defined_kernels())
 
 
 @pytest.mark.skipif(not triton_available(), reason="needs triton")

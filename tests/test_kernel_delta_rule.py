@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import relative_rms
 
 from seqarch.kernels import backend, triton_available
 from seqarch.kernels.backend import use_backend
 from seqarch.kernels.delta_rule import delta_rule, delta_rule_recurrence, delta_rule_reference
+
+from helpers import relative_rms
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 

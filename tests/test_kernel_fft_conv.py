@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import relative_rms
 
 import seqarch
 from seqarch.kernels import fft_conv as fc
@@ -16,6 +15,8 @@ from seqarch.kernels.fft_conv import (
     offtheshelf_fft_conv,
 )
 from seqarch.modules import fft_conv as seqarch_fft_conv
+
+from helpers import relative_rms
 
 
 def make_inputs(batch, channels, length, filter_length, *, gates, dtype=torch.float32, device="cpu", seed=0):

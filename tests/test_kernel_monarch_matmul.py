@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import relative_rms
 
 import seqarch.kernels.monarch_matmul as module
 from seqarch.kernels import backend, use_backend
@@ -15,6 +14,8 @@ from seqarch.kernels.monarch_matmul import (
     offtheshelf_monarch_matmul,
 )
 from seqarch.modules.monarch import MonarchLinear, monarch_mid_features
+
+from helpers import relative_rms
 
 
 def factors(in_features, out_features, nblocks, *, dtype=torch.float32, device="cpu", seed=0):

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import relative_rms
 
 from seqarch.kernels import selective_scan as op
 from seqarch.kernels.backend import use_backend
 from seqarch.kernels.selective_scan import selective_scan, selective_scan_reference
+
+from helpers import relative_rms
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "initial_state")
 
@@ -42,7 +43,8 @@ def inputs(batch, channels, length, state, dtype=torch.float64, seed=0, delta_sc
     delta = (torch.rand(batch, channels, length, generator=g, dtype=torch.float64) * delta_scale).to(dtype)
     A = -torch.arange(1, state + 1, dtype=torch.float64).repeat(channels, 1).to(dtype)
     return {"u": randn(batch, channels, length), "delta": delta, "A": A, "B": randn(batch, state, length),
-            "C": randn(batch, state, length), "D": randn(channels), "z": randn(batch, channels, length) if gate else None,
+            "C": randn(batch, state, length), "D": randn(channels),
+            "z": randn(batch, channels, length) if gate else None,
             "initial_state": randn(batch, channels, state)}
 
 

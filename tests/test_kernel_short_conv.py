@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import relative_rms
 
 from seqarch.kernels import backend, use_backend
 from seqarch.kernels.short_conv import (
@@ -14,6 +13,8 @@ from seqarch.kernels.short_conv import (
     short_conv_reference,
 )
 from seqarch.modules.short_conv import ShortConv
+
+from helpers import relative_rms
 
 
 def inputs(batch, channels, length, kernel_size, *, bias=True, dtype=torch.float32, device="cpu", seed=0):

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import relative_rms
 
 from seqarch.kernels import backend, use_backend
 from seqarch.kernels.ssd import ssd, ssd_recurrence, ssd_reference
+
+from helpers import relative_rms
 
 
 def inputs(batch=1, length=7, heads=2, head_dim=4, groups=1, d_state=8, *, dtype=torch.float64, seed=0,

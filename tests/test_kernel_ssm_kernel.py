@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import relative_rms
 
 import seqarch
 from seqarch.kernels import ssm_kernel, use_backend
@@ -19,6 +18,8 @@ from seqarch.kernels.ssm_kernel import (
     vandermonde_kernel,
     vandermonde_kernel_reference,
 )
+
+from helpers import relative_rms
 
 
 def s4d_like_log_z(channels, state, dtype=torch.float32, device=None, seed=0):

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from conftest import D_MODEL, small_mixer
 
 import seqarch
 from seqarch.kernels.chunked_linear_attention import (
@@ -18,6 +17,8 @@ from seqarch.kernels.chunked_linear_attention import (
 )
 from seqarch.models.presets import all_presets
 from seqarch.modules.feature_maps import feature_dim, feature_map
+
+from conftest import D_MODEL, small_mixer
 
 HAS_FLA = importlib.util.find_spec("fla") is not None
 

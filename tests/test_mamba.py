@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import relative_rms
 from torch.utils.flop_counter import FlopCounterMode
 
 import seqarch
@@ -16,6 +15,8 @@ from seqarch.budget import count_params, match_budget
 from seqarch.kernels.backend import use_backend
 from seqarch.mixers.mamba import Mamba
 from seqarch.models.presets import build_preset
+
+from helpers import relative_rms
 
 
 def make(d_model=8, dtype=torch.float64, seed=0, **options):
@@ -152,7 +153,8 @@ def test_budget_solver_handles_the_options(options):
 
 @pytest.mark.parametrize("options,argument", [
     ({"d_state": 0}, "d_state"), ({"expand": 0}, "expand"), ({"d_conv": 0}, "d_conv"), ({"dt_rank": 0}, "dt_rank"),
-    ({"dt_min": 0.1, "dt_max": 0.01}, "dt_max"), ({"dt_min": 0.0}, "dt_min"), ({"dt_init_floor": -1.0}, "dt_init_floor"),
+    ({"dt_min": 0.1, "dt_max": 0.01}, "dt_max"), ({"dt_min": 0.0}, "dt_min"),
+    ({"dt_init_floor": -1.0}, "dt_init_floor"),
     ({"bias": 1}, "bias"), ({"conv_bias": "yes"}, "conv_bias"), ({"causal": False}, "causal"),
     ({"dtype": torch.int32}, "dtype"),
 ])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import relative_rms
 from torch.utils.flop_counter import FlopCounterMode
 
 import seqarch
@@ -15,6 +14,8 @@ from seqarch.kernels import use_backend
 from seqarch.mixers.mamba2 import Mamba2
 from seqarch.models.presets import build_preset
 from seqarch.modules import GatedRMSNorm
+
+from helpers import relative_rms
 
 
 def make(d_model=16, dtype=torch.float64, seed=0, **options):

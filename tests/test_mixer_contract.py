@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import D_MODEL, CausalEMA, small_mixer
-from helpers import relative_rms
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import seqarch
+
+from conftest import D_MODEL, CausalEMA, small_mixer
+from helpers import relative_rms
 
 # Test-only mixers the contract runs over too, registered for the duration of each test.
 TEST_ONLY = {"causal_ema_for_test": CausalEMA}

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import pytest
 import torch
-from conftest import SMALL_OPTIONS
 
 import seqarch
 from seqarch.budget import flops_breakdown
 from seqarch.losses import IGNORE_INDEX
 from seqarch.models.presets import PRESETS, build_preset, register_preset
 
+from conftest import SMALL_OPTIONS
+
 
 def small_config(mixer, **changes):
     names = [mixer] if isinstance(mixer, str) else mixer
     options = {name: SMALL_OPTIONS.get(name, {}) for name in names}
-    base = dict(vocab_size=40, d_model=16, n_layers=len(names) if not isinstance(mixer, str) else 2,
-                mixer=mixer, mixer_options=options, max_length=64)
+    base = {"vocab_size": 40, "d_model": 16, "n_layers": len(names) if not isinstance(mixer, str) else 2,
+            "mixer": mixer, "mixer_options": options, "max_length": 64}
     return seqarch.ModelConfig(**{**base, **changes})
 
 
@@ -168,8 +171,9 @@ def test_a_mixer_declares_its_presets_in_its_own_file():
 
     @seqarch.register_mixer("declares_presets_for_test")
     class WithPresets(seqarch.Mixer):
-        presets = {"with-presets-for-test": {"description": "a test family, no channel mixer",
-                                             "channel_mixer": "none", "n_layers": 3}}
+        presets: ClassVar[dict[str, dict[str, Any]]] = {
+            "with-presets-for-test": {"description": "a test family, no channel mixer",
+                                      "channel_mixer": "none", "n_layers": 3}}
 
         def forward(self, x):
             return x
@@ -205,7 +209,8 @@ def test_generate_names_a_bad_sampling_argument(kwargs, message):
 
 def test_generate_refuses_an_empty_prompt():
     model = seqarch.LanguageModel(seqarch.ModelConfig(vocab_size=12, d_model=16, mixer="m2"))
-    with pytest.raises(ValueError, match=r"prompt: expected at least one sequence of at least one token, got shape \(1, 0\)"):
+    with pytest.raises(ValueError,
+                       match=r"prompt: expected at least one sequence of at least one token, got shape \(1, 0\)"):
         model.generate(torch.zeros(1, 0, dtype=torch.long), 2)
 
 

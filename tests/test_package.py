@@ -16,7 +16,8 @@ def test_public_api():
 def test_kernels_install_as_a_subpackage_not_a_top_level_package():
     kernels = importlib.import_module("seqarch.kernels")
     assert kernels.__name__ == "seqarch.kernels"
-    assert importlib.util.find_spec("kernels") is None or "seqarch" not in str(importlib.util.find_spec("kernels").origin)
+    assert (importlib.util.find_spec("kernels") is None
+            or "seqarch" not in str(importlib.util.find_spec("kernels").origin))
 
 
 def test_a_new_mixer_registers_and_builds_by_name():

@@ -30,8 +30,8 @@ def test_kernel_equals_direct_recurrence(init, length):
 
 def test_initialisations_follow_the_paper():
     lin = s4d_eigenvalues(2, 4, "lin")
-    assert torch.allclose(lin[0], torch.tensor([-0.5 + 0j, -0.5 + 1j * math.pi, -0.5 + 2j * math.pi, -0.5 + 3j * math.pi],
-                                               dtype=torch.complex128))
+    assert torch.allclose(lin[0], torch.tensor([-0.5 + 0j, -0.5 + 1j * math.pi, -0.5 + 2j * math.pi,
+                                                -0.5 + 3j * math.pi], dtype=torch.complex128))
     inv = s4d_eigenvalues(1, 4, "inv")
     n = torch.arange(4, dtype=torch.float64)
     assert torch.allclose(inv[0].imag, 8 / math.pi * (8 / (2 * n + 1) - 1))

@@ -12,7 +12,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 def run(script: str, *args: str, out: Path) -> None:
     done = subprocess.run([sys.executable, str(SCRIPTS / script), *args, "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
 
 
@@ -29,7 +29,7 @@ def test_bench_layers_writes_json_and_markdown(tmp_path):
 
 def test_bench_layers_rejects_unknown_mixers(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPTS / "bench_layers.py"), "--mixers", "lstm", "--out",
-                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+                           str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode != 0 and "--mixers: unknown mixer 'lstm'" in done.stderr
 
 

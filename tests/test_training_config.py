@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -84,7 +85,8 @@ def test_overrides_are_parsed_as_yaml_and_nested():
     ({"architectures": [{"preset": "m2", "d_model": 0}]}, r"architectures\[0\].d_model: expected a positive integer"),
     ({"budget": {"params": 1e5, "flops": 1e12}}, "budget: expected one of 'params' or 'flops', got both"),
     ({"logger": "tensorboard"}, "logger: expected one of csv, wandb, got 'tensorboard'"),
-    ({"architectures": [3]}, r"architectures\[0\]: expected an architecture name \(a preset or a mixer\) or a mapping, got 3"),
+    ({"architectures": [3]},
+     r"architectures\[0\]: expected an architecture name \(a preset or a mixer\) or a mapping, got 3"),
     ({"architectures": ["s4d", "s4d"]}, "architectures: expected distinct names"),
     ({"sweep": {"d_model": [64]}, "budget": {"params": 1e5}}, "sweep.d_model: a width sweep"),
 ])
@@ -177,7 +179,7 @@ def test_warmup_then_cosine():
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert factors[10] == pytest.approx(1.0) and factors[110] == pytest.approx(0.1)
     assert factors[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
 
 
 def test_step_batches_are_fixed_by_seed_and_step_and_shard_over_ranks():

@@ -32,7 +32,8 @@ def _run(tmp_path: Path, command: str, *overrides: str, text: str | None = None)
     (["trainer.devices=abc"], "trainer: Lightning cannot train with {'accelerator': 'auto', 'devices': 'abc'"),
     (["trainer.strategy=nope"], "invalid strategy name"),
     (["budget.params=1e11"], "params: expected a budget of at most 1e+10 parameters"),
-    (["budget.flops=1e30", "architectures=[attention]"], "the solver considers d_model <= 8192 and d_ff <= 16 x d_model"),
+    (["budget.flops=1e30", "architectures=[attention]"],
+     "the solver considers d_model <= 8192 and d_ff <= 16 x d_model"),
 ])
 def test_bad_values_are_named_before_anything_is_written(tmp_path, caplog, overrides, message):
     assert _run(tmp_path, "compare", *overrides) == 2

@@ -106,7 +106,8 @@ def test_resume_gives_the_uninterrupted_losses(tmp_path):
     resumed = fit(config, tmp_path / "killed", resume=True)
     expected, got = train_losses(tmp_path / "whole"), train_losses(tmp_path / "killed")
     assert len(expected) == 12 and all(got[s] == expected[s] for s in range(4, 12)), (expected, got)
-    final = [check_checkpoint(tmp_path / d / "checkpoints" / "step-0000012.ckpt")["state_dict"] for d in ("whole", "killed")]
+    final = [check_checkpoint(tmp_path / d / "checkpoints" / "step-0000012.ckpt")["state_dict"]
+             for d in ("whole", "killed")]
     for name, value in final[0].items():
         assert torch.equal(value, final[1][name]), name
     assert resumed.final == whole.final
@@ -141,7 +142,8 @@ DDP_SCRIPT = textwrap.dedent("""
 
     class SaveWeights(L.Callback):
         def on_train_end(self, trainer, pl_module):
-            torch.save(pl_module.model.state_dict(), Path(sys.argv[1]) / f"rank{trainer.global_rank}-of-{trainer.world_size}.pt")
+            torch.save(pl_module.model.state_dict(),
+                       Path(sys.argv[1]) / f"rank{trainer.global_rank}-of-{trainer.world_size}.pt")
 
     devices = int(sys.argv[2])
     config = validate({

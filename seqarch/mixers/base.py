@@ -63,7 +63,8 @@ def register_mixer(name: str) -> Callable[[type[Mixer]], type[Mixer]]:
     def decorate(cls: type[Mixer]) -> type[Mixer]:
         if name in MIXERS and MIXERS[name] is not cls:
             raise ValueError(f"mixer name {name!r} is already registered to {MIXERS[name].__name__}")
-        missing = [m for m in ("forward", "flops_breakdown", "state_size") if getattr(cls, m) is getattr(Mixer, m, None)]
+        missing = [m for m in ("forward", "flops_breakdown", "state_size")
+                   if getattr(cls, m) is getattr(Mixer, m, None)]
         if missing:
             raise TypeError(f"mixer {cls.__name__} must define {', '.join(missing)} to be registered")
         cls.name = name
@@ -97,7 +98,8 @@ def build_mixer(name: str, d_model: int, *, layer_idx: int | None = None, **opti
     if accepted is not None:
         unknown = sorted(set(options) - accepted)
         if unknown:
-            raise ValueError(f"{unknown[0]}: not an option of mixer {name!r}; expected one of: {', '.join(sorted(accepted))}")
+            raise ValueError(f"{unknown[0]}: not an option of mixer {name!r}; "
+                             f"expected one of: {', '.join(sorted(accepted))}")
     if accepted is None or "layer_idx" in accepted:
         return cls(d_model, layer_idx=layer_idx, **options)
     mixer = cls(d_model, **options)

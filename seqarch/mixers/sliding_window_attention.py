@@ -75,8 +75,8 @@ class SlidingWindowAttention(Mixer):
         """``{"k", "v": (batch, n_heads, window, head_dim) ring buffers, "length": 0}``; token ``t`` sits in
         slot ``t % window``.  ``step`` and ``prefill`` write them in place."""
         shape = (batch_size, self.n_heads, self.window, self.head_dim)
-        return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype),
-                "length": 0}
+        return {"k": torch.zeros(shape, device=device, dtype=dtype),
+                "v": torch.zeros(shape, device=device, dtype=dtype), "length": 0}
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """The prompt against the cached window and itself; the ring buffers then hold its last tokens."""

@@ -33,7 +33,8 @@ class LanguageModel(nn.Module):
         return self.head(self.backbone(tokens))
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of ``targets: (batch, length)``; positions labelled ``IGNORE_INDEX`` (-100) are ignored."""
+        """Mean cross-entropy of ``targets: (batch, length)``; positions labelled ``IGNORE_INDEX`` (-100) are
+        ignored."""
         if targets.shape != tokens.shape:
             raise ValueError(f"targets: expected shape {tuple(tokens.shape)} like tokens, got {tuple(targets.shape)}")
         return self.loss_from_logits(self(tokens), targets)

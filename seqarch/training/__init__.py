@@ -9,4 +9,5 @@ from .config import ConfigError, RunConfig, load_config, validate
 from .result import RunResult
 from .run import train_run
 
-__all__ = ["ConfigError", "RunConfig", "RunResult", "compare", "load_config", "plan_comparison", "train_run", "validate"]
+__all__ = ["ConfigError", "RunConfig", "RunResult", "compare", "load_config", "plan_comparison", "train_run",
+           "validate"]

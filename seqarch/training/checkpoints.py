@@ -181,7 +181,8 @@ class EvalHistory(L.Callback):
         loss = metrics.get("val/loss")
         if loss is not None and not math.isfinite(loss):
             raise NonFiniteLossError(f"validation loss is {loss} at step {trainer.global_step}; stopping. "
-                                     "Checkpoints written before this step are kept; lower train.lr or set train.grad_clip")
+                                     "Checkpoints written before this step are kept; "
+                                     "lower train.lr or set train.grad_clip")
         value = metrics.get(self.metric.name)
         if self.stop_at is not None and value is not None and self.metric.reached(value, self.stop_at):
             trainer.should_stop = True

@@ -201,11 +201,13 @@ class Architecture(ModelSection):
             elif self.name in MIXERS:
                 self.mixer = self.name
             else:
-                raise ValueError(f"unknown mixer {self.name!r}; expected a preset ({', '.join(sorted(all_presets()))}) or "
+                raise ValueError(f"unknown mixer {self.name!r}; "
+                                 f"expected a preset ({', '.join(sorted(all_presets()))}) or "
                                  f"a registered mixer ({', '.join(sorted(MIXERS))}); a module that registers "
                                  "your own is named by --import or the config's imports")
         if self.preset is not None and self.preset not in all_presets():
-            raise ValueError(f"preset: unknown preset {self.preset!r}; expected one of {', '.join(sorted(all_presets()))}")
+            raise ValueError(f"preset: unknown preset {self.preset!r}; "
+                             f"expected one of {', '.join(sorted(all_presets()))}")
         if self.name is None:
             if self.preset is None and not isinstance(self.mixer, str):
                 raise ValueError(f"expected a 'name' for a hybrid of mixers {self.mixer}, got none")
@@ -499,8 +501,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), *, command: 
     modules = _imports_of(raw, "") + list(imports)
     if resume:
         defaults = RunConfig.model_fields
-        folder = folder_of(str(raw.get("output", defaults["output"].default)), str(raw.get("name", defaults["name"].default)),
-                           command)
+        folder = folder_of(str(raw.get("output", defaults["output"].default)),
+                           str(raw.get("name", defaults["name"].default)), command)
         modules += saved_imports(folder)
     raw["imports"] = list(dict.fromkeys(modules))
     import_modules(raw["imports"])

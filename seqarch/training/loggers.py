@@ -99,7 +99,8 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, str]]:
     return sorted(rows.values(), key=lambda r: int(float(r.get("step", 0))))
 
 
-def build_loggers(kind: str, run_dir: Path, run_name: str, wandb_options: dict, *, resumed_from: int = 0) -> list[Logger]:
+def build_loggers(kind: str, run_dir: Path, run_name: str, wandb_options: dict, *,
+                  resumed_from: int = 0) -> list[Logger]:
     """The CSV logger (``run_dir/logs*/metrics.csv``) plus wandb when ``kind == "wandb"``."""
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version=csv_log_folder(resumed_from))]
     if kind == "wandb":

@@ -94,8 +94,10 @@ class SeqarchModule(L.LightningModule):
         # A finite loss can still give an infinite gradient; the step it would poison the weights is this one.
         # (16-bit mixed precision is the exception: its grad scaler skips steps with infinite gradients.)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if self.trainer.precision != "16-mixed" and grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
-            bad = [n for n, p in self.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if (self.trainer.precision != "16-mixed" and grads
+                and not torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            bad = [n for n, p in self.model.named_parameters()
+                   if p.grad is not None and not torch.isfinite(p.grad).all()]
             raise NonFiniteLossError(
                 f"gradients of {len(bad)} weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) are NaN "
                 f"or infinite at step {self.global_step}; stopping before that update. Checkpoints written before "

@@ -52,7 +52,8 @@ def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, min_ratio: 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: nn.Module, train: TrainSection, lr: float) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def build_optimizer(model: nn.Module, train: TrainSection,
+                    lr: float) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over :func:`parameter_groups` and its per-step warmup + cosine schedule."""
     groups = parameter_groups(model, lr=lr, weight_decay=train.weight_decay)
     optimizer = torch.optim.AdamW(

@@ -234,7 +234,8 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
         *(lines_of_notes + [""] if (lines_of_notes := notes(results, metric)) else []),
         *([f"Best {metric} by sweep point and width:", "", sweep, ""] if (sweep := sweep_table(results)) else []),
         (f"`final`/`best`: {metric} at the last / best evaluation "
-         f"({'higher' if bundle.metric.higher_is_better else 'lower'} is better). Training FLOPs: 3 x forward FLOPs per token x tokens trained. State size: numbers in "
+         f"({'higher' if bundle.metric.higher_is_better else 'lower'} is better). "
+         "Training FLOPs: 3 x forward FLOPs per token x tokens trained. State size: numbers in "
          "the recurrent state per sequence at the training length (a KV cache for attention). "
          "Budget error: the model's size against the budget. tokens/s: measured by this process while it "
          "trained (a resumed run counts only its own steps), on a machine that may run other work at the same "

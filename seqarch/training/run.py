@@ -198,7 +198,8 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         metric=metric.name, higher_is_better=metric.higher_is_better,
         final=values[-1] if values else None, best=best, state_size=state_size,
         tokens_per_s=(steps_done - resumed_from) * tokens_per_step / wall if wall > 0 else None,
-        wall_s=history.wall_before + wall, stopped_early=steps_done < train.steps, peak_memory_bytes=memory.peak_bytes, device=str(trainer.strategy.root_device),
+        wall_s=history.wall_before + wall, stopped_early=steps_done < train.steps, peak_memory_bytes=memory.peak_bytes,
+        device=str(trainer.strategy.root_device),
         history=history.history, model_config=model_config, folder=str(folder),
     )
     if trainer.is_global_zero:

@@ -66,7 +66,7 @@ def trained(tmp_path_factory):
     path.write_text(yaml.safe_dump(config))
     assert main(["train", str(path), "--output", str(root / "runs"), "--quiet",
                  "--cache-dir", str(root / "cache")]) == 0
-    run = root / "runs" / "tiny_lm"
+    run = root / "runs" / "tiny_lm-train"  # seqarch train writes NAME-train
     out = root / "exported"
     assert main(["export", str(run), str(out)]) == 0
     return run, out

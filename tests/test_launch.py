@@ -95,3 +95,19 @@ def test_bad_launcher_and_rejected_slurm_options_are_named(tmp_path):
     with pytest.raises(ValueError, match="--collect: expected a run folder"):
         collect(tmp_path)
     assert not (tmp_path / "launched").exists()  # nothing was written by the refused launches
+
+
+def test_slurm_options_come_from_the_config_unless_the_command_line_gives_them(tmp_path):
+    import argparse
+
+    from seqarch.training.cli import slurm_options
+
+    config = validate({**tiny(tmp_path).to_dict(), "slurm": {"partition": "a100", "gpus": 8, "time": 90,
+                                                              "account": "lab"}}, command="compare")
+    given = argparse.Namespace(partition="h100", gpus=None, time=None, account=None)
+    options = slurm_options(given, config)
+    assert (options.partition, options.gpus_per_node, options.time_min, options.account) == ("h100", 8, 90, "lab")
+    parameters = slurm_parameters(options, config, tmp_path)
+    assert parameters["slurm_partition"] == "h100" and parameters["timeout_min"] == 90
+    with pytest.raises(ValueError, match="slurm.gpus"):
+        validate({**tiny(tmp_path).to_dict(), "slurm": {"gpus": 0}}, command="compare")

@@ -97,22 +97,33 @@ def add_launcher_options(compare: argparse.ArgumentParser) -> None:
     group.add_argument("--seeds", default=None, help="comma-separated seeds (default: train.seed)")
     group.add_argument("--partition", default=None, help="SLURM partition")
     group.add_argument("--gpus", type=int, default=None, help="GPUs per node")
-    group.add_argument("--time", type=int, default=None, help="time limit per job in minutes (default 60)")
+    group.add_argument("--time", type=int, default=None,
+                       help="time limit per job in minutes (default: the config's slurm.time, 60)")
     group.add_argument("--account", default=None, help="SLURM account")
     group.add_argument("--no-wait", action="store_true", help="local launcher: return once the jobs are started")
 
 
+def slurm_options(args: argparse.Namespace, config):
+    """The scheduler options: the command line's, else the config's ``slurm:`` section."""
+    from .launch import SlurmOptions
+
+    section = config.slurm
+    return SlurmOptions(partition=args.partition if args.partition is not None else section.partition,
+                        gpus_per_node=args.gpus if args.gpus is not None else section.gpus,
+                        time_min=args.time if args.time is not None else section.time,
+                        account=args.account if args.account is not None else section.account)
+
+
 def run_launch_command(args: argparse.Namespace, config=None) -> int:
     """``--collect`` (no config), or submit the config's jobs (waiting for local ones, then collecting)."""
-    from .launch import SlurmOptions, collect, launch, wait_for
+    from .launch import collect, launch, wait_for
 
     if args.collect is not None:
         results, missing = collect(args.collect, cache_dir=args.cache_dir)
         log.info("collected %d result(s) into %s; %d job(s) unfinished%s", len(results), args.collect, len(missing),
                  "".join(f"\n  {m}" for m in missing))
         return 0 if results else 1
-    options = SlurmOptions(partition=args.partition, gpus_per_node=args.gpus, time_min=args.time or 60,
-                           account=args.account)
+    options = slurm_options(args, config)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     jobs = launch(config, args.launcher, seeds=seeds, options=options, cache_dir=args.cache_dir)
     if args.launcher == "local" and not args.no_wait:

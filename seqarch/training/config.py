@@ -320,6 +320,19 @@ class WandbSection(Section):
     """auto: online with credentials, else offline"""
 
 
+class SlurmSection(Section):
+    """Scheduler options of ``seqarch compare --launcher slurm`` (the command line's win over them)."""
+
+    partition: str | None = None
+    """SLURM partition"""
+    gpus: PositiveInt | None = None
+    """GPUs per node"""
+    time: PositiveInt = 60
+    """time limit per job, minutes"""
+    account: str | None = None
+    """SLURM account"""
+
+
 class SweepSection(Section):
     """A grid of comparisons: every data point, and every architecture at every width."""
 
@@ -360,6 +373,8 @@ class RunConfig(Section):
     """data points and widths to compare over"""
     imports: list[str] = Field(default_factory=list)
     """modules to import first: they register a researcher's own mixers or presets"""
+    slurm: SlurmSection = Field(default_factory=SlurmSection)
+    """scheduler options of --launcher slurm"""
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> RunConfig:

@@ -299,3 +299,13 @@ def test_blocks_pass_their_layer_index_to_the_mixer(registered):
     hybrid = seqarch.LanguageModel(seqarch.ModelConfig(vocab_size=11, d_model=16, n_layers=2,
                                                        mixer=["s4d", "attention"]))
     assert [b.mixer.layer_idx for b in hybrid.backbone.blocks] == [0, 1]
+
+
+def test_input_in_another_dtype_than_the_weights_is_named(mixer_name):
+    mixer = small_mixer(mixer_name)  # float32 weights
+    with pytest.raises(ValueError, match=r"x: expected dtype torch.float32 \(the weights'"):
+        mixer(torch.randn(1, 8, D_MODEL, dtype=torch.float64))
+    if mixer.causal:
+        state = mixer.init_state(1)
+        with pytest.raises(ValueError, match=r"x_t: expected dtype torch.float32"):
+            mixer.step(torch.randn(1, D_MODEL, dtype=torch.float64), state)

@@ -126,16 +126,8 @@ class Attention(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_sequence(x)
-        self._check_dtype(x, "x")
         q, k, v = self._project(x, 0)
         return self._attend(q, k, v)
-
-    def _check_dtype(self, x: torch.Tensor, argument: str) -> None:
-        # Outside autocast the projections need x in the weights' dtype; say so rather than fail in a matmul.
-        weight = next(self.parameters())
-        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise ValueError(f"{argument}: expected dtype {weight.dtype} (the weights'; or run under autocast), "
-                             f"got {x.dtype}")
 
     # -- recurrent form: the KV cache ---------------------------------------------------
     def _init_state(self, batch_size, *, device=None, dtype=None, max_length=None) -> State:

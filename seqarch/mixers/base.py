@@ -154,6 +154,18 @@ class Mixer(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"{argument}: expected a floating dtype, got {x.dtype}")
+        self.check_input_dtype(x, argument)
+
+    def check_input_dtype(self, x: torch.Tensor, argument: str = "x") -> None:
+        """Raise a ValueError unless ``x`` has the parameters' dtype, or autocast is on.
+
+        Outside autocast the projections need their input in the weights' dtype; saying so
+        here beats a dtype error from deep inside a matmul or a kernel.
+        """
+        weight = next(self.parameters(), None)
+        if weight is not None and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"{argument}: expected dtype {weight.dtype} (the weights'; or run under autocast), "
+                             f"got {x.dtype}")
 
     def check_token(self, x_t: torch.Tensor) -> None:
         """Raise a ValueError unless ``x_t`` is ``(batch, d_model)`` and the mixer is causal."""
@@ -169,6 +181,7 @@ class Mixer(nn.Module):
             raise ValueError(
                 f"x_t: expected last dimension d_model={self.d_model}, got {x_t.shape[-1]}"
             )
+        self.check_input_dtype(x_t, "x_t")
 
     def check_state(self, state: State, batch_size: int) -> None:
         """Raise a ValueError unless ``state`` is a dict made for ``batch_size`` sequences."""

@@ -35,6 +35,10 @@ DTYPES = (*TRITON_DTYPES, torch.float64)
 MAX_TRITON_HEAD_DIM = 128
 MAX_TRITON_STATE = 256
 TRITON_CHUNK_SIZES = (16, 32, 64, 128)
+# The float32 chunk backward holds its (chunk, head_dim, d_state) tiles in shared memory at 4 bytes an
+# element: at chunk 64, head dim 64, state 128 it needs 272 KiB, past an H100's 227 KiB per block
+# (scripts/compile_kernels.py measures it). Larger float32 footprints take the twin.
+MAX_FLOAT32_TILE_FOOTPRINT = 64 * 64 * 128
 DEFAULT_CHUNK_SIZE = 64
 # State rows per program of the state-passing kernels (which loop over chunks).
 PASSING_ROWS = 16
@@ -182,6 +186,12 @@ def triton_limits(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.T
         return f"B: expected d_state <= {MAX_TRITON_STATE} for the Triton path, got {B.shape[-1]}"
     if chunk_size not in TRITON_CHUNK_SIZES:
         return f"chunk_size: expected one of {TRITON_CHUNK_SIZES} for the Triton path, got {chunk_size}"
+    if x.dtype == torch.float32:
+        block_p, block_n = (max(16, 1 << (n - 1).bit_length()) for n in (x.shape[-1], B.shape[-1]))
+        if chunk_size * block_p * block_n >= MAX_FLOAT32_TILE_FOOTPRINT:
+            return (f"chunk_size: expected chunk_size * head_dim * d_state < {MAX_FLOAT32_TILE_FOOTPRINT} for "
+                    f"float32 on the Triton path (its backward's shared memory), got {chunk_size} * "
+                    f"{x.shape[-1]} * {B.shape[-1]}; use bfloat16 or a smaller chunk_size")
     return None
 
 

@@ -143,3 +143,15 @@ def test_forced_triton_names_what_it_cannot_take():
     # under auto the twin takes it
     y, _ = ssd(f32[0], f32[1], A, f32[2], f32[3], chunk_size=24)
     assert relative_rms(y, ssd_recurrence(x, dt, A, B, C)[0]) < 1e-5
+
+
+def test_float32_at_a_shared_memory_footprint_past_an_h100_takes_the_twin():
+    from seqarch.kernels import backend
+    from seqarch.kernels.ssd import triton_limits
+
+    x, dt = torch.randn(1, 8, 2, 64), torch.rand(1, 8, 2)
+    A, B, C = -torch.rand(2), torch.randn(1, 8, 1, 128), torch.randn(1, 8, 1, 128)
+    assert "float32 on the Triton path" in triton_limits(x, dt, A, B, C, chunk_size=64)
+    assert triton_limits(x, dt, A, B, C, chunk_size=32) is None
+    assert triton_limits(x.bfloat16(), dt, A, B.bfloat16(), C.bfloat16(), chunk_size=64) is None
+    assert backend("ssd", x, dt, A, B, C, chunk_size=64) == "torch"

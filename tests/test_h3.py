@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import seqarch
 from seqarch.mixers.h3 import H3
 
-from helpers import relative_rms
+from helpers import relative_rms, run_steps
 
 
 def make(d_model=8, dtype=torch.float64, seed=0, **options):
@@ -15,14 +15,6 @@ def make(d_model=8, dtype=torch.float64, seed=0, **options):
     options.setdefault("d_state", 8)
     options.setdefault("shift_state", 4)
     return H3(d_model, dtype=dtype, **options).eval()
-
-
-def run_steps(mixer, x, state):
-    outputs = []
-    for t in range(x.shape[1]):
-        y_t, state = mixer.step(x[:, t], state)
-        outputs.append(y_t)
-    return torch.stack(outputs, dim=1), state
 
 
 def h3_by_hand(mixer, x):

@@ -8,7 +8,7 @@ import seqarch
 from seqarch.mixers.hyena import DistillationReport, Hyena, ModalHyena, distill_hyena
 from seqarch.modules.modal_filter import fit_modal, initial_modes, modal_filter
 
-from helpers import relative_rms
+from helpers import relative_rms, run_steps
 
 
 def make(d_model=8, order=2, dtype=torch.float64, seed=0, **options):
@@ -16,14 +16,6 @@ def make(d_model=8, order=2, dtype=torch.float64, seed=0, **options):
     options.setdefault("max_length", 64)
     options.setdefault("filter_order", 16)
     return Hyena(d_model, order=order, dtype=dtype, **options).eval()
-
-
-def run_steps(mixer, x, state):
-    outputs = []
-    for t in range(x.shape[1]):
-        y_t, state = mixer.step(x[:, t], state)
-        outputs.append(y_t)
-    return torch.stack(outputs, dim=1), state
 
 
 @pytest.mark.parametrize("order", [2, 3, 4])

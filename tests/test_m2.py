@@ -10,6 +10,8 @@ from seqarch.mixers.m2 import M2
 from seqarch.modules.fft_conv import fft_conv_flops
 from seqarch.modules.implicit_filter import ImplicitFilter, ImplicitKernel
 
+from helpers import run_steps
+
 
 def make(d_model=8, dtype=torch.float64, seed=0, **options):
     torch.manual_seed(seed)
@@ -19,14 +21,6 @@ def make(d_model=8, dtype=torch.float64, seed=0, **options):
 
 def relative_error(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def run_steps(mixer, x, state):
-    outputs = []
-    for t in range(x.shape[1]):
-        y_t, state = mixer.step(x[:, t], state)
-        outputs.append(y_t)
-    return torch.stack(outputs, dim=1), state
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-8), (torch.float32, 1e-4)])

@@ -16,21 +16,13 @@ from seqarch.kernels.backend import use_backend
 from seqarch.mixers.mamba import Mamba
 from seqarch.models.presets import build_preset
 
-from helpers import relative_rms
+from helpers import relative_rms, run_steps
 
 
 def make(d_model=8, dtype=torch.float64, seed=0, **options):
     torch.manual_seed(seed)
     options = {"d_state": 4, **options}
     return Mamba(d_model, dtype=dtype, **options)
-
-
-def run_steps(mixer, x, state):
-    outputs = []
-    for t in range(x.shape[1]):
-        y_t, state = mixer.step(x[:, t], state)
-        outputs.append(y_t)
-    return torch.stack(outputs, 1), state
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-8), (torch.float32, 1e-4)])

@@ -15,7 +15,7 @@ from seqarch.mixers.mamba2 import Mamba2
 from seqarch.models.presets import build_preset
 from seqarch.modules import GatedRMSNorm
 
-from helpers import relative_rms
+from helpers import relative_rms, run_steps
 
 
 def make(d_model=16, dtype=torch.float64, seed=0, **options):
@@ -26,14 +26,6 @@ def make(d_model=16, dtype=torch.float64, seed=0, **options):
         mixer.dt_bias.add_(2.0)
         mixer.D.normal_()
     return mixer
-
-
-def run_steps(mixer, x, state):
-    outputs = []
-    for t in range(x.shape[1]):
-        y_t, state = mixer.step(x[:, t], state)
-        outputs.append(y_t)
-    return torch.stack(outputs, dim=1), state
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-8), (torch.float32, 1e-4)])

@@ -15,7 +15,7 @@ from torch.utils._pytree import tree_leaves
 import seqarch
 
 from conftest import D_MODEL, CausalEMA, small_mixer
-from helpers import relative_rms
+from helpers import relative_rms, run_steps
 
 # Test-only mixers the contract runs over too, registered for the duration of each test.
 TEST_ONLY = {"causal_ema_for_test": CausalEMA}
@@ -102,14 +102,6 @@ def test_bidirectional_mixer_sees_the_future(bidirectional_name):
     x2 = x.clone()
     x2[:, 20] += 1.0
     assert (mixer(x2)[:, :20] - mixer(x)[:, :20]).abs().max() > 1e-6
-
-
-def run_steps(mixer, x, state):
-    outputs = []
-    for t in range(x.shape[1]):
-        y_t, state = mixer.step(x[:, t], state)
-        outputs.append(y_t)
-    return torch.stack(outputs, 1), state
 
 
 @pytest.mark.parametrize("length", [1, 37, 256])

@@ -187,7 +187,7 @@ def triton_limits(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.T
     if chunk_size not in TRITON_CHUNK_SIZES:
         return f"chunk_size: expected one of {TRITON_CHUNK_SIZES} for the Triton path, got {chunk_size}"
     if x.dtype == torch.float32:
-        block_p, block_n = (max(16, 1 << (n - 1).bit_length()) for n in (x.shape[-1], B.shape[-1]))
+        block_p, block_n = _blocks(x.shape[-1], B.shape[-1])
         if chunk_size * block_p * block_n >= MAX_FLOAT32_TILE_FOOTPRINT:
             return (f"chunk_size: expected chunk_size * head_dim * d_state < {MAX_FLOAT32_TILE_FOOTPRINT} for "
                     f"float32 on the Triton path (its backward's shared memory), got {chunk_size} * "
@@ -230,8 +230,8 @@ def _check_inputs(x, dt, A, B, C, chunk_size, initial_state) -> None:
 
 # -- Triton launchers and autograd ---------------------------------------------------------------
 def _blocks(head_dim: int, d_state: int) -> tuple[int, int]:
-    # tl.dot wants every dimension >= 16
-    return max(16, triton.next_power_of_2(head_dim)), max(16, triton.next_power_of_2(d_state))
+    """The kernels' tiles over head dim and state: powers of two, at least 16 (``tl.dot``'s minimum)."""
+    return tuple(max(16, 1 << (n - 1).bit_length()) for n in (head_dim, d_state))
 
 
 def _warps(block_p: int, block_n: int, *, heavy: bool = False) -> int:

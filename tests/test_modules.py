@@ -133,3 +133,15 @@ def test_generator_options_are_checked():
         ImplicitKernel(4, max_length=16)(17)
     with pytest.raises(ValueError, match="init_state: ImplicitKernel has no finite-state recurrence"):
         ImplicitKernel(4, max_length=16).init_state(1, device="cpu", dtype=torch.float32)
+
+
+def test_a_kernel_generator_without_forward_and_flops_cannot_be_built():
+    import pytest
+
+    from seqarch.modules.kernel_generator import KernelGenerator
+
+    class Incomplete(KernelGenerator):
+        pass
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete(4)

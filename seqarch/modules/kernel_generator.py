@@ -27,6 +27,7 @@ state adds to the chunk's outputs, ``None`` when ``fresh``) and ``state_size()``
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -62,7 +63,7 @@ def tag_optim(params: Iterable[nn.Parameter], lr: float | None) -> None:
         param._optim = dict(hint)
 
 
-class KernelGenerator(nn.Module):
+class KernelGenerator(nn.Module, abc.ABC):
     """Base class of kernel generators: ``forward(length) -> (directions, channels, length)``.
 
     Args:
@@ -90,11 +91,13 @@ class KernelGenerator(nn.Module):
         """``compute_dtype`` of ``dtype``, or of the parameters' dtype when ``dtype`` is None."""
         return compute_dtype(dtype if dtype is not None else next(self.parameters()).dtype)
 
+    @abc.abstractmethod
     def forward(self, length: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """The kernel ``(directions, channels, length)`` in ``work_dtype(dtype)``."""
 
+    @abc.abstractmethod
     def flops(self, length: int) -> dict[str, int]:
-        raise NotImplementedError
+        """FLOPs of ``forward(length)`` by kind (``matmul``, ``fft``, ``other``)."""
 
     # -- recurrence (recurrent generators only) ----------------------------------------
     def init_state(self, batch_size: int, *, device: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:

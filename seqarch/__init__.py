@@ -2,21 +2,20 @@
 
 >>> import seqarch
 >>> mixer = seqarch.build_mixer("s4d", 64)
+
+The names below load on first use, so ``import seqarch`` (and the ``seqarch`` command's
+``--help``) does not import torch.
 """
 
-from .mixers import MIXERS, Mixer, build_mixer, register_mixer
-from .models import LanguageModel, ModelConfig, ResidualBlock, SequenceClassifier
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "MIXERS",
-    "LanguageModel",
-    "Mixer",
-    "ModelConfig",
-    "ResidualBlock",
-    "SequenceClassifier",
-    "__version__",
-    "build_mixer",
-    "register_mixer",
-]
+_EXPORTS = {
+    "MIXERS": ".mixers", "Mixer": ".mixers", "build_mixer": ".mixers", "register_mixer": ".mixers",
+    "LanguageModel": ".models", "ModelConfig": ".models", "ResidualBlock": ".models", "SequenceClassifier": ".models",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = ["MIXERS", "LanguageModel", "Mixer", "ModelConfig", "ResidualBlock", "SequenceClassifier", "__version__",
+           "build_mixer", "register_mixer"]

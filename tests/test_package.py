@@ -108,3 +108,32 @@ def test_ci_runs_the_readme_test_command_verbatim():
     assert len(setup_and_test) == 1 and len(setup_and_run) == 1, commands
     ci_lines = (root / ".ci" / "run").read_text().splitlines()
     assert setup_and_test[0] in ci_lines
+
+
+def test_help_and_import_do_not_load_torch_or_lightning():
+    # `seqarch --help` must answer at once: torch and Lightning take seconds to import.
+    import subprocess
+    import sys
+
+    code = ("import sys, seqarch\n"
+            "from seqarch.training.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "heavy = [m for m in ('torch', 'lightning', 'triton') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "seqarch compare" in done.stdout
+
+
+def test_lazy_names_resolve_to_the_real_objects():
+    from seqarch.mixers import build_mixer
+    from seqarch.models.config import ModelConfig
+
+    assert seqarch.build_mixer is build_mixer and seqarch.ModelConfig is ModelConfig
+    assert "build_mixer" in dir(seqarch)
+    try:
+        seqarch.no_such_name  # noqa: B018
+    except AttributeError as error:
+        assert "no_such_name" in str(error)
+    else:
+        raise AssertionError("an unknown attribute must raise AttributeError")

@@ -1,10 +1,12 @@
-"""Models built from a :class:`ModelConfig`."""
+"""Models built from a :class:`ModelConfig` (names load on first use; see :mod:`seqarch.lazy`)."""
 
-from .block import ResidualBlock
-from .classifier import SequenceClassifier
-from .config import ModelConfig
-from .language_model import LanguageModel
-from .presets import PRESETS, Preset, all_presets, build_preset, register_preset
+from ..lazy import lazy_exports
 
-__all__ = ["PRESETS", "LanguageModel", "ModelConfig", "Preset", "ResidualBlock", "SequenceClassifier", "all_presets",
-           "build_preset", "register_preset"]
+_EXPORTS = {
+    "ResidualBlock": ".block", "SequenceClassifier": ".classifier", "ModelConfig": ".config",
+    "LanguageModel": ".language_model", "PRESETS": ".presets", "Preset": ".presets", "all_presets": ".presets",
+    "build_preset": ".presets", "register_preset": ".presets",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = list(_EXPORTS)

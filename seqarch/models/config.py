@@ -8,9 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..checks import check_choice, check_dropout, check_positive_int
-from ..mixers.base import MIXERS
-from ..modules.mlp import CHANNEL_MIXERS
-from ..modules.norm import NORMS
 
 
 @dataclass
@@ -54,6 +51,11 @@ class ModelConfig:
     pool: str = "mean"
 
     def __post_init__(self) -> None:
+        # Imported here, not at the top: the config (and so `seqarch --help`) loads without torch.
+        from ..mixers import MIXERS
+        from ..modules.mlp import CHANNEL_MIXERS
+        from ..modules.norm import NORMS
+
         for name in ("vocab_size", "d_model", "n_layers", "monarch_blocks", "max_length"):
             check_positive_int(name, getattr(self, name))
         if self.d_ff is not None:
@@ -81,6 +83,8 @@ class ModelConfig:
     def options_for(self, name: str) -> dict[str, Any]:
         """Constructor options of mixer ``name``: the shared options, then its own, then
         ``causal`` and (where the mixer takes it) ``max_length`` from this config."""
+        from ..mixers import MIXERS
+
         shared = {k: v for k, v in self.mixer_options.items() if k not in MIXERS}
         own = self.mixer_options.get(name, {})
         options = {**shared, **own, "causal": self.causal}

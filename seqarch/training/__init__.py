@@ -1,13 +1,17 @@
 """Training and matched-budget comparison with Lightning (the ``seqarch`` command line).
 
 ``seqarch train CONFIG`` trains one model; ``seqarch compare CONFIG`` trains every
-architecture a config lists at the same parameter count or training FLOPs.
+architecture a config lists at the same parameter count or training FLOPs.  The names
+below load on first use (see :mod:`seqarch.lazy`): the command line parses its
+arguments before Lightning is imported.
 """
 
-from .compare import compare, plan_comparison
-from .config import ConfigError, RunConfig, load_config, validate
-from .result import RunResult
-from .run import train_run
+from ..lazy import lazy_exports
 
-__all__ = ["ConfigError", "RunConfig", "RunResult", "compare", "load_config", "plan_comparison", "train_run",
-           "validate"]
+_EXPORTS = {
+    "plan_comparison": ".compare", "ConfigError": ".config", "RunConfig": ".config",
+    "load_config": ".config", "validate": ".config", "RunResult": ".result", "train_run": ".run",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = list(_EXPORTS)

@@ -20,13 +20,9 @@ from lightning.pytorch.callbacks import Checkpoint
 
 from ..data import Metric
 from .durable import replace_durably
-from .errors import NonFiniteLossError
+from .errors import CheckpointError, NonFiniteLossError
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.ckpt$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from; the message names the file."""
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:

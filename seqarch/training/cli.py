@@ -12,9 +12,8 @@ import time
 import warnings
 from pathlib import Path
 
-from .checkpoints import CheckpointError
 from .config import config_schema, load_config, sections_help, shipped_experiments
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .plugins import PluginError, import_modules, load_entry_points
 
 log = logging.getLogger("seqarch")

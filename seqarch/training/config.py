@@ -40,9 +40,7 @@ from pydantic import (
 )
 
 from ..checks import check_positive_int, check_positive_real
-from ..mixers import MIXERS
 from ..models import ModelConfig
-from ..models.presets import all_presets, merge_model_fields, preset_fields
 from .errors import ConfigError, format_validation_error, nested
 from .plugins import import_modules
 
@@ -193,6 +191,10 @@ class Architecture(ModelSection):
 
     @model_validator(mode="after")
     def _resolve(self) -> Architecture:
+        # Imported on use: the config models (and `seqarch --help`) load without torch.
+        from ..mixers import MIXERS
+        from ..models.presets import all_presets
+
         if self.preset is None and self.mixer is None:
             if self.name is None:
                 raise ValueError("expected a 'name', a 'preset' or a 'mixer', got none of them")
@@ -216,6 +218,8 @@ class Architecture(ModelSection):
 
     def model_fields_over(self, base: dict[str, Any]) -> dict[str, Any]:
         """ModelConfig fields of this architecture: ``base`` (the model section), the preset's, then its own."""
+        from ..models.presets import merge_model_fields, preset_fields
+
         return merge_model_fields(base, preset_fields(self.preset) if self.preset else {}, self.overrides())
 
     def to_dict(self) -> dict[str, Any]:

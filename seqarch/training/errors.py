@@ -71,3 +71,7 @@ def format_validation_error(error: ValidationError) -> str:
             line = nested(path, message)
         lines.setdefault(path or line, line)
     return "\n".join(lines.values())
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from; the message names the file."""

@@ -270,11 +270,16 @@ class TrainSection(Section):
     grad_clip: PositiveReal | None = 1.0
     """gradient norm clip; null: none"""
     seed: Annotated[int, Field(ge=0)] = 0
-    """fixes initialisation, data and batch order"""
+    """fixes initialisation, data and batch order (the validation and test splits come from it too)"""
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = None
+    """compare: train every architecture (and learning rate) once per seed, e.g. [0, 1, 2]; the report gives
+    mean +- 95% Student-t interval over seeds. null: train.seed alone. Seeds change initialisation and the
+    training examples; validation and test splits stay those of train.seed, the same for every run"""
     eval_every: PositiveInt = 100
     """steps between validations"""
-    eval_batches: PositiveInt | None = None
-    """validation batches; null: the whole validation set"""
+    eval_batches: PositiveInt | None = 8
+    """batches per validation (of the validation split and, beside it, of examples trained on); null: the
+    whole validation split. The test split, evaluated once at the end, is always read whole"""
     log_every: PositiveInt = 10
     """steps between logged training metrics"""
     checkpoint_every: PositiveInt = 200
@@ -290,10 +295,30 @@ class TrainSection(Section):
     num_workers: Annotated[int, Field(ge=0)] = 0
     """data loader worker processes"""
 
+    @model_validator(mode="after")
+    def _distinct(self) -> TrainSection:
+        # Run folders are named lr-<lr:g> and seed-<seed>: two runs must never share one.
+        labels = [f"{lr:g}" for lr in self.learning_rates]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"lr: expected learning rates that differ at 6 significant digits (each names a run "
+                             f"folder), got {labels}")
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: expected distinct seeds, got {self.seeds}")
+        return self
+
     @property
     def learning_rates(self) -> list[float]:
         """The learning rates to train: ``lr`` as a list."""
         return list(self.lr) if isinstance(self.lr, list) else [self.lr]
+
+    @property
+    def run_seeds(self) -> list[int]:
+        """The seeds to train: ``seeds``, else ``[seed]``."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
+
+    def for_seed(self, seed: int) -> TrainSection:
+        """This recipe for one run of ``seed`` (``seeds`` cleared, so a run's fingerprint is its own seed's)."""
+        return self.model_copy(update={"seed": seed, "seeds": None})
 
 
 class TrainerSection(Section):

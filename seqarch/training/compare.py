@@ -133,7 +133,7 @@ def train_or_record_failure(config: RunConfig, bundle: DataBundle, model_config:
         return train_run(config, bundle, model_config, lr=lr, folder=folder, resume=resume, label=name,
                          callbacks=callbacks, position=position, progress_label=label)
     except NonFiniteLossError as error:
-        log.error("%s (lr %g, seed %d) failed: %s", name, lr, config.train.seed, error)
+        log.error("%s (lr %g) failed (seed %d): %s", name, lr, config.train.seed, error)
         return RunResult.failed(name, model_config, lr=lr, metric=bundle.metric.name,
                                 higher_is_better=bundle.metric.higher_is_better, params=count_params(model_config),
                                 flops_per_token=forward_flops_per_token(model_config, bundle.seq_len),
@@ -196,10 +196,12 @@ def compare(config: RunConfig, bundle: DataBundle, folder: Path, *, resume: bool
     finished: list[RunResult] = []
     trained: list[RunResult] = []
     for index, run in enumerate(runs):
-        seeds = config.train.seeds
-        label = (f"{run.name} (architecture {run.index + 1}/{len(plan)}"
-                 + (f", lr {run.lr:g}" if len(config.train.learning_rates) > 1 else "")
-                 + (f", seed {run.seed}" if seeds is not None else "") + ")")
+        # [run i/N] names the run; with several per architecture the line also says which architecture,
+        # learning rate and seed it is.
+        label = run.name if per_architecture == 1 else (
+            f"{run.name} (architecture {run.index + 1}/{len(plan)}"
+            + (f", lr {run.lr:g}" if len(config.train.learning_rates) > 1 else "")
+            + (f", seed {run.seed}" if config.train.seeds is not None else "") + ")")
         result = train_or_record_failure(seed_config(config, run.seed), bundle, run.model_config, name=run.name,
                                          lr=run.lr, folder=run.folder, resume=resume,
                                          callbacks=callbacks(run.name, index) if callbacks else None,

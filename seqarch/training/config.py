@@ -3,11 +3,12 @@
 A run config has these sections (every key has a default; ``seqarch schema`` prints them all)::
 
     name: mqar                      # names the output folder
-    data: {task: mqar, ...}         # seqarch.data.build_data spec
+    data: {task: mqar, ...}         # seqarch.data.build_data spec; synthetic tasks draw fresh training
+                                    # examples every step unless num_train: N asks for a finite set
     model: {d_model: 64, mixer: attention, ...}   # ModelConfig fields shared by every architecture
     architectures: [transformer, m2, {name: s4d-4l, preset: s4d, n_layers: 4}]  # compare only
     budget: {params: 2.0e5}         # or {flops: 1.0e13} for the whole run; match_by: width|depth
-    train: {steps: 500, batch_size: 64, lr: 1.0e-3, ...}
+    train: {steps: 500, batch_size: 64, lr: 1.0e-3, ...}   # seeds: [0, 1, 2] for mean +- 95% intervals
     trainer: {accelerator: auto, devices: 1, strategy: auto, num_nodes: 1}
     logger: csv                     # or wandb (offline when there are no credentials)
     output: runs                    # parent folder of the run folder
@@ -122,7 +123,10 @@ class DataSection(BaseModel):
 
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
     task: str
-    """the task: mqar, selective_copy, induction, text or listops"""
+    """the task: mqar, selective_copy, induction, text or listops. For mqar, selective_copy and induction:
+    num_train null (the default) draws fresh training examples every step, never repeated; an integer is a
+    finite training set of that many (read in epochs: a model can memorise it); num_test sizes the held-out
+    test split (the reported result) and num_val the validation split (null: as many as num_test)"""
 
     def spec(self) -> dict[str, Any]:
         """The spec as a plain dict."""
@@ -273,8 +277,8 @@ class TrainSection(Section):
     """fixes initialisation, data and batch order (the validation and test splits come from it too)"""
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = None
     """compare: train every architecture (and learning rate) once per seed, e.g. [0, 1, 2]; the report gives
-    mean +- 95% Student-t interval over seeds. null: train.seed alone. Seeds change initialisation and the
-    training examples; validation and test splits stay those of train.seed, the same for every run"""
+    mean +- 95% Student-t interval over seeds. null: train.seed alone. Seeds change initialisation, the fresh
+    training examples (a finite set: its order); validation and test splits stay those of train.seed"""
     eval_every: PositiveInt = 100
     """steps between validations"""
     eval_batches: PositiveInt | None = 8

@@ -101,7 +101,11 @@ class SeqarchDataModule(L.LightningDataModule):
         """``dataset``'s first ``limit`` batches (all of it when ``None``), this rank's share, in order."""
         trainer = self.trainer
         per_rank = max(1, self.train_options.batch_size // trainer.world_size)
-        size = limit * per_rank if isinstance(dataset, FreshExamples) else len(dataset)
+        if isinstance(dataset, FreshExamples):  # endless: read as many as a validation would
+            limit = limit or self.evaluation_batches()
+            size = limit * per_rank
+        else:
+            size = len(dataset)
         if limit is not None:
             size = min(size, limit * per_rank)
         indices = list(range(trainer.global_rank, size, trainer.world_size))

@@ -21,8 +21,10 @@ def test_registry_lists_every_task():
 
 
 def test_mqar_defaults_are_zoologys_smallest_example():
+    # Zoology's smallest shape; the training examples are fresh every step (no finite set to memorise).
     bundle = build_data({"task": "mqar"}, seed=0)
-    assert (bundle.vocab_size, bundle.seq_len, len(bundle.train), len(bundle.val)) == (256, 64, 10000, 1000)
+    assert (bundle.vocab_size, bundle.seq_len, len(bundle.val), len(bundle.test)) == (256, 64, 1000, 1000)
+    assert bundle.fresh_train and bundle.info["train_data"] == "fresh"
     assert bundle.info["num_kv_pairs"] == 4 and bundle.info["power_a"] == 0.01 and bundle.num_classes is None
 
 

@@ -189,8 +189,8 @@ def test_compare_writes_the_report_plots_csv_and_checkpoints(tmp_path, capsys):
     assert [r["model_config"]["mixer"] for r in results["results"]] == ["attention", "s4d"]
     assert all(r["budget"]["metric"] == "params" and abs(r["budget"]["relative_error"]) <= 0.02
                for r in results["results"])
-    for r in results["results"]:  # the best of the learning-rate sweep is the one kept
-        assert r["best"] == max(point["best"] for point in r["sweep"]) and r["lr"] in (1e-3, 3e-3)
+    for r in results["results"]:  # the learning rate whose final validation is best is the one kept
+        assert r["final"] == max(point["final"] for point in r["sweep"]) and r["lr"] in (1e-3, 3e-3)
     assert yaml.safe_load((folder / "config.yaml").read_text())["architectures"][1]["preset"] == "s4d"
     for r in results["results"]:
         assert abs(r["params"] - 12000) <= 240 and r["best"] is not None and len(r["sweep"]) == 2

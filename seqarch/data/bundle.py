@@ -32,7 +32,12 @@ LOSS = Metric("val/loss", higher_is_better=False)
 
 @dataclass
 class DataBundle:
-    """Train and validation datasets of one task.
+    """Train, validation and (where the task has one) test datasets of one task.
+
+    ``train`` is a finite dataset or, for the synthetic tasks by default, an endless
+    :class:`seqarch.data.fresh.FreshExamples` stream (no ``len``; example ``i`` fixed by the seed).
+    ``val`` chooses learning rates and stops early; ``test`` is held out for the reported result
+    (``None``: the task has no third split and reports fall back to validation).
 
     ``kind == "lm"``: items are ``(inputs, targets)``, both ``LongTensor(seq_len)``; targets are -100
     where no loss is taken. ``kind == "classification"``: items are ``(tokens LongTensor(seq_len),
@@ -51,6 +56,14 @@ class DataBundle:
     info: dict[str, Any] = field(default_factory=dict)
     metric: Metric = ACCURACY
     recall: bool = False
+    test: Dataset | None = None
+
+    @property
+    def fresh_train(self) -> bool:
+        """Whether training examples are drawn fresh every step (never repeated, nothing to memorise)."""
+        from .fresh import FreshExamples
+
+        return isinstance(self.train, FreshExamples)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import TensorDataset
 
 from ..losses import IGNORE_INDEX
 from .bundle import DataBundle
-from .options import check_float, check_int, resolve_options, split_seed
+from .fresh import SPLIT_DEFAULTS, synthetic_bundle
+from .options import check_float, check_int, resolve_options
 from .sampling import sample_without_replacement, seeded_generator
 
 MQAR_DEFAULTS: dict[str, Any] = {
@@ -28,8 +28,7 @@ MQAR_DEFAULTS: dict[str, Any] = {
     "vocab_size": 256,
     "seq_len": 64,
     "num_kv_pairs": 4,
-    "num_train": 10000,
-    "num_test": 1000,
+    **SPLIT_DEFAULTS,  # num_train null: fresh examples every step (Zoology trains on a finite 100k set)
     "power_a": 0.01,
     "random_non_queries": True,
 }
@@ -112,27 +111,15 @@ def lookup_solver(inputs: torch.Tensor, *, num_kv_pairs: int) -> torch.Tensor:
 
 
 def build_mqar(spec: Mapping[str, Any], *, seed: int, cache_dir=None) -> DataBundle:
+    """MQAR's bundle (options: :data:`MQAR_DEFAULTS`; the split sizes: :data:`seqarch.data.fresh.SPLIT_SIZE_DOC`)."""
     options = resolve_options("mqar", spec, MQAR_DEFAULTS)
     vocab_size = check_int(options, "vocab_size", minimum=4)
     seq_len = check_int(options, "seq_len", minimum=4)
     num_kv_pairs = check_int(options, "num_kv_pairs", minimum=1)
-    num_train = check_int(options, "num_train")
-    num_test = check_int(options, "num_test")
     power_a = check_float(options, "power_a", low=0.0, high=1.0, open_low=True)
     if not isinstance(options["random_non_queries"], bool):
         raise ValueError(f"data.random_non_queries: expected true or false, got {options['random_non_queries']!r}")
     check_mqar_shape(vocab_size, seq_len, num_kv_pairs, prefix="data.")
     shape = {"vocab_size": vocab_size, "seq_len": seq_len, "num_kv_pairs": num_kv_pairs, "power_a": power_a,
-                 "random_non_queries": options["random_non_queries"]}
-    train = multiquery_ar(**shape, num_examples=num_train, seed=split_seed(seed, "train"))
-    val = multiquery_ar(**shape, num_examples=num_test, seed=split_seed(seed, "val"))
-    return DataBundle(
-        train=TensorDataset(*train),
-        val=TensorDataset(*val),
-        kind="lm",
-        vocab_size=vocab_size,
-        seq_len=seq_len,
-        info={"task": "mqar", **shape, "num_train": num_train, "num_val": num_test,
-              "answers_per_example": num_kv_pairs},
-        recall=True,
-    )
+             "random_non_queries": options["random_non_queries"]}
+    return synthetic_bundle("mqar", multiquery_ar, shape, options, seed, answers_per_example=num_kv_pairs)

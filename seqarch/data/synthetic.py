@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import TensorDataset
 
 from ..losses import IGNORE_INDEX
 from .bundle import DataBundle
-from .options import check_int, resolve_options, split_seed
+from .fresh import SPLIT_DEFAULTS, synthetic_bundle
+from .options import check_int, resolve_options
 from .sampling import sample_without_replacement, seeded_generator
 
 NOISE_TOKEN = 0
@@ -25,16 +25,14 @@ SELECTIVE_COPY_DEFAULTS: dict[str, Any] = {
     "vocab_size": 16,
     "seq_len": 256,
     "num_tokens": 16,
-    "num_train": 10000,
-    "num_test": 1000,
+    **SPLIT_DEFAULTS,
 }
 
 INDUCTION_DEFAULTS: dict[str, Any] = {
     # H3's induction-head setting: vocabulary 20, sequence length 30 (a trigger token included).
     "vocab_size": 20,
     "seq_len": 30,
-    "num_train": 10000,
-    "num_test": 1000,
+    **SPLIT_DEFAULTS,
 }
 
 TRIGGER_TOKEN = 0
@@ -97,29 +95,17 @@ def induction_solver(inputs: torch.Tensor) -> torch.Tensor:
     return predictions
 
 
-def _lm_bundle(task: str, generate, shape: dict[str, int], num_train: int, num_test: int, seed: int) -> DataBundle:
-    train = generate(**shape, num_examples=num_train, seed=split_seed(seed, "train"))
-    val = generate(**shape, num_examples=num_test, seed=split_seed(seed, "val"))
-    return DataBundle(
-        train=TensorDataset(*train), val=TensorDataset(*val), kind="lm",
-        vocab_size=shape["vocab_size"], seq_len=shape["seq_len"],
-        info={"task": task, **shape, "num_train": num_train, "num_val": num_test}, recall=True,
-    )
-
-
 def build_selective_copy(spec: Mapping[str, Any], *, seed: int, cache_dir=None) -> DataBundle:
     options = resolve_options("selective_copy", spec, SELECTIVE_COPY_DEFAULTS)
     vocab_size = check_int(options, "vocab_size", minimum=FIRST_DATA_TOKEN + 1)
     num_tokens = check_int(options, "num_tokens")
     seq_len = check_int(options, "seq_len", minimum=2 * num_tokens)
     shape = {"vocab_size": vocab_size, "seq_len": seq_len, "num_tokens": num_tokens}
-    return _lm_bundle("selective_copy", selective_copy, shape,
-                      check_int(options, "num_train"), check_int(options, "num_test"), seed)
+    return synthetic_bundle("selective_copy", selective_copy, shape, options, seed)
 
 
 def build_induction(spec: Mapping[str, Any], *, seed: int, cache_dir=None) -> DataBundle:
     options = resolve_options("induction", spec, INDUCTION_DEFAULTS)
     shape = {"vocab_size": check_int(options, "vocab_size", minimum=3),
              "seq_len": check_int(options, "seq_len", minimum=3)}
-    return _lm_bundle("induction", induction_heads, shape,
-                      check_int(options, "num_train"), check_int(options, "num_test"), seed)
+    return synthetic_bundle("induction", induction_heads, shape, options, seed)

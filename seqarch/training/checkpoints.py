@@ -168,7 +168,7 @@ class EvalHistory(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train_eval/"))}
         tokens = trainer.global_step * self.tokens_per_step
         self.history.append({
             "step": trainer.global_step, "tokens": tokens,

@@ -19,7 +19,7 @@ from .plugins import PluginError, import_modules, load_entry_points
 log = logging.getLogger("seqarch")
 
 EXAMPLES = """\
-  seqarch compare                                   # embedded MQAR default (CPU, < 10 min)
+  seqarch compare                                   # embedded MQAR default (2 CPU cores, < 4 min)
   seqarch compare mqar_sweep                        # a shipped experiment, by name
   seqarch compare experiments/lm_small.yaml trainer.devices=4 trainer.strategy=ddp
   seqarch compare my.yaml --import my_layers        # a module that registers your own mixer

@@ -1,6 +1,7 @@
 """``seqarch compare``: every listed architecture at one matched budget, same data,
 same seeds, same optimiser recipe; optionally a learning-rate sweep per architecture
-with the best run kept.
+(chosen on validation) and several seeds (``train.seeds``; the report gives mean +- 95%
+interval on the held-out test split).
 
 Budget (the config's ``budget`` section):
 - ``params: N``: each architecture is resized (width, or depth with
@@ -13,17 +14,19 @@ Without a budget, every architecture is trained at the config's own size.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..budget import TRAINING_FLOPS_PER_FORWARD, BudgetMatch, count_params, forward_flops_per_token, match_budget
-from ..data import DataBundle
+from ..data import DataBundle, Metric
 from ..models import ModelConfig
-from .config import RunConfig
+from .config import RunConfig, TrainSection
 from .errors import ConfigError, NonFiniteLossError, nested
 from .module import run_fingerprint
-from .result import BudgetResult, LearningRateRun, RunResult
+from .result import BudgetResult, LearningRateRun, RunResult, SeedRun
 from .run import model_config_for, prepare_run_folder, train_run
 
 log = logging.getLogger(__name__)
@@ -79,70 +82,139 @@ def plan_comparison(config: RunConfig, bundle: DataBundle) -> Plan:
     return plan
 
 
-def run_folders(plan: Plan, folder: Path, lrs: list[float]) -> list[tuple[str, ModelConfig, BudgetMatch | None,
-                                                                        float, Path]]:
-    """``(name, model_config, match, lr, run folder)`` of every run of a comparison, in training order."""
-    return [(name, model_config, match, lr, folder / name / (f"lr-{lr:g}" if len(lrs) > 1 else "run"))
-            for name, model_config, match in plan for lr in lrs]
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a comparison: an architecture (``index`` in the plan) at one learning rate and seed."""
+
+    name: str
+    index: int
+    model_config: ModelConfig
+    match: BudgetMatch | None
+    lr: float
+    seed: int
+    folder: Path
+
+
+def run_folder_of(folder: Path, name: str, lr: float, seed: int, train: TrainSection) -> Path:
+    """``folder/name/run``, ``.../lr-<lr>`` for a sweep, then ``/seed-<seed>`` when ``train.seeds`` is set:
+    one folder per (architecture, learning rate, seed), never shared (the config refuses learning rates
+    or seeds that would name one folder twice)."""
+    path = folder / name / (f"lr-{lr:g}" if len(train.learning_rates) > 1 else "run")
+    return path / f"seed-{seed}" if train.seeds is not None else path
+
+
+def planned_runs(config: RunConfig, plan: Plan, folder: Path) -> list[PlannedRun]:
+    """Every run of a comparison in training order: architecture, then learning rate, then seed."""
+    train = config.train
+    return [PlannedRun(name, index, model_config, match, lr, seed, run_folder_of(folder, name, lr, seed, train))
+            for index, (name, model_config, match) in enumerate(plan)
+            for lr in train.learning_rates for seed in train.run_seeds]
+
+
+def seed_config(config: RunConfig, seed: int) -> RunConfig:
+    """``config`` for one run of ``seed``."""
+    return config.model_copy(update={"train": config.train.for_seed(seed)})
 
 
 def check_run_folders(config: RunConfig, bundle: DataBundle, folder: Path, plan: Plan, *, resume: bool) -> None:
     """Every run folder of the comparison checked before the first trains (checkpoints over which a
     run would train, an unreadable checkpoint, one made by another model or recipe)."""
-    for _, model_config, _, lr, run_folder in run_folders(plan, folder, config.train.learning_rates):
-        prepare_run_folder(run_folder, resume,
-                           run_fingerprint(model_config, bundle.kind, config.train, lr, bundle.seq_len))
+    for run in planned_runs(config, plan, folder):
+        prepare_run_folder(run.folder, resume, run_fingerprint(run.model_config, bundle.kind,
+                                                               config.train.for_seed(run.seed), run.lr, bundle.seq_len))
 
 
 def train_or_record_failure(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, *, name: str,
                             lr: float, folder: Path, resume: bool, callbacks: list | None = None,
-                            position: tuple[int, int] = (1, 1)) -> RunResult:
+                            position: tuple[int, int] = (1, 1), label: str | None = None) -> RunResult:
     """:func:`train_run`, or, when the run's loss becomes NaN, the record of that failure (the
     comparison goes on with the other architectures)."""
     try:
         return train_run(config, bundle, model_config, lr=lr, folder=folder, resume=resume, label=name,
-                         callbacks=callbacks, position=position)
+                         callbacks=callbacks, position=position, progress_label=label)
     except NonFiniteLossError as error:
-        log.error("%s (lr %g) failed: %s", name, lr, error)
+        log.error("%s (lr %g) failed (seed %d): %s", name, lr, config.train.seed, error)
         return RunResult.failed(name, model_config, lr=lr, metric=bundle.metric.name,
                                 higher_is_better=bundle.metric.higher_is_better, params=count_params(model_config),
                                 flops_per_token=forward_flops_per_token(model_config, bundle.seq_len),
-                                folder=str(folder), failure=str(error))
+                                folder=str(folder), failure=str(error), seed=config.train.seed)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def summarise(runs: list[RunResult], metric: Metric) -> RunResult:
+    """One architecture's result from its runs (every learning rate and seed trained so far).
+
+    The learning rate is chosen on validation: the best mean over seeds of the final model's validation
+    metric (the test split, which the report gives, is measured on that final model and never chooses).
+    The result is the chosen learning rate's first seed, with ``seed_runs`` holding every seed and, with
+    several seeds, ``final``, ``best``, ``test`` and ``train_final`` their means.
+    """
+    by_lr: dict[float, list[RunResult]] = {}
+    for run in runs:
+        by_lr.setdefault(run.lr, []).append(run)
+    scores = {lr: _mean([r.final for r in group if r.failure is None]) for lr, group in by_lr.items()}
+    scored = [lr for lr, score in scores.items() if score is not None]
+    chosen = scored[0] if scored else list(by_lr)[-1]
+    for lr in scored[1:]:
+        if metric.better(scores[lr], scores[chosen]):
+            chosen = lr
+    group = by_lr[chosen]
+    ok = [r for r in group if r.failure is None]
+    result = dataclasses.replace(ok[0] if ok else group[-1])
+    result.seed_runs = [SeedRun.of(r) for r in group]
+    if len(group) > 1 and ok:
+        result.final, result.best = _mean([r.final for r in ok]), _mean([r.best for r in ok])
+        result.test, result.train_final = _mean([r.test for r in ok]), _mean([r.train_final for r in ok])
+    result.sweep = [LearningRateRun(lr, _mean([r.best for r in g if r.failure is None]), scores[lr],
+                                    next((r.failure for r in g if r.failure), None) if scores[lr] is None else None)
+                    for lr, g in by_lr.items()] if len(by_lr) > 1 else []
+    return result
 
 
 def compare(config: RunConfig, bundle: DataBundle, folder: Path, *, resume: bool = False,
             on_result: Callable[[RunResult, list[RunResult]], None] | None = None,
-            plan: Plan | None = None, callbacks: Callable[[str, int], list] | None = None) -> list[RunResult]:
-    """Train every architecture (and learning rate); returns the best run per architecture,
-    by the task's metric (``bundle.metric``). An architecture whose every run failed (a NaN loss)
-    is returned with its ``failure``; the others are trained all the same.
+            plan: Plan | None = None, callbacks: Callable[[str, int], list] | None = None,
+            on_run: Callable[[list[RunResult]], None] | None = None) -> list[RunResult]:
+    """Train every architecture at every learning rate and seed; returns one result per architecture
+    (:func:`summarise`: the learning rate chosen on validation, every seed at it). An architecture whose
+    every run failed (a NaN loss) is returned with its ``failure``; the others are trained all the same.
 
-    ``on_result(best, all_so_far)`` is called as each architecture finishes; ``plan``
-    is :func:`plan_comparison`'s answer when the caller has it already; ``callbacks(name, index)``
+    ``on_result(result, finished)`` is called as each architecture finishes; ``on_run(results)`` after
+    every run, with the architectures so far (the last one summarised from the runs it has finished),
+    so a report rewritten there keeps every finished run of a killed comparison. ``plan`` is
+    :func:`plan_comparison`'s answer when the caller has it already; ``callbacks(name, index)``
     gives the extra Lightning callbacks of the ``index``-th run.
     """
     plan = plan_comparison(config, bundle) if plan is None else plan
-    lrs = config.train.learning_rates
     check_run_folders(config, bundle, folder, plan, resume=resume)
+    runs = planned_runs(config, plan, folder)
+    per_architecture = len(runs) // max(len(plan), 1)
     finished: list[RunResult] = []
-    runs_by_name: dict[str, list[RunResult]] = {}
-    runs_planned = run_folders(plan, folder, lrs)
-    for index, (name, model_config, match, lr, run_folder) in enumerate(runs_planned):
-        result = train_or_record_failure(config, bundle, model_config, name=name, lr=lr, folder=run_folder,
-                                         resume=resume, callbacks=callbacks(name, index) if callbacks else None,
-                                         position=(index + 1, len(runs_planned)))
-        result.budget = BudgetResult.of(match)
-        runs = runs_by_name.setdefault(name, [])
-        runs.append(result)
-        if len(runs) < len(lrs):
-            continue
-        scored = [r for r in runs if r.best is not None and r.failure is None]
-        best = scored[0] if scored else runs[-1]
-        for run in scored[1:]:
-            if bundle.metric.better(run.best, best.best):
-                best = run
-        best.sweep = [LearningRateRun(r.lr, r.best, r.final, r.failure) for r in runs]
-        finished.append(best)
-        if on_result is not None:
-            on_result(best, finished)
+    trained: list[RunResult] = []
+    for index, run in enumerate(runs):
+        # [run i/N] names the run; with several per architecture the line also says which architecture,
+        # learning rate and seed it is.
+        label = run.name if per_architecture == 1 else (
+            f"{run.name} (architecture {run.index + 1}/{len(plan)}"
+            + (f", lr {run.lr:g}" if len(config.train.learning_rates) > 1 else "")
+            + (f", seed {run.seed}" if config.train.seeds is not None else "") + ")")
+        result = train_or_record_failure(seed_config(config, run.seed), bundle, run.model_config, name=run.name,
+                                         lr=run.lr, folder=run.folder, resume=resume,
+                                         callbacks=callbacks(run.name, index) if callbacks else None,
+                                         position=(index + 1, len(runs)), label=label)
+        result.budget = BudgetResult.of(run.match)
+        trained.append(result)
+        summary = summarise(trained, bundle.metric)
+        done = len(trained) == per_architecture
+        if on_run is not None:
+            on_run(finished + [summary])
+        if done:
+            finished.append(summary)
+            trained = []
+            if on_result is not None:
+                on_result(summary, finished)
     return finished

@@ -3,11 +3,12 @@
 A run config has these sections (every key has a default; ``seqarch schema`` prints them all)::
 
     name: mqar                      # names the output folder
-    data: {task: mqar, ...}         # seqarch.data.build_data spec
+    data: {task: mqar, ...}         # seqarch.data.build_data spec; synthetic tasks draw fresh training
+                                    # examples every step unless num_train: N asks for a finite set
     model: {d_model: 64, mixer: attention, ...}   # ModelConfig fields shared by every architecture
     architectures: [transformer, m2, {name: s4d-4l, preset: s4d, n_layers: 4}]  # compare only
     budget: {params: 2.0e5}         # or {flops: 1.0e13} for the whole run; match_by: width|depth
-    train: {steps: 500, batch_size: 64, lr: 1.0e-3, ...}
+    train: {steps: 500, batch_size: 64, lr: 1.0e-3, ...}   # seeds: [0, 1, 2] for mean +- 95% intervals
     trainer: {accelerator: auto, devices: 1, strategy: auto, num_nodes: 1}
     logger: csv                     # or wandb (offline when there are no credentials)
     output: runs                    # parent folder of the run folder
@@ -120,7 +121,10 @@ class DataSection(BaseModel):
 
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
     task: str
-    """the task: mqar, selective_copy, induction, text or listops"""
+    """the task: mqar, selective_copy, induction, text or listops. For mqar, selective_copy and induction:
+    num_train null (the default) draws fresh training examples every step, never repeated; an integer is a
+    finite training set of that many (read in epochs: a model can memorise it); num_test sizes the held-out
+    test split (the reported result) and num_val the validation split (null: as many as num_test)"""
 
     def spec(self) -> dict[str, Any]:
         """The spec as a plain dict."""
@@ -274,11 +278,16 @@ class TrainSection(Section):
     grad_clip: PositiveReal | None = 1.0
     """gradient norm clip; null: none"""
     seed: Annotated[int, Field(ge=0)] = 0
-    """fixes initialisation, data and batch order"""
+    """fixes initialisation, data and batch order (the validation and test splits come from it too)"""
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = None
+    """compare: train every architecture (and learning rate) once per seed, e.g. [0, 1, 2]; the report gives
+    mean +- 95% Student-t interval over seeds. null: train.seed alone. Seeds change initialisation, the fresh
+    training examples (a finite set: its order); validation and test splits stay those of train.seed"""
     eval_every: PositiveInt = 100
     """steps between validations"""
-    eval_batches: PositiveInt | None = None
-    """validation batches; null: the whole validation set"""
+    eval_batches: PositiveInt | None = 8
+    """batches per validation (of the validation split and, beside it, of examples trained on); null: the
+    whole validation split. The test split, evaluated once at the end, is always read whole"""
     log_every: PositiveInt = 10
     """steps between logged training metrics"""
     checkpoint_every: PositiveInt = 200
@@ -294,10 +303,30 @@ class TrainSection(Section):
     num_workers: Annotated[int, Field(ge=0)] = 0
     """data loader worker processes"""
 
+    @model_validator(mode="after")
+    def _distinct(self) -> TrainSection:
+        # Run folders are named lr-<lr:g> and seed-<seed>: two runs must never share one.
+        labels = [f"{lr:g}" for lr in self.learning_rates]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"lr: expected learning rates that differ at 6 significant digits (each names a run "
+                             f"folder), got {labels}")
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: expected distinct seeds, got {self.seeds}")
+        return self
+
     @property
     def learning_rates(self) -> list[float]:
         """The learning rates to train: ``lr`` as a list."""
         return list(self.lr) if isinstance(self.lr, list) else [self.lr]
+
+    @property
+    def run_seeds(self) -> list[int]:
+        """The seeds to train: ``seeds``, else ``[seed]``."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
+
+    def for_seed(self, seed: int) -> TrainSection:
+        """This recipe for one run of ``seed`` (``seeds`` cleared, so a run's fingerprint is its own seed's)."""
+        return self.model_copy(update={"seed": seed, "seeds": None})
 
 
 class TrainerSection(Section):

@@ -1,8 +1,10 @@
 """Data for Lightning: a step-indexed batch order that survives a restart and shards over ranks.
 
-The batch of global step ``s`` is fixed by ``(seed, s)`` alone: the training set is
+The batch of global step ``s`` is fixed by ``(seed, s)`` alone: a finite training set is
 read in a fresh permutation per epoch (seeded by the epoch), and step ``s`` takes
-positions ``s*B .. s*B+B-1`` of that endless stream. A resumed run asks for the
+positions ``s*B .. s*B+B-1`` of that endless stream; a fresh-example stream
+(:class:`seqarch.data.fresh.FreshExamples`, regenerated for the run's seed) is read in order,
+so step ``s`` takes its examples ``s*B .. s*B+B-1``, never seen before. A resumed run asks for the
 stream from its restored step, so it sees exactly the batches the uninterrupted
 run would have seen. Under data parallelism rank ``r`` of ``W`` takes every
 ``W``-th example of the global batch, so ``W`` processes see the same global batch
@@ -18,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data import DataBundle
+from ..data.fresh import FreshExamples
 from .config import TrainSection
 
 
@@ -25,7 +28,7 @@ class StepBatchSampler(Sampler[list[int]]):
     """Index lists for global steps ``start() .. total_steps - 1`` of one rank.
 
     Args:
-        size: examples in the dataset.
+        size: examples in the dataset; ``None``: an endless stream read in order (fresh examples).
         batch_size: the global batch (all ranks together).
         total_steps: the run's length in optimiser steps.
         seed: fixes every epoch's permutation.
@@ -34,7 +37,7 @@ class StepBatchSampler(Sampler[list[int]]):
         rank, world_size: this process's shard of every global batch.
     """
 
-    def __init__(self, size: int, batch_size: int, total_steps: int, *, seed: int,
+    def __init__(self, size: int | None, batch_size: int, total_steps: int, *, seed: int,
                  start: Callable[[], int] = lambda: 0, rank: int = 0, world_size: int = 1) -> None:
         if batch_size % world_size:
             raise ValueError(f"train.batch_size: expected a multiple of the {world_size} processes, got {batch_size}")
@@ -51,6 +54,8 @@ class StepBatchSampler(Sampler[list[int]]):
     def global_batch(self, step: int) -> list[int]:
         """Dataset indices of the whole global batch of ``step``."""
         first = step * self.batch_size
+        if self.size is None:
+            return list(range(first, first + self.batch_size))
         out = []
         for position in range(first, first + self.batch_size):
             epoch, offset = divmod(position, self.size)
@@ -77,21 +82,47 @@ class SeqarchDataModule(L.LightningDataModule):
         workers = self.train_options.num_workers
         return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0, **kwargs)
 
+    def _train_dataset(self) -> Dataset:
+        """The training set; a fresh stream is drawn for this run's seed (each seed its own examples)."""
+        train = self.bundle.train
+        return train.reseeded(self.train_options.seed) if isinstance(train, FreshExamples) else train
+
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
+        dataset = self._train_dataset()
         sampler = StepBatchSampler(
-            len(self.bundle.train), self.train_options.batch_size, self.train_options.steps,
-            seed=self.train_options.seed, start=lambda: trainer.global_step,
+            None if isinstance(dataset, FreshExamples) else len(dataset), self.train_options.batch_size,
+            self.train_options.steps, seed=self.train_options.seed, start=lambda: trainer.global_step,
             rank=trainer.global_rank, world_size=trainer.world_size,
         )
-        return self._loader(self.bundle.train, batch_sampler=sampler)
+        return self._loader(dataset, batch_sampler=sampler)
 
-    def val_dataloader(self) -> DataLoader:
+    def _evaluation_loader(self, dataset: Dataset, limit: int | None) -> DataLoader:
+        """``dataset``'s first ``limit`` batches (all of it when ``None``), this rank's share, in order."""
         trainer = self.trainer
         per_rank = max(1, self.train_options.batch_size // trainer.world_size)
-        dataset = self.bundle.val
-        limit = self.train_options.eval_batches
+        if isinstance(dataset, FreshExamples):  # endless: read as many as a validation would
+            limit = limit or self.evaluation_batches()
+            size = limit * per_rank
+        else:
+            size = len(dataset)
         if limit is not None:
-            dataset = torch.utils.data.Subset(dataset, range(min(len(dataset), limit * per_rank)))
-        indices = list(range(trainer.global_rank, len(dataset), trainer.world_size))
+            size = min(size, limit * per_rank)
+        indices = list(range(trainer.global_rank, size, trainer.world_size))
         return self._loader(torch.utils.data.Subset(dataset, indices), batch_size=per_rank, shuffle=False)
+
+    def evaluation_batches(self) -> int:
+        """Batches each evaluation reads of the validation split (and of the training examples)."""
+        limit = self.train_options.eval_batches
+        return limit if limit is not None else -(-len(self.bundle.val) // self.train_options.batch_size)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """The validation split, then as many examples the run trained on (the first steps' batches, or the
+        start of a finite set), so every evaluation also says how far training accuracy runs ahead."""
+        limit = self.train_options.eval_batches
+        return [self._evaluation_loader(self.bundle.val, limit),
+                self._evaluation_loader(self._train_dataset(), self.evaluation_batches())]
+
+    def test_dataloader(self) -> DataLoader:
+        """The whole held-out test split (validation where the task has none)."""
+        return self._evaluation_loader(self.bundle.test if self.bundle.test is not None else self.bundle.val, None)

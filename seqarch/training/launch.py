@@ -18,9 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..models import ModelConfig
 from .config import SAVED_CONFIG, RunConfig, parse_yaml, validate
-from .result import BudgetResult, LearningRateRun, RunResult
+from .result import BudgetResult, RunResult
 
 log = logging.getLogger("seqarch")
 
@@ -81,7 +80,7 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
 
     import_modules(spec.imports)
     config = validate(spec.config, command="compare")
-    config = config.model_copy(update={"train": config.train.model_copy(update={"seed": spec.seed})})
+    config = config.model_copy(update={"train": config.train.for_seed(spec.seed)})
     bundle = build_data(config.data.spec(), seed=spec.seed, cache_dir=spec.cache_dir)
     name, model_config, match = plan_comparison(config, bundle)[spec.architecture]
     folder = Path(spec.folder)
@@ -164,7 +163,7 @@ def launch(config: RunConfig, launcher: str, *, seeds: list[int] | None = None,
 
     check_launcher(launcher)
     options = options or SlurmOptions()
-    seeds = seeds or [config.train.seed]
+    seeds = seeds or config.train.run_seeds
     specs = job_specs(config, seeds, cache_dir=cache_dir)
     folder = config.folder
     executor = executor or build_executor(launcher, folder, config, options)
@@ -179,17 +178,15 @@ def launch(config: RunConfig, launcher: str, *, seeds: list[int] | None = None,
 
 def result_from_dict(values: dict[str, Any]) -> RunResult:
     """A :class:`RunResult` read back from its ``result.json``."""
-    values = dict(values)
-    values["model_config"] = ModelConfig.from_dict(values["model_config"])
-    values["budget"] = BudgetResult(**values["budget"]) if values.get("budget") else None
-    values["sweep"] = [LearningRateRun(**s) for s in values.get("sweep") or []]
-    return RunResult(**values)
+    return RunResult.from_dict(values)
 
 
 def collect(run_folder: str | Path, *, cache_dir: str | None = None) -> tuple[list[RunResult], list[str]]:
-    """Gather the finished jobs of a launched comparison into ``run_folder``'s report (the best learning
-    rate per architecture and seed); returns the results and the folders of unfinished jobs."""
+    """Gather the finished jobs of a launched comparison into ``run_folder``'s report (per architecture, the
+    learning rate chosen on validation and every seed at it); returns the results and the folders of
+    unfinished jobs."""
     from ..data import build_data
+    from .compare import summarise
     from .report import write_report
 
     folder = Path(run_folder)
@@ -198,26 +195,21 @@ def collect(run_folder: str | Path, *, cache_dir: str | None = None) -> tuple[li
                          f"{JOBS_FILE} and {SAVED_CONFIG}), got {str(folder)!r}")
     config = validate(parse_yaml((folder / SAVED_CONFIG).read_text()), command="compare")
     specs = json.loads((folder / JOBS_FILE).read_text())
-    seeds = sorted({s["seed"] for s in specs})
     bundle = build_data(config.data.spec(), seed=config.train.seed, cache_dir=cache_dir)
     metric = bundle.metric
-    groups: dict[tuple[str, int], list[RunResult]] = {}
+    by_name: dict[str, list[RunResult]] = {}
     missing = []
     for spec in specs:
         path = Path(spec["folder"]) / "result.json"
         if not path.is_file():
             missing.append(spec["folder"])
             continue
-        groups.setdefault((spec["name"], spec["seed"]), []).append(result_from_dict(json.loads(path.read_text())))
+        by_name.setdefault(spec["name"], []).append(result_from_dict(json.loads(path.read_text())))
     results = []
-    for (name, seed), runs in groups.items():
-        scored = [r for r in runs if r.best is not None]
-        best = scored[0] if scored else runs[-1]
-        for run in scored[1:]:
-            if metric.better(run.best, best.best):
-                best = run
-        best.sweep = [LearningRateRun(r.lr, r.best, r.final) for r in runs]
-        best.name = name if len(seeds) == 1 else f"{name}-seed{seed}"
+    for name, runs in by_name.items():
+        # The learning rate chosen on validation over the seeds, every seed at it (the report's intervals).
+        best = summarise(runs, metric)
+        best.name = name
         best.seq_len = bundle.seq_len
         results.append(best)
     if results:

@@ -1,7 +1,9 @@
 """The LightningModule that trains any seqarch model on any seqarch data kind.
 
 Metrics: ``train/loss``, ``val/loss``, ``val/accuracy`` (answer positions for the
-synthetic tasks, every next token for text, the label for classification),
+synthetic tasks, every next token for text, the label for classification), the same on
+examples the run trained on (``train_eval/*``, beside each validation, to show memorisation)
+and on the held-out test split once training ends (``test/*``),
 ``val/ppl`` for text, ``train/tokens_per_s`` and, on GPUs with a known peak,
 ``train/mfu`` (model FLOPs utilisation, PaLM appendix B: achieved training FLOP/s
 over the device's peak).
@@ -64,7 +66,7 @@ class SeqarchModule(L.LightningModule):
         self.model = SequenceClassifier(self.config) if kind == "classification" else LanguageModel(self.config)
         self.flops_per_token = self.model.flops_per_token(seq_len)
         self._tick: float | None = None
-        self._val_totals: list[torch.Tensor] = []
+        self._val_totals: dict[int, list[torch.Tensor]] = {}
 
     def forward(self, batch):
         if self.kind == "classification":
@@ -120,24 +122,42 @@ class SeqarchModule(L.LightningModule):
             self.log("train/mfu", achieved / (peak * self.trainer.world_size), on_step=True, on_epoch=False)
 
     def on_validation_epoch_start(self) -> None:
-        self._val_totals = []
+        self._val_totals = {}
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        # Loader 0 is the validation split; loader 1 (where there is one) examples the run trained on.
         loss, scored, correct = self._loss_and_counts(batch)
-        self._val_totals.append(torch.stack([loss.detach() * scored, scored.float(), correct.float()]))
+        totals = torch.stack([loss.detach() * scored, scored.float(), correct.float()])
+        self._val_totals.setdefault(dataloader_idx, []).append(totals)
+
+    def _log_totals(self, prefix: str, totals: list[torch.Tensor]) -> None:
+        """``<prefix>/loss``, ``<prefix>/accuracy`` (and ``/ppl`` for text) over the whole split, all ranks."""
+        summed = self.trainer.strategy.reduce(torch.stack(totals).sum(0), reduce_op="sum")
+        loss_sum, scored, correct = summed.tolist()
+        loss = loss_sum / max(scored, 1.0)
+        self.log(f"{prefix}/loss", loss, prog_bar=prefix == "val", sync_dist=False, rank_zero_only=False,
+                 add_dataloader_idx=False)
+        self.log(f"{prefix}/accuracy", correct / max(scored, 1.0), prog_bar=prefix == "val", rank_zero_only=False,
+                 add_dataloader_idx=False)
+        if self.kind == "lm":
+            self.log(f"{prefix}/ppl", math.exp(min(loss, 50.0)), rank_zero_only=False, add_dataloader_idx=False)
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_totals:
-            return
-        totals = self.trainer.strategy.reduce(torch.stack(self._val_totals).sum(0), reduce_op="sum")
-        loss_sum, scored, correct = totals.tolist()
-        loss = loss_sum / max(scored, 1.0)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=False, rank_zero_only=False)
-        self.log("val/accuracy", correct / max(scored, 1.0), prog_bar=True, rank_zero_only=False)
-        if self.kind == "lm":
-            self.log("val/ppl", math.exp(min(loss, 50.0)), rank_zero_only=False)
+        for index, prefix in ((0, "val"), (1, "train_eval")):
+            if self._val_totals.get(index):
+                self._log_totals(prefix, self._val_totals[index])
         # The first training batch after validation would otherwise count validation time.
         self._tick = None
+
+    def on_test_epoch_start(self) -> None:
+        self._val_totals = {}
+
+    def test_step(self, batch, batch_idx):
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        if self._val_totals.get(0):
+            self._log_totals("test", self._val_totals[0])
 
     def configure_optimizers(self):
         optimizer, schedule = build_optimizer(self.model, self.train_options, self.lr)

@@ -2,7 +2,9 @@
 step, the loss and the task's metric, and an ETA for this run and for the whole comparison.
 
 One line at most every ``every_s`` seconds, one after each evaluation, and one at the end that says
-whether the run finished, stopped early (``train.stop_at`` reached) or failed.
+whether the run finished, stopped early (``train.stop_at`` reached) or failed. No step gets two lines:
+a step that validates prints once, after its validation (with the metric), and the last step prints
+only its end line.
 """
 
 from __future__ import annotations
@@ -34,11 +36,14 @@ class ProgressLine(L.Callback):
         steps: the run's optimiser steps (every run of a comparison has as many).
         metric: the task's validation metric (``val/accuracy``, ``val/loss``).
         every_s: seconds between lines while training.
+        eval_every: the run's steps between validations (``train.eval_every``): those steps print
+            after validating, not before.
     """
 
-    def __init__(self, name: str, index: int, total: int, steps: int, metric: str, every_s: float = 10.0) -> None:
+    def __init__(self, name: str, index: int, total: int, steps: int, metric: str, every_s: float = 10.0,
+                 eval_every: int | None = None) -> None:
         self.name, self.index, self.total, self.steps, self.metric = name, index, total, steps, metric
-        self.every_s = every_s
+        self.every_s, self.eval_every = every_s, eval_every
         self._start_step = 0
         self._start_time = 0.0
         self._last_line = -math.inf
@@ -82,13 +87,23 @@ class ProgressLine(L.Callback):
         resumed = f" (resumed at step {trainer.global_step})" if trainer.global_step else ""
         self._emit(f"[{self.index}/{self.total}] {self.name}  training {self.steps} steps{resumed}")
 
+    def _validates(self, step: int) -> bool:
+        return self.eval_every is not None and step % self.eval_every == 0
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        # A validating step prints after its validation, the last one at the end: one line per step.
+        if self._validates(step) or step >= self.steps:
+            return
         if time.perf_counter() - self._last_line >= self.every_s:
             self._emit(self._line(trainer))
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._emit(self._line(trainer))
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        if trainer.global_step >= self.steps or trainer.should_stop:
+            return  # the end line follows, with this validation's metric
+        self._emit(self._line(trainer))
 
     def on_train_end(self, trainer, pl_module) -> None:
         step = trainer.global_step

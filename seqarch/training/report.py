@@ -19,10 +19,11 @@ from .. import __version__
 from ..data import DataBundle
 from .config import RunConfig
 from .durable import write_atomic
-from .result import RunResult
+from .result import RunResult, split_metric
+from .stats import MEMORISATION_GAP, history_band, memorisation_gap, seed_interval
 
 TABLE_COLUMNS = ("architecture", "d_model", "layers", "params", "budget error", "FLOPs/token", "training FLOPs",
-                 "steps", "lr", "final", "best", "state size", "tokens/s", "peak memory")
+                 "steps", "lr", "seeds", "train", "final", "best", "test", "state size", "tokens/s", "peak memory")
 
 
 def _si(value: float | None, unit: str = "") -> str:
@@ -48,18 +49,40 @@ def _steps(r: RunResult) -> str:
     return f"{r.steps} (stopped early)" if r.stopped_early else str(r.steps)
 
 
+def _over_seeds(r: RunResult, attribute: str) -> str:
+    """The value, or ``mean ± 95% half-width`` over the seeds."""
+    interval = seed_interval(r, attribute)
+    return "-" if interval is None else str(interval)
+
+
+def _seeds(r: RunResult) -> str:
+    runs = r.seed_runs or [r]
+    ok = [run for run in runs if run.failure is None]
+    return str(len(runs)) if len(ok) == len(runs) else f"{len(ok)} of {len(runs)}"
+
+
 def table_rows(results: list[RunResult]) -> list[list[str]]:
     return [[
         r.name, str(r.d_model), str(r.n_layers), _si(r.params), _budget_error(r), _si(r.flops_per_token),
-        _si(r.training_flops), _steps(r), f"{r.lr:g}", _metric(r.final), _metric(r.best),
+        _si(r.training_flops), _steps(r), f"{r.lr:g}", _seeds(r), _over_seeds(r, "train_final"),
+        _over_seeds(r, "final"), _over_seeds(r, "best"), _over_seeds(r, "test"),
         _si(r.state_size), _si(r.tokens_per_s), _si(r.peak_memory_bytes, "B"),
     ] for r in results]
 
 
 def notes(results: list[RunResult], metric: str) -> list[str]:
-    """Lines for what the table cannot say: failed runs, early stops, the learning-rate sweep."""
+    """Lines for what the table cannot say: memorisation, failed runs, early stops, the learning-rate sweep."""
     lines = []
     for r in results:
+        gap = memorisation_gap(r) if r.higher_is_better else None
+        if gap is not None and gap > MEMORISATION_GAP:
+            lines.append(f"- **{r.name} memorised its training examples**: {metric.split('/')[-1]} "
+                         f"{r.train_final:.4f} on examples it trained on against {r.final:.4f} on validation (gap "
+                         f"{gap:.4f} > {MEMORISATION_GAP}); its validation and test numbers, not the training ones, "
+                         "say what it learnt")
+        failed_seeds = [run.seed for run in r.seed_runs if run.failure] if not r.failure else []
+        if failed_seeds:
+            lines.append(f"- {r.name}: seeds {failed_seeds} failed (a NaN loss); the intervals are over the others")
         if r.failure:
             lines.append(f"- **{r.name} failed** (lr {r.lr:g}): {r.failure}")
         elif r.stopped_early:
@@ -114,7 +137,11 @@ PLOT_FORMATS = ("png", "pdf", "svg")  # the PNG for the report, PDF and SVG for 
 
 def _save(fig, path: Path) -> None:
     for suffix in PLOT_FORMATS:
-        fig.savefig(path.with_suffix(f".{suffix}"), dpi=120)
+        # Written beside and renamed into place: a comparison killed mid-write keeps the previous plot.
+        final = path.with_suffix(f".{suffix}")
+        partial = final.with_name(final.name + ".partial")
+        fig.savefig(partial, dpi=120, format=suffix)
+        os.replace(partial, final)
 
 
 def _pyplot():
@@ -136,10 +163,14 @@ def plot_metric_vs_flops(results: list[RunResult], path: Path, metric: str, chan
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
-        points = [(h["training_flops"], h[metric]) for h in r.history if metric in h and h["training_flops"] > 0]
-        if points:
-            xs, ys = zip(*points)
-            (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=f"{r.name} ({_si(r.params)} params)")
+        band = [(x, interval) for x, interval in history_band(r, metric) if x > 0]
+        if band:
+            xs = [x for x, _ in band]
+            ys = [interval.mean for _, interval in band]
+            errors = [interval.half_width or 0.0 for _, interval in band]
+            seeds = f", mean ± 95% over {band[0][1].n} seeds" if band[0][1].n > 1 else ""
+            (line, *_) = ax.errorbar(xs, ys, yerr=errors if seeds else None, marker="o", markersize=3, capsize=2,
+                                     label=f"{r.name} ({_si(r.params)} params{seeds})")
             if r.stopped_early:
                 ax.plot(xs[-1], ys[-1], marker="x", markersize=9, color=line.get_color(), linestyle="none")
     if any(r.stopped_early for r in results):
@@ -157,17 +188,23 @@ def plot_metric_vs_flops(results: list[RunResult], path: Path, metric: str, chan
 
 
 def plot_accuracy_vs_state(results: list[RunResult], path: Path, chance: float | None = None) -> None:
-    """Best accuracy against recurrent state size (log axis spanning at least a decade)."""
+    """Test accuracy (best validation accuracy where no test was run) against recurrent state size, with
+    95% error bars over seeds (log axis spanning at least a decade)."""
     from matplotlib.ticker import LogLocator
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    shown = sorted((r for r in results if r.best is not None and r.state_size), key=lambda r: (r.state_size, r.best))
-    for i, r in enumerate(shown):
-        ax.scatter([r.state_size], [r.best], s=30)
+    on_test = all(r.test is not None for r in results if r.state_size and r.best is not None)
+    attribute = "test" if on_test else "best"
+    points = [(r, seed_interval(r, attribute)) for r in results if r.state_size]
+    shown = sorted(((r, i) for r, i in points if i is not None), key=lambda p: (p[0].state_size, p[1].mean))
+    for i, (r, interval) in enumerate(shown):
+        ax.errorbar([r.state_size], [interval.mean], yerr=[interval.half_width] if interval.half_width else None,
+                    marker="o", markersize=5, capsize=3, linestyle="none")
         # Alternate the labels above and below their points, so neighbours do not print over each other.
-        ax.annotate(f"{r.name} d={r.d_model}", (r.state_size, r.best), fontsize=7,
+        ax.annotate(f"{r.name} d={r.d_model}", (r.state_size, interval.mean), fontsize=7,
                     xytext=(4, 6 if i % 2 == 0 else -11), textcoords="offset points")
+    shown = [r for r, _ in shown]
     _chance_line(ax, chance)
     ax.set_xscale("log")
     if shown:
@@ -176,7 +213,7 @@ def plot_accuracy_vs_state(results: list[RunResult], path: Path, chance: float |
         ax.set_xlim(min(low / 2, centre / 4), max(high * 2, centre * 4))
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.set_xlabel("recurrent state size (numbers per sequence)")
-    ax.set_ylabel("best validation accuracy")
+    ax.set_ylabel("test accuracy" if on_test else "best validation accuracy")
     ax.set_ylim(-0.02, 1.05)
     ax.grid(alpha=0.3)
     if chance is not None:
@@ -184,6 +221,31 @@ def plot_accuracy_vs_state(results: list[RunResult], path: Path, chance: float |
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def recipe_lines(config: RunConfig, bundle: DataBundle) -> list[str]:
+    """What the reader must know to trust the numbers: fresh or repeated training data, how much each
+    evaluation reads, what chose the learning rate and what the result is measured on."""
+    train = config.train
+    tokens = f"{train.steps * train.batch_size} training examples"
+    if bundle.fresh_train:
+        data = f"- Training data: fresh examples every step ({tokens}, none repeated)"
+    else:
+        size = len(bundle.train)
+        data = (f"- Training data: a finite set of {size} examples read {train.steps * train.batch_size / size:.1f} "
+                f"times ({tokens}); a model can memorise it (flagged below when train - validation > "
+                f"{MEMORISATION_GAP})")
+    val = len(bundle.val)
+    read = val if train.eval_batches is None else min(val, train.eval_batches * train.batch_size)
+    test = bundle.test if bundle.test is not None else bundle.val
+    lines = [data, (f"- Evaluation: every {train.eval_every} steps on {read} of the {val} validation examples "
+                    f"(train.eval_batches = {train.eval_batches}) and as many training examples; "
+                    f"once at the end on all {len(test)} {'test' if bundle.test is not None else 'validation'} "
+                    "examples (the `test` column)")]
+    if len(train.learning_rates) > 1:
+        lines.append("- Learning rate: chosen per architecture on validation (the best mean final "
+                     f"{bundle.metric.name} over seeds); the test split never chooses")
+    return lines
 
 
 def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: list[RunResult], *,
@@ -221,7 +283,9 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
         f"- Data: {', '.join(f'{k}={v}' for k, v in data_info.items() if not isinstance(v, (list, dict)))}",
         *([f"- Budget: {budget_text or 'none (every architecture at the config size)'}"] if compared else []),
         (f"- Recipe: {config.train.steps} steps x batch {config.train.batch_size}, AdamW "
-         f"(lr {config.train.lr}, wd {config.train.weight_decay}), warmup + cosine; seed {config.train.seed}"),
+         f"(lr {config.train.lr}, wd {config.train.weight_decay}), warmup + cosine; "
+         + (f"seeds {config.train.seeds}" if config.train.seeds else f"seed {config.train.seed}")),
+        *recipe_lines(config, bundle),
         (f"- Machine: {env['device']}, torch {env['torch']}, {env['threads']} threads of {env['cpus']} CPUs"
          + (f", load average {env['load_average']:.1f}" if env["load_average"] is not None else "")
          + f"; wall time {wall_s:.0f} s"),
@@ -233,8 +297,11 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
         "",
         *(lines_of_notes + [""] if (lines_of_notes := notes(results, metric)) else []),
         *([f"Best {metric} by sweep point and width:", "", sweep, ""] if (sweep := sweep_table(results)) else []),
-        (f"`final`/`best`: {metric} at the last / best evaluation "
-         f"({'higher' if bundle.metric.higher_is_better else 'lower'} is better). "
+        (f"`final`/`best`: {metric} at the last / best evaluation; `test`: "
+         f"{split_metric(metric, 'test')} of the final model; `train`: the same metric on examples the run "
+         f"trained on, at the last evaluation "
+         f"({'higher' if bundle.metric.higher_is_better else 'lower'} is better). With several seeds each is "
+         "mean ± the 95% Student-t half-width over the seeds (`seeds`: how many finished). "
          "Training FLOPs: 3 x forward FLOPs per token x tokens trained. State size: numbers in "
          "the recurrent state per sequence at the training length (a KV cache for attention). "
          "Budget error: the model's size against the budget. tokens/s: measured by this process while it "

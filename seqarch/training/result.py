@@ -36,6 +36,32 @@ class LearningRateRun:
     failure: str | None = None
 
 
+def split_metric(metric: str, split: str) -> str:
+    """The task's validation metric measured on another split: ``val/accuracy`` -> ``test/accuracy``
+    (``split``: ``test``, or ``train_eval`` for examples the run trained on)."""
+    return f"{split}/{metric.split('/', 1)[-1]}"
+
+
+@dataclass
+class SeedRun:
+    """One seed of an architecture at its chosen learning rate: what the report's intervals are made of."""
+
+    seed: int
+    final: float | None
+    best: float | None
+    test: float | None
+    train_final: float | None
+    steps: int
+    folder: str
+    failure: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, run: RunResult) -> SeedRun:
+        return cls(run.seed, run.final, run.best, run.test, run.train_final, run.steps, run.folder, run.failure,
+                   run.history)
+
+
 @dataclass
 class RunResult:
     """What one run measured.
@@ -43,7 +69,9 @@ class RunResult:
     ``metric`` is the task's validation metric (``higher_is_better`` says which way is
     better); ``final`` and ``best`` are its last and best values over ``history`` (one
     entry per validation: step, tokens, training FLOPs and the ``val/*`` metrics).
-    ``training_flops`` = 3 x ``flops_per_token`` x tokens trained; ``state_size`` is the
+    ``test`` is the metric of the final model on the held-out test split and ``train_final`` on
+    examples it trained on (a gap to ``final`` is memorisation). ``training_flops`` = 3 x
+    ``flops_per_token`` x tokens trained; ``state_size`` is the
     recurrent state of the causal mixers at the training length; ``tokens_per_s`` counts
     only the steps this process trained (not those before a resume).
     """
@@ -78,6 +106,14 @@ class RunResult:
     stopped_early: bool = False
     # Set when the run failed (a NaN loss): the message; its metrics are then those before the failure.
     failure: str | None = None
+    # The run's seed; the task metric of the final model on the test split (None: no test was run);
+    # the metric on training examples at the last evaluation; "fresh" or "finite" training data.
+    seed: int = 0
+    test: float | None = None
+    train_final: float | None = None
+    train_data: str = ""
+    # Filled by seqarch compare: every seed at the chosen learning rate (this run is the first of them).
+    seed_runs: list[SeedRun] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (the model config as its fields)."""
@@ -90,18 +126,19 @@ class RunResult:
         values["model_config"] = ModelConfig.from_dict(values["model_config"])
         values["budget"] = BudgetResult(**values["budget"]) if values.get("budget") else None
         values["sweep"] = [LearningRateRun(**point) for point in values.get("sweep", [])]
+        values["seed_runs"] = [SeedRun(**run) for run in values.get("seed_runs", [])]
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
     @classmethod
     def failed(cls, name: str, model_config: ModelConfig, *, lr: float, metric: str, higher_is_better: bool,
-               params: int, flops_per_token: float, folder: str, failure: str) -> RunResult:
+               params: int, flops_per_token: float, folder: str, failure: str, seed: int = 0) -> RunResult:
         """The record of a run that stopped on an error before it had a result."""
         return cls(name=name, mixer=model_config.mixer, lr=lr, d_model=model_config.d_model,
                    n_layers=model_config.n_layers, params=params, flops_per_token=flops_per_token, training_flops=0.0,
                    steps=0, metric=metric, higher_is_better=higher_is_better, final=None, best=None, state_size=0,
                    tokens_per_s=None, wall_s=0.0, peak_memory_bytes=None, device="", history=[],
-                   model_config=model_config, folder=folder, failure=failure)
+                   model_config=model_config, folder=folder, failure=failure, seed=seed)
 
     @property
     def architecture(self) -> str:

@@ -29,7 +29,7 @@ from .errors import ConfigError
 from .loggers import build_loggers
 from .module import SeqarchModule, run_fingerprint
 from .progress import ProgressLine
-from .result import RunResult
+from .result import RunResult, split_metric
 from .run_folder import check_fingerprint
 
 log = logging.getLogger(__name__)
@@ -128,13 +128,14 @@ def finished_result(folder: Path, steps: int, resumed_from: int) -> RunResult | 
 
 def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, *, lr: float, folder: Path,
               resume: bool = False, label: str | None = None, callbacks: list | None = None,
-              position: tuple[int, int] = (1, 1)) -> RunResult:
+              position: tuple[int, int] = (1, 1), progress_label: str | None = None) -> RunResult:
     """Train ``model_config`` on ``bundle`` with the config's recipe at learning rate ``lr``.
 
     Writes ``folder/checkpoints/``, ``folder/logs/metrics.csv`` and ``folder/result.json``;
     returns the :class:`RunResult` (parameters, FLOPs, metrics, tokens/s, peak memory, history).
     ``callbacks``: extra Lightning callbacks (after the checkpoint and history ones). ``position``:
-    ``(index, total)`` of this run in a comparison, for the progress line (``trainer.enable_progress_bar``).
+    ``(index, total)`` of this run in a comparison, for the progress line (``trainer.enable_progress_bar``),
+    which names the run ``progress_label`` (default: ``label``).
     """
     train = config.train
     folder = Path(folder)
@@ -164,7 +165,8 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
                              resumed_from=resumed_from),
         callbacks=[history, StepCheckpoint(RunPaths(folder).checkpoints, train.checkpoint_every, train.keep_checkpoints,
                                            validates=lambda step: step % train.eval_every == 0),
-                   *([ProgressLine(label or folder.name, *position, train.steps, bundle.metric.name)]
+                   *([ProgressLine(progress_label or label or folder.name, *position, train.steps,
+                                   bundle.metric.name, eval_every=train.eval_every)]
                      if options.enable_progress_bar else []),
                    *(callbacks or [])],
         default_root_dir=str(folder),
@@ -181,8 +183,12 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
                     weights_only=True)
         if not history.history or history.history[-1]["step"] != trainer.global_step:
             trainer.validate(module, datamodule=datamodule, verbose=False)
+        # The final model on the held-out test split: what a comparison reports (validation chose the lr).
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    test_value = trainer.callback_metrics.get(split_metric(bundle.metric.name, "test"))
     wall = time.perf_counter() - start
     metric = bundle.metric
+    train_name = split_metric(metric.name, "train_eval")
     values = [h[metric.name] for h in history.history if metric.name in h]
     best = None
     for value in values:
@@ -200,7 +206,10 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         tokens_per_s=(steps_done - resumed_from) * tokens_per_step / wall if wall > 0 else None,
         wall_s=history.wall_before + wall, stopped_early=steps_done < train.steps, peak_memory_bytes=memory.peak_bytes,
         device=str(trainer.strategy.root_device),
-        history=history.history, model_config=model_config, folder=str(folder),
+        history=history.history, model_config=model_config, folder=str(folder), seed=train.seed,
+        test=None if test_value is None else float(test_value),
+        train_final=next((h[train_name] for h in reversed(history.history) if train_name in h), None),
+        train_data="fresh" if bundle.fresh_train else "finite",
     )
     if trainer.is_global_zero:
         write_atomic(RunPaths(folder).result, json.dumps(result.to_dict(), indent=2))

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 # Dotted keys (or section prefixes) that may differ between a run and its resume.
 RESUMABLE_KEYS = (
     "train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.stop_at", "train.num_workers", "trainer.", "logger", "wandb.", "output", "imports", "slurm.",
+    "train.stop_at", "train.num_workers", "train.seeds", "train.eval_batches", "trainer.", "logger", "wandb.",
+    "output", "imports", "slurm.",
 )
 RESUME_LOG = "resumes.jsonl"
 

@@ -77,14 +77,21 @@ def run_command(command: str, config: RunConfig, *, resume: bool = False, cache_
             value = "-" if best.best is None else f"{best.best:.4f}"
             status = f"FAILED: {best.failure}" if best.failure else f"{best.metric} {value}"
             log.info("\n%s finished (%s); results so far:\n%s\n", best.name, status, text_table(results + finished))
-        report_results = results + finished
-        if rank_zero_only.rank == 0:  # the report as each architecture finishes, so a kill loses none
-            write_report(folder, config, bundles[0], report_results, command=command_line or f"seqarch {command}",
+
+    def rewrite_report(so_far: list[RunResult]) -> None:
+        if rank_zero_only.rank == 0:  # the report after every run (atomically), so a kill loses no finished run
+            write_report(folder, config, bundles[0], results + so_far, command=command_line or f"seqarch {command}",
                          wall_s=time.time() - started, kind=command, resumes=read_resumes(folder))
 
     if command == "compare":
         for (label, point), bundle, plan, point_folder in zip(points, bundles, plans, point_folders):
-            point_results = compare(point, bundle, point_folder, resume=resume, on_result=announce, plan=plan)
+            def label_and_report(so_far: list[RunResult], label: str = label, seq_len: int = bundle.seq_len) -> None:
+                for result in so_far:
+                    result.data_point, result.seq_len = label, seq_len
+                rewrite_report(so_far)
+
+            point_results = compare(point, bundle, point_folder, resume=resume, on_result=announce, plan=plan,
+                                    on_run=label_and_report)
             for result in point_results:
                 result.data_point = label
                 result.seq_len = bundle.seq_len
@@ -99,5 +106,6 @@ def run_command(command: str, config: RunConfig, *, resume: bool = False, cache_
             return 1
         results = [result]
         announce(result, [])
+        rewrite_report([])
     report()
     return 1 if any(r.failure for r in results) else 0

@@ -40,6 +40,7 @@ from pydantic import (
 )
 
 from ..checks import check_positive_int, check_positive_real
+from ..data.mad import MAD_TASKS
 from ..mixers import MIXERS
 from ..models import ModelConfig
 from ..models.presets import all_presets, merge_model_fields, preset_fields
@@ -346,6 +347,66 @@ class SweepSection(Section):
         return self.data is not None or self.d_model is not None
 
 
+class MadSection(Section):
+    """The MAD suite of ``seqarch mad`` (Poli et al., 2024): every architecture on each task's variants."""
+
+    tasks: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: list(MAD_TASKS))
+    """MAD tasks (default: all six)"""
+    variants: Literal["all", "baseline"] = "all"
+    """all: MAD's baseline and every change of it; baseline: the baseline setting only"""
+    num_test: PositiveInt | None = None
+    """validation examples of every variant (null: MAD's 1280)"""
+    max_seq_len: PositiveInt | None = None
+    """leave out the variants longer than this (null: none left out); the report names them"""
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> MadSection:
+        unknown = [t for t in self.tasks if t not in MAD_TASKS]
+        if unknown:
+            raise ValueError(f"tasks: expected MAD tasks ({', '.join(MAD_TASKS)}), got {unknown[0]!r}")
+        return self
+
+
+class ScaleSection(Section):
+    """The FLOP grid of ``seqarch scale``: ``flops``, or ``points`` budgets from ``flops_min`` to ``flops_max``."""
+
+    flops: list[PositiveReal] | None = None
+    """training-FLOP budgets of the whole run, listed"""
+    flops_min: PositiveReal | None = None
+    """the smallest budget of a geometric grid"""
+    flops_max: PositiveReal | None = None
+    """the largest budget of a geometric grid"""
+    points: Annotated[int, Field(ge=2)] = 5
+    """budgets in the geometric grid, ends included"""
+    reference: str | None = None
+    """the architecture whose curve the others are crossed with (default: transformer, else the first)"""
+
+    @model_validator(mode="after")
+    def _one_grid(self) -> ScaleSection:
+        ends = (self.flops_min, self.flops_max)
+        if self.flops is not None and len(set(self.flops)) < 2:
+            raise ValueError(f"flops: expected at least two distinct budgets, got {self.flops}")
+        if self.flops is not None and any(e is not None for e in ends):
+            raise ValueError("expected either 'flops' or 'flops_min' and 'flops_max', got both")
+        if self.flops is None and (None in ends) != (ends == (None, None)):
+            raise ValueError(f"expected both 'flops_min' and 'flops_max', got {ends}")
+        if self.flops_min is not None and not self.flops_min < self.flops_max:
+            raise ValueError(f"flops_max: expected more than flops_min {self.flops_min:g}, got {self.flops_max:g}")
+        return self
+
+    @property
+    def is_set(self) -> bool:
+        return self.flops is not None or self.flops_min is not None
+
+    @property
+    def grid(self) -> list[float]:
+        """The budgets, in increasing order."""
+        if self.flops is not None:
+            return sorted(self.flops)
+        ratio = (self.flops_max / self.flops_min) ** (1 / (self.points - 1))
+        return [self.flops_min * ratio ** i for i in range(self.points)]
+
+
 class RunConfig(Section):
     """A ``seqarch train`` / ``seqarch compare`` run."""
 
@@ -375,6 +436,10 @@ class RunConfig(Section):
     """modules to import first: they register a researcher's own mixers or presets"""
     slurm: SlurmSection = Field(default_factory=SlurmSection)
     """scheduler options of --launcher slurm"""
+    mad: MadSection = Field(default_factory=MadSection)
+    """the MAD suite of seqarch mad: tasks and variants"""
+    scale: ScaleSection = Field(default_factory=ScaleSection)
+    """the FLOP grid of seqarch scale"""
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> RunConfig:

@@ -48,14 +48,16 @@ class PowerLawFit:
 
 
 def _linear_fit(u: list[float], y: list[float]) -> tuple[float, float, float]:
-    """``(scale, e, sse)`` of ``y ~ scale u + e`` with ``e >= 0``."""
+    """``(scale, e, sse)`` of ``y ~ scale u + e`` with ``scale >= 0`` and ``e >= 0`` (the losses are positive)."""
     n = len(u)
     mu, my = sum(u) / n, sum(y) / n
     suu = sum((ui - mu) ** 2 for ui in u)
     scale = sum((ui - mu) * (yi - my) for ui, yi in zip(u, y)) / suu if suu > 0 else 0.0
     e = my - scale * mu
-    if e < 0:
-        scale, e = sum(ui * yi for ui, yi in zip(u, y)) / sum(ui * ui for ui in u), 0.0
+    if scale <= 0:  # loss that does not fall with compute: the flat line through the mean
+        scale, e = 0.0, max(my, 0.0)
+    elif e < 0:
+        scale, e = max(sum(ui * yi for ui, yi in zip(u, y)) / sum(ui * ui for ui in u), 0.0), 0.0
     sse = sum((scale * ui + e - yi) ** 2 for ui, yi in zip(u, y))
     return scale, e, sse
 
@@ -103,8 +105,9 @@ def student_t_quantile(p: float, dof: int) -> float:
 
 
 def fit_power_law(compute: list[float], loss: list[float]) -> PowerLawFit:
-    """Least-squares ``loss = a C^-b + e`` (``a > 0``, ``0 <= b <= 4``, ``e >= 0``) through at least three
-    ``(compute, loss)`` points at two or more distinct computes."""
+    """Least-squares ``loss = a C^-b + e`` (``a >= 0``, ``0 <= b <= 4``, ``e >= 0``) through at least three
+    ``(compute, loss)`` points at two or more distinct computes. Losses that do not fall with compute give
+    the constant fit ``a = b = 0``, ``e`` their mean."""
     if len(compute) != len(loss):
         raise ValueError(f"loss: expected one value per compute ({len(compute)}), got {len(loss)}")
     if len(compute) < 3:
@@ -130,6 +133,9 @@ def fit_power_law(compute: list[float], loss: list[float]) -> PowerLawFit:
             low = m1
     b = max((low + high) / 2, 1e-12)
     scale, e, sse = _profile(x, loss, b)
+    if scale == 0.0:  # no falling power law fits better than a constant: b = 0, and no interval
+        return PowerLawFit(scale=0.0, b=0.0, e=e, c_ref=c_ref, b_interval=None,
+                           rms_residual=math.sqrt(sse / len(x)), points=len(x))
     return PowerLawFit(scale=scale, b=b, e=e, c_ref=c_ref, b_interval=_b_interval(x, scale, b, e, sse),
                        rms_residual=math.sqrt(sse / len(x)), points=len(x))
 

@@ -26,6 +26,8 @@ EXAMPLES = """\
   seqarch compare my.yaml --import my_layers        # a module that registers your own mixer
   seqarch train experiments/lm_small.yaml model.mixer=s4d train.steps=200
   seqarch train experiments/mqar.yaml --resume      # continue a killed run
+  seqarch mad mad mad.variants=baseline             # the MAD suite (its six baselines only)
+  seqarch scale scale_small --resume                # loss against FLOPs; train only the missing points
   seqarch architectures                             # the presets and mixers architectures: may name
 """
 
@@ -59,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False, parents=[plugins])
     common.add_argument("config", nargs="?", default=None,
                         help="YAML run config, or the name of a shipped experiment (mqar, lm_small, ...); "
-                        "compare without one runs the embedded MQAR default")
+                        "compare without one runs the embedded MQAR default, mad and scale the shipped mad and "
+                        "scale_small")
     common.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides, values parsed as YAML (train.steps=100 train.lr=[1e-3,3e-3])")
     common.add_argument("--output", default=None,
@@ -90,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SUITE_COMMANDS = ("mad", "scale")  # many comparisons under one run folder (seqarch.training.suite)
+SUITE_DEFAULTS = {"mad": "mad", "scale": "scale_small"}  # the shipped experiment each runs without a config
 
 
 def add_suite_commands(commands, common: argparse.ArgumentParser, text: dict) -> None:
@@ -295,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"name={args.name}")
     try:
         suite = args.command in SUITE_COMMANDS  # a suite's config and run folder are those of a comparison
+        if suite and args.config is None:
+            args.config = SUITE_DEFAULTS[args.command]
         config = load_config(args.config, overrides, command="compare" if suite else args.command,
                              imports=args.imports, resume=args.resume)
         if suite:

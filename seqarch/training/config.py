@@ -123,7 +123,7 @@ class DataSection(BaseModel):
 
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
     task: str
-    """the task: mqar, selective_copy, induction, text or listops"""
+    """the task: mqar, selective_copy, induction, text, listops or a MAD task (mad_in_context_recall, ...)"""
 
     def spec(self) -> dict[str, Any]:
         """The spec as a plain dict."""

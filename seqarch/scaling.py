@@ -34,6 +34,7 @@ class PowerLawFit:
     b_interval: tuple[float, float] | None
     rms_residual: float
     points: int
+    at_bound: bool = False  # b stopped at the search's upper bound: the points follow no power law there
 
     @property
     def a(self) -> float:
@@ -44,7 +45,7 @@ class PowerLawFit:
 
     def to_dict(self) -> dict:
         return {"a": self.a, "b": self.b, "e": self.e, "b_interval": self.b_interval, "c_ref": self.c_ref,
-                "rms_residual": self.rms_residual, "points": self.points}
+                "rms_residual": self.rms_residual, "points": self.points, "at_bound": self.at_bound}
 
 
 def _linear_fit(u: list[float], y: list[float]) -> tuple[float, float, float]:
@@ -136,8 +137,10 @@ def fit_power_law(compute: list[float], loss: list[float]) -> PowerLawFit:
     if scale == 0.0:  # no falling power law fits better than a constant: b = 0, and no interval
         return PowerLawFit(scale=0.0, b=0.0, e=e, c_ref=c_ref, b_interval=None,
                            rms_residual=math.sqrt(sse / len(x)), points=len(x))
-    return PowerLawFit(scale=scale, b=b, e=e, c_ref=c_ref, b_interval=_b_interval(x, scale, b, e, sse),
-                       rms_residual=math.sqrt(sse / len(x)), points=len(x))
+    at_bound = b >= _B_MAX * (1 - 1e-6)  # no interval: the least squares lie beyond the bound
+    return PowerLawFit(scale=scale, b=b, e=e, c_ref=c_ref,
+                       b_interval=None if at_bound else _b_interval(x, scale, b, e, sse),
+                       rms_residual=math.sqrt(sse / len(x)), points=len(x), at_bound=at_bound)
 
 
 def _b_interval(x: list[float], scale: float, b: float, e: float, sse: float) -> tuple[float, float] | None:

@@ -54,6 +54,12 @@ def test_a_loss_that_does_not_fall_gets_the_constant_fit_and_no_interval():
     assert fit_power_law(COMPUTE[:3], curve(2000.0, 0.25, 1.0)[:3]).b_interval is None
 
 
+def test_a_drop_then_a_plateau_stops_at_the_bound_without_an_interval():
+    fit = fit_power_law([1e9, 2e9, 4e9, 8e9], [2.69, 2.56, 2.59, 2.57])
+    assert fit.at_bound and fit.b == pytest.approx(4.0) and fit.b_interval is None
+    assert not fit_power_law(COMPUTE, curve(2000.0, 0.25, 1.0)).at_bound
+
+
 def test_student_t_quantiles():
     assert student_t_quantile(0.975, 1) == pytest.approx(12.706, abs=2e-3)
     assert student_t_quantile(0.975, 4) == pytest.approx(2.776, abs=1e-3)

@@ -147,7 +147,8 @@ def write_scale_report(folder: Path, config: RunConfig, points: list[SuitePoint]
             lines.append(f"| {name} | {count} | - | - | - | - | - | {cross.get(name, 'no points')} |")
             continue
         interval = (f"[{fit.b_interval[0]:.3g}, {fit.b_interval[1]:.3g}]" if fit.b_interval else
-                    "n/a (no more points than parameters)")
+                    "n/a (b at the search bound: no power law)" if fit.at_bound else
+                    "n/a (a constant fits best)" if fit.a == 0 else "n/a (no more points than parameters)")
         lines.append(f"| {name} | {count} | {fit.a:.4g} | {fit.b:.4g} | {interval} | {fit.e:.4g} | "
                      f"{fit.rms_residual:.3g} | {cross[name]} |")
     lines += [

@@ -13,6 +13,8 @@ A run config has these sections (every key has a default; ``seqarch schema`` pri
     output: runs                    # parent folder of the run folder
     sweep: {data: [...], d_model: [...]}
     imports: [my_layers]            # modules that register a researcher's own mixers or presets
+    mad: {variants: all}            # seqarch mad: MAD tasks and variants
+    scale: {flops_min: 1e11, flops_max: 1e13, points: 5}   # seqarch scale: the FLOP grid
 
 Overrides on the command line use dotted keys: ``train.steps=100 model.d_model=128``;
 values are parsed as YAML (``train.lr=[1e-3,3e-3]`` is a list). Errors name the key path

@@ -5,6 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from seqarch.data import ACCURACY, DATA_SOURCES, LOSS, DataBundle, build_data
+from seqarch.data.mad import MAD_TASKS, RECALL_TASKS
 
 SMALL = {
     "mqar": {"num_train": 64, "num_test": 16},
@@ -12,11 +13,12 @@ SMALL = {
     "induction": {"num_train": 64, "num_test": 16},
     "listops": {"num_train": 64, "num_test": 16, "seq_len": 64},
     "text": {"max_files": 4, "seq_len": 64},
+    **{task: {"num_train": 64, "num_test": 16} for task in MAD_TASKS},
 }
 
 
 def test_registry_lists_every_task():
-    assert list(DATA_SOURCES) == ["mqar", "selective_copy", "induction", "text", "listops"]
+    assert list(DATA_SOURCES) == ["mqar", "selective_copy", "induction", "text", "listops", *MAD_TASKS]
     assert set(SMALL) == set(DATA_SOURCES)
 
 
@@ -34,7 +36,7 @@ def test_items_follow_the_contract_of_their_kind(task, tmp_path):
     assert isinstance(bundle, DataBundle) and bundle.info["task"] == task
     assert len(bundle.train) > 0 and len(bundle.val) > 0
     batch = next(iter(DataLoader(bundle.train, batch_size=8)))
-    if bundle.kind == "lm":
+    if bundle.kind in ("lm", "autoencoder"):
         inputs, targets = batch
         assert inputs.shape == targets.shape == (8, bundle.seq_len)
         assert inputs.dtype == targets.dtype == torch.long
@@ -63,7 +65,9 @@ def test_same_seed_same_items_whatever_the_global_rng(task, tmp_path):
 @pytest.mark.parametrize(
     ("spec", "seed", "message"),
     [
-        ({"task": "foo"}, 0, "data.task: expected one of mqar, selective_copy, induction, text, listops, got 'foo'"),
+        ({"task": "foo"}, 0, ("data.task: expected one of mqar, selective_copy, induction, text, listops, "
+                             "mad_in_context_recall, mad_fuzzy_recall, mad_noisy_recall, mad_selective_copy, "
+                             "mad_compression, mad_memorization, got 'foo'")),
         ({}, 0, "data.task: expected one of .*, got None"),
         (["mqar"], 0, "data: expected a mapping"),
         ({"task": "mqar"}, -1, "seed: expected a non-negative integer, got -1"),
@@ -76,7 +80,7 @@ def test_bad_specs_are_value_errors(spec, seed, message):
 
 
 def test_bundle_checks_its_kind():
-    with pytest.raises(ValueError, match="kind: expected one of lm, classification, got 'regression'"):
+    with pytest.raises(ValueError, match="kind: expected one of lm, classification, autoencoder, got 'regression'"):
         DataBundle(train=[], val=[], kind="regression", vocab_size=2, seq_len=2)
     with pytest.raises(ValueError, match="num_classes"):
         DataBundle(train=[], val=[], kind="classification", vocab_size=2, seq_len=2)
@@ -89,7 +93,7 @@ def test_a_bundle_carries_the_metric_it_is_judged_by(task, tmp_path):
         assert bundle.metric == LOSS and bundle.metric.name == "val/loss" and not bundle.metric.higher_is_better
     else:
         assert bundle.metric == ACCURACY and bundle.metric.higher_is_better
-    assert bundle.recall == (task in ("mqar", "selective_copy", "induction"))
+    assert bundle.recall == (task in ("mqar", "selective_copy", "induction", *RECALL_TASKS))
 
 
 def test_metrics_know_which_way_is_better():

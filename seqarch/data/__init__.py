@@ -1,5 +1,5 @@
 """Data for training and comparing sequence models: synthetic tasks (MQAR, selective copying,
-induction heads, ListOps) and tokenised text corpora, all behind :func:`build_data`.
+induction heads, ListOps, the MAD suite) and tokenised text corpora, all behind :func:`build_data`.
 
 >>> from seqarch.data import build_data
 >>> bundle = build_data({"task": "mqar"}, seed=0)
@@ -9,6 +9,7 @@ induction heads, ListOps) and tokenised text corpora, all behind :func:`build_da
 from ..losses import IGNORE_INDEX
 from .bundle import ACCURACY, LOSS, DataBundle, Metric
 from .listops import evaluate_tree, listops
+from .mad import MAD_TASKS, mad_solver, mad_variants
 from .mqar import lookup_solver, multiquery_ar
 from .packing import PackedBlocks, TokenStream, default_cache_dir, tokenized_stream
 from .registry import DATA_SOURCES, build_data
@@ -27,6 +28,7 @@ __all__ = [
     "DATA_SOURCES",
     "IGNORE_INDEX",
     "LOSS",
+    "MAD_TASKS",
     "ByteTokenizer",
     "DataBundle",
     "HFTokenizer",
@@ -43,6 +45,8 @@ __all__ = [
     "listops",
     "load_texts",
     "lookup_solver",
+    "mad_solver",
+    "mad_variants",
     "multiquery_ar",
     "selective_copy",
     "selective_copy_solver",

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-KINDS = ("lm", "classification")
+KINDS = ("lm", "classification", "autoencoder")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class DataBundle:
     ``kind == "lm"``: items are ``(inputs, targets)``, both ``LongTensor(seq_len)``; targets are -100
     where no loss is taken. ``kind == "classification"``: items are ``(tokens LongTensor(seq_len),
     label LongTensor(), mask BoolTensor(seq_len))``, mask True on real tokens (padding id 0 is False).
+    ``kind == "autoencoder"``: items as for ``lm``, but every target is rebuilt from the model's last
+    position alone (:class:`seqarch.models.SequenceAutoencoder`; MAD's compression task).
     ``vocab_size`` is the model's embedding size (special and padding ids included).
     ``metric``: what the task is judged by (accuracy of the scored positions unless told otherwise).
     ``recall``: a recall task, where accuracy is bought with recurrent state (reports plot the two).

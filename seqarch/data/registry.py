@@ -8,6 +8,7 @@ from typing import Any
 
 from .bundle import DataBundle
 from .listops import build_listops
+from .mad import MAD_SOURCES
 from .mqar import build_mqar
 from .options import check_seed
 from .synthetic import build_induction, build_selective_copy
@@ -22,6 +23,7 @@ DATA_SOURCES: dict[str, DataBuilder] = {
     "induction": build_induction,
     "text": build_text,
     "listops": build_listops,
+    **MAD_SOURCES,
 }
 
 

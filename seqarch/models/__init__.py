@@ -3,7 +3,8 @@
 from ..lazy import lazy_exports
 
 _EXPORTS = {
-    "ResidualBlock": ".block", "SequenceClassifier": ".classifier", "ModelConfig": ".config",
+    "SequenceAutoencoder": ".autoencoder", "ResidualBlock": ".block", "SequenceClassifier": ".classifier",
+    "ModelConfig": ".config",
     "LanguageModel": ".language_model", "PRESETS": ".presets", "Preset": ".presets", "all_presets": ".presets",
     "build_preset": ".presets", "register_preset": ".presets",
 }

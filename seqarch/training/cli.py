@@ -25,6 +25,8 @@ EXAMPLES = """\
   seqarch compare my.yaml --import my_layers        # a module that registers your own mixer
   seqarch train experiments/lm_small.yaml model.mixer=s4d train.steps=200
   seqarch train experiments/mqar.yaml --resume      # continue a killed run
+  seqarch mad mad mad.variants=baseline             # the MAD suite (its six baselines only)
+  seqarch scale scale_small --resume                # loss against FLOPs; train only the missing points
   seqarch architectures                             # the presets and mixers architectures: may name
 """
 
@@ -49,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seqarch", formatter_class=_HelpFormatter, epilog=epilog(),
         description="Train seqarch models and compare architectures at matched parameter or FLOP budgets.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,compare,architectures,schema}")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     metavar="{train,compare,mad,scale,architectures,schema}")
     plugins = argparse.ArgumentParser(add_help=False)
     plugins.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                          help="import MODULE first (repeatable): it registers your own mixers or presets; "
@@ -57,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False, parents=[plugins])
     common.add_argument("config", nargs="?", default=None,
                         help="YAML run config, or the name of a shipped experiment (mqar, lm_small, ...); "
-                        "compare without one runs the embedded MQAR default")
+                        "compare without one runs the embedded MQAR default, mad and scale the shipped mad and "
+                        "scale_small")
     common.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides, values parsed as YAML (train.steps=100 train.lr=[1e-3,3e-3])")
     common.add_argument("--output", default=None,
@@ -76,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train every architecture in the config's architectures list, each resized "
                         "to the budget (params: N or flops: C for the whole run), with the same data, seeds and "
                         "recipe; write results.json, report.md and plots into the run folder.")
+    add_suite_commands(commands, common, text)
     commands.add_parser("architectures", parents=[plugins], help="list the presets and mixers, one line each",
                         description="List what a config's architectures: may name: the presets (a mixer with the "
                         "channel mixer and options of its paper) and the registered mixers.")
@@ -84,6 +89,43 @@ def build_parser() -> argparse.ArgumentParser:
     add_hf_commands(commands)
     add_launcher_options(commands.choices["compare"])
     return parser
+
+
+SUITE_COMMANDS = ("mad", "scale")  # many comparisons under one run folder (seqarch.training.suite)
+SUITE_DEFAULTS = {"mad": "mad", "scale": "scale_small"}  # the shipped experiment each runs without a config
+
+
+def add_suite_commands(commands, common: argparse.ArgumentParser, text: dict) -> None:
+    """``seqarch mad`` and ``seqarch scale``: a comparison per MAD task variant, or per FLOP budget."""
+    commands.add_parser("mad", parents=[common], **text, help="the MAD suite: every architecture on every task variant",
+                        description="Train every architecture on each MAD task variant of the config's mad: section "
+                        "(Poli et al., 2024) and write the MAD scores (accuracy averaged over variants, then tasks) "
+                        "to report.md and mad.json in the run folder.")
+    commands.add_parser("scale", parents=[common], **text,
+                        help="train every architecture at a grid of FLOP budgets and fit loss = a C^-b + e",
+                        description="Train every architecture at each training-FLOP budget of the config's scale: "
+                        "section (each resized to the budget), fit loss(C) = a C^-b + e per architecture, and write "
+                        "the exponents with 95% intervals, the budgets where each curve crosses the reference's, "
+                        "scale.md, scale.json and the plot into the run folder.")
+
+
+def run_suite_command(args: argparse.Namespace, config, command_line: str) -> int:
+    """Run ``seqarch mad`` or ``seqarch scale`` on a valid config; 1 when a run failed on a NaN."""
+    if args.command == "mad":
+        from .mad import run_mad
+
+        points, scores = run_mad(config, resume=args.resume, cache_dir=args.cache_dir, quiet=args.quiet,
+                                 command_line=command_line)
+        log.info("MAD scores: %s; report: %s", ", ".join(f"{n} {s['mad']:.3f}" for n, s in scores.items()),
+                 config.folder / "report.md")
+    else:
+        from .scale import run_scale
+
+        points, fits = run_scale(config, resume=args.resume, cache_dir=args.cache_dir, quiet=args.quiet,
+                                 command_line=command_line)
+        log.info("exponents: %s; report: %s", ", ".join(f"{n} b={f.b:.3g}" for n, f in fits.items() if f),
+                 config.folder / "scale.md")
+    return 1 if any(r.failure for p in points if p.done for r in p.results) else 0
 
 
 def add_launcher_options(compare: argparse.ArgumentParser) -> None:
@@ -255,7 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.name is not None:
         overrides.append(f"name={args.name}")
     try:
-        config = load_config(args.config, overrides, command=args.command, imports=args.imports, resume=args.resume)
+        suite = args.command in SUITE_COMMANDS  # a suite's config and run folder are those of a comparison
+        if suite and args.config is None:
+            args.config = SUITE_DEFAULTS[args.command]
+        config = load_config(args.config, overrides, command="compare" if suite else args.command,
+                             imports=args.imports, resume=args.resume)
+        if suite:
+            return run_suite_command(args, config, "seqarch " + shlex.join(argv))
         if getattr(args, "launcher", None) is not None:
             return run_launch_command(args, config)
         from .session import run_command

@@ -14,6 +14,8 @@ A run config has these sections (every key has a default; ``seqarch schema`` pri
     output: runs                    # parent folder of the run folder
     sweep: {data: [...], d_model: [...]}
     imports: [my_layers]            # modules that register a researcher's own mixers or presets
+    mad: {variants: all}            # seqarch mad: MAD tasks and variants
+    scale: {flops_min: 1e11, flops_max: 1e13, points: 5}   # seqarch scale: the FLOP grid
 
 Overrides on the command line use dotted keys: ``train.steps=100 model.d_model=128``;
 values are parsed as YAML (``train.lr=[1e-3,3e-3]`` is a list). Errors name the key path
@@ -121,7 +123,8 @@ class DataSection(BaseModel):
 
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
     task: str
-    """the task: mqar, selective_copy, induction, text or listops. For mqar, selective_copy and induction:
+    """the task: mqar, selective_copy, induction, text, listops or a MAD task (mad_in_context_recall, ...).
+    For mqar, selective_copy and induction:
     num_train null (the default) draws fresh training examples every step, never repeated; an integer is a
     finite training set of that many (read in epochs: a model can memorise it); num_test sizes the held-out
     test split (the reported result) and num_val the validation split (null: as many as num_test)"""
@@ -379,6 +382,73 @@ class SweepSection(Section):
         return self.data is not None or self.d_model is not None
 
 
+def _mad_tasks() -> tuple[str, ...]:
+    # Imported on use: the MAD generators need torch, the config models (and `seqarch --help`) do not.
+    from ..data.mad import MAD_TASKS
+
+    return MAD_TASKS
+
+
+class MadSection(Section):
+    """The MAD suite of ``seqarch mad`` (Poli et al., 2024): every architecture on each task's variants."""
+
+    tasks: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: list(_mad_tasks()))
+    """MAD tasks (default: all six)"""
+    variants: Literal["all", "baseline"] = "all"
+    """all: MAD's baseline and every change of it; baseline: the baseline setting only"""
+    num_test: PositiveInt | None = None
+    """validation examples of every variant (null: MAD's 1280)"""
+    max_seq_len: PositiveInt | None = None
+    """leave out the variants longer than this (null: none left out); the report names them"""
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> MadSection:
+        unknown = [t for t in self.tasks if t not in _mad_tasks()]
+        if unknown:
+            raise ValueError(f"tasks: expected MAD tasks ({', '.join(_mad_tasks())}), got {unknown[0]!r}")
+        return self
+
+
+class ScaleSection(Section):
+    """The FLOP grid of ``seqarch scale``: ``flops``, or ``points`` budgets from ``flops_min`` to ``flops_max``."""
+
+    flops: list[PositiveReal] | None = None
+    """training-FLOP budgets of the whole run, listed"""
+    flops_min: PositiveReal | None = None
+    """the smallest budget of a geometric grid"""
+    flops_max: PositiveReal | None = None
+    """the largest budget of a geometric grid"""
+    points: Annotated[int, Field(ge=2)] = 5
+    """budgets in the geometric grid, ends included"""
+    reference: str | None = None
+    """the architecture whose curve the others are crossed with (default: transformer, else the first)"""
+
+    @model_validator(mode="after")
+    def _one_grid(self) -> ScaleSection:
+        ends = (self.flops_min, self.flops_max)
+        if self.flops is not None and len(set(self.flops)) < 2:
+            raise ValueError(f"flops: expected at least two distinct budgets, got {self.flops}")
+        if self.flops is not None and any(e is not None for e in ends):
+            raise ValueError("expected either 'flops' or 'flops_min' and 'flops_max', got both")
+        if self.flops is None and (None in ends) != (ends == (None, None)):
+            raise ValueError(f"expected both 'flops_min' and 'flops_max', got {ends}")
+        if self.flops_min is not None and not self.flops_min < self.flops_max:
+            raise ValueError(f"flops_max: expected more than flops_min {self.flops_min:g}, got {self.flops_max:g}")
+        return self
+
+    @property
+    def is_set(self) -> bool:
+        return self.flops is not None or self.flops_min is not None
+
+    @property
+    def grid(self) -> list[float]:
+        """The budgets, in increasing order."""
+        if self.flops is not None:
+            return sorted(self.flops)
+        ratio = (self.flops_max / self.flops_min) ** (1 / (self.points - 1))
+        return [self.flops_min * ratio ** i for i in range(self.points)]
+
+
 class RunConfig(Section):
     """A ``seqarch train`` / ``seqarch compare`` run."""
 
@@ -408,6 +478,10 @@ class RunConfig(Section):
     """modules to import first: they register a researcher's own mixers or presets"""
     slurm: SlurmSection = Field(default_factory=SlurmSection)
     """scheduler options of --launcher slurm"""
+    mad: MadSection = Field(default_factory=MadSection)
+    """the MAD suite of seqarch mad: tasks and variants"""
+    scale: ScaleSection = Field(default_factory=ScaleSection)
+    """the FLOP grid of seqarch scale"""
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> RunConfig:

@@ -22,6 +22,7 @@ import torch
 from .. import LanguageModel, ModelConfig, SequenceClassifier
 from ..budget import TRAINING_FLOPS_PER_FORWARD
 from ..devices import peak_flops
+from ..models import SequenceAutoencoder
 from .config import TrainSection
 from .errors import NonFiniteLossError
 from .optim import build_optimizer
@@ -41,7 +42,8 @@ def run_fingerprint(model_config: ModelConfig, kind: str, train: TrainSection, l
 
 
 class SeqarchModule(L.LightningModule):
-    """Trains a :class:`LanguageModel` (``kind="lm"``) or :class:`SequenceClassifier` (``"classification"``).
+    """Trains a :class:`LanguageModel` (``kind="lm"``), :class:`SequenceClassifier` (``"classification"``)
+    or :class:`SequenceAutoencoder` (``"autoencoder"``).
 
     The loss is the model's own (:meth:`LanguageModel.loss_from_logits`), so this module and a
     researcher's own training loop optimise the same thing.
@@ -63,7 +65,8 @@ class SeqarchModule(L.LightningModule):
         self.kind = kind
         self.train_options = train
         self.lr = lr
-        self.model = SequenceClassifier(self.config) if kind == "classification" else LanguageModel(self.config)
+        model_class = {"classification": SequenceClassifier, "autoencoder": SequenceAutoencoder}
+        self.model = model_class.get(kind, LanguageModel)(self.config)
         self.flops_per_token = self.model.flops_per_token(seq_len)
         self._tick: float | None = None
         self._val_totals: dict[int, list[torch.Tensor]] = {}

@@ -98,6 +98,14 @@ class StepFlops:
         return self.training / self.tokens
 
 
+def describe_conventions(attention: str) -> str:
+    """One line for a report: how its FLOPs are counted."""
+    scores = ("causal (the score pairs the kernels compute, L(L+1)/2 per head for causal attention)"
+              if check_attention_convention(attention) == "causal" else "dense (every L^2 score pair, as PaLM)")
+    return ("analytic, per (batch, length) training step: per-sequence work x batch + once-per-step work (kernel "
+            "generation, filter MLPs and FFTs); backward 2 x forward (FFTs 1.5 x); attention " + scores)
+
+
 def check_attention_convention(attention: str) -> str:
     """``"causal"`` or ``"dense"`` (see the module), else a ValueError."""
     return check_choice("attention", attention, ATTENTION_CONVENTIONS)

@@ -72,6 +72,13 @@ def describe_groups(groups: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def describe_learning_rates(model_config, lr: float, weight_decay: float) -> str:
+    """:func:`describe_groups` of the model ``model_config`` describes (built on the meta device)."""
+    from ..budget import build_meta_model
+
+    return describe_groups(parameter_groups(build_meta_model(model_config), lr=lr, weight_decay=weight_decay))
+
+
 def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
     """Learning-rate factor at ``step``: linear warmup to 1, then cosine to ``min_ratio`` at ``total_steps``."""
     if warmup_steps > 0 and step < warmup_steps:

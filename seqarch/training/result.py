@@ -43,7 +43,8 @@ class RunResult:
     ``metric`` is the task's validation metric (``higher_is_better`` says which way is
     better); ``final`` and ``best`` are its last and best values over ``history`` (one
     entry per validation: step, tokens, training FLOPs and the ``val/*`` metrics).
-    ``training_flops`` = 3 x ``flops_per_token`` x tokens trained; ``state_size`` is the
+    ``training_flops``: forward and backward FLOPs of the steps trained (:mod:`seqarch.flops`);
+    ``flops_per_token``: forward FLOPs per token of a training step; ``state_size`` is the
     recurrent state of the causal mixers at the training length; ``tokens_per_s`` counts
     only the steps this process trained (not those before a resume).
     """

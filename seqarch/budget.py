@@ -187,24 +187,28 @@ class _Hidden:
 
 
 def _tune_hidden(candidate: Candidate, measure: _Measure, target: float, hidden: _Hidden) -> Candidate:
-    """Fine-tune the hidden width, which the measure is linear in, within :data:`HIDDEN_RANGE`."""
+    """Fine-tune the hidden width within :data:`HIDDEN_RANGE`: a bisection for the two widths around
+    the target (the measure grows with the hidden width, not always linearly: Monarch blocks)."""
     config = candidate[0]
     if config.channel_mixer == "none":
         return candidate
-    low, high = hidden.bounds(config)
-    at_low, at_high = _try(config, measure, d_ff=low), _try(config, measure, d_ff=high)
-    if at_low is None or at_high is None or at_high[1] <= at_low[1]:
+    low, high = (bound // hidden.quantum for bound in hidden.bounds(config))
+    tried: dict[int, Candidate | None] = {}
+
+    def at(k: int) -> Candidate | None:
+        if k not in tried:
+            tried[k] = _try(config, measure, d_ff=k * hidden.quantum)
+        return tried[k]
+
+    if at(low) is None or at(high) is None:
         return candidate
-    ideal = low + (target - at_low[1]) * (high - low) / (at_high[1] - at_low[1])
-    ideal = min(max(ideal, low), high)
-    options = [at_low, at_high, candidate]
-    q = hidden.quantum
-    for guess in {math.floor(ideal / q) * q, math.ceil(ideal / q) * q}:
-        if low <= guess <= high:
-            found = _try(config, measure, d_ff=int(guess))
-            if found is not None:
-                options.append(found)
-    return _closest(options, target)
+    while high - low > 1:  # at(low) below the target or at the range's start; at(high) above or at its end
+        middle = (low + high) // 2
+        found = at(middle)
+        if found is None:
+            break
+        low, high = (middle, high) if found[1] <= target else (low, middle)
+    return _closest([c for c in tried.values() if c is not None] + [candidate], target)
 
 
 def _scan(values: list[int], measure, target: float, coarse: int = 8) -> list[Candidate]:

@@ -15,11 +15,11 @@ from seqarch.budget import (
     training_flops,
     training_flops_per_token,
 )
+from seqarch.flop_count import FLOP_MAPPING
 from seqarch.flops import BACKWARD_PER_FORWARD, kind_of
 from seqarch.modules.mlp import default_hidden
 
 from conftest import SMALL_OPTIONS
-from helpers import FLOP_MAPPING
 
 
 def counted_flops(module, *inputs) -> int:
@@ -111,7 +111,7 @@ def test_solver_keeps_the_presets_hidden_ratio():
                              mixer_options={"s4": {"d_state": 8, "max_length": 64}})
     target = forward_flops_per_token(s4.replace(d_model=96), 64, batch_size=8)
     match = match_budget(s4, flops_per_token=target, length=64, batch_size=8)
-    nominal = default_hidden("mlp", match.config.d_model)
+    nominal = default_hidden(s4.channel_mixer, match.config.d_model)
     assert 0.75 * nominal <= (match.config.d_ff or nominal) <= 1.25 * nominal and abs(match.relative_error) <= 0.02
 
 

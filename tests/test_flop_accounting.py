@@ -1,36 +1,21 @@
-"""The analytic FLOPs of a training step (forward + backward at batch > 1) against a real one, counted.
-
-Counted: matrix products and convolutions by ``torch.utils.flop_counter.FlopCounterMode``, FFTs by
-a dispatch mode (``5 n log2 n`` per complex transform, half per real one). Two corrections, both
-stated where they are made: FlopCounterMode counts CPU SDPA as 0, so SDPA's CPU kernels are counted
-here by formula (the score pairs the kernel computes: causal ``L (L + 1) / 2``, else every pair;
-backward twice the forward, the model FLOPs without the recomputed scores); and it overcounts the
-backward of grouped (depthwise) convolutions, so a convolution's backward is counted as one
-forward per gradient it computes. Elementwise work (``"other"``) is not counted by either.
-"""
+"""The analytic FLOPs of a training step (forward + backward at batch > 1) against a real one, counted
+by :mod:`seqarch.flop_count` (FlopCounterMode for matrix products and convolutions, with CPU SDPA
+counted by the score pairs its kernel computes and grouped-convolution backward corrected; FFTs by
+a dispatch mode). Elementwise work (``"other"``) is counted by neither, so it is left out of both."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import seqarch
+from seqarch.flop_count import counted_training_step
 from seqarch.flops import BACKWARD_PER_FORWARD, kind_of, step_flops
 
 from conftest import SMALL_OPTIONS
-from helpers import FLOP_MAPPING, FFTCounter
 
 BATCH, LENGTH, D_MODEL, VOCAB = 3, 64, 16, 32
 COUNTED_KINDS = ("matmul", "conv", "fft")
-
-
-def counted_training_step(model, tokens) -> float:
-    """Counted FLOPs (matmul + conv + FFT) of one forward and backward on ``tokens``."""
-    counter, ffts = FlopCounterMode(display=False, custom_mapping=FLOP_MAPPING), FFTCounter()
-    with counter, ffts:
-        model.loss(tokens, tokens).backward()
-    return counter.get_total_flops() + ffts.flops
 
 
 def analytic_training_step(model, batch: int, length: int) -> float:
@@ -45,7 +30,7 @@ def test_training_step_flops_match_the_counted_step(mixer_name):
                                  mixer_options={mixer_name: SMALL_OPTIONS.get(mixer_name, {})})
     model = seqarch.LanguageModel(config)
     tokens = torch.randint(0, VOCAB, (BATCH, LENGTH))
-    counted = counted_training_step(model, tokens)
+    counted = sum(counted_training_step(model, tokens).values())
     analytic = analytic_training_step(model, BATCH, LENGTH)
     assert abs(analytic - counted) <= 0.05 * counted, f"analytic {analytic:.4g}, counted {counted:.4g}"
 

@@ -141,7 +141,6 @@ DDP_SCRIPT = textwrap.dedent("""
     import lightning as L
     import torch
     from seqarch.data import build_data
-from seqarch.modules.mlp import default_hidden
     from seqarch.training.config import validate
     from seqarch.training.run import model_config_for, train_run
 
@@ -181,7 +180,7 @@ def test_ddp_two_cpu_processes_equal_one_process_on_the_global_batch(tmp_path):
 
 def test_compare_writes_the_report_plots_csv_and_checkpoints(tmp_path, capsys):
     config = {"name": "cmp", "data": {"task": "mqar", "num_train": 128, "num_test": 32, "seq_len": 32},
-              "model": {"d_model": 16}, "architectures": ["attention", "s4d"], "budget": {"params": 12000},
+              "model": {"d_model": 16}, "architectures": ["attention", "s4d"], "budget": {"params": 22000},
               "train": {"steps": 4, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2, "lr": [1e-3, 3e-3]}}
     path = tmp_path / "cmp.yaml"
     path.write_text(json.dumps(config))
@@ -189,7 +188,7 @@ def test_compare_writes_the_report_plots_csv_and_checkpoints(tmp_path, capsys):
     folder = tmp_path / "cmp"
     results = json.loads((folder / "results.json").read_text())
     assert (results["metric"], results["higher_is_better"]) == ("val/accuracy", True)
-    assert results["config"]["train"]["lr"] == [1e-3, 3e-3] and results["config"]["budget"]["params"] == 12000
+    assert results["config"]["train"]["lr"] == [1e-3, 3e-3] and results["config"]["budget"]["params"] == 22000
     assert [r["name"] for r in results["results"]] == ["attention", "s4d"]
     assert [r["model_config"]["mixer"] for r in results["results"]] == ["attention", "s4d"]
     assert all(r["budget"]["metric"] == "params" and abs(r["budget"]["relative_error"]) <= 0.02
@@ -198,7 +197,7 @@ def test_compare_writes_the_report_plots_csv_and_checkpoints(tmp_path, capsys):
         assert r["best"] == max(point["best"] for point in r["sweep"]) and r["lr"] in (1e-3, 3e-3)
     assert yaml.safe_load((folder / "config.yaml").read_text())["architectures"][1]["preset"] == "s4d"
     for r in results["results"]:
-        assert abs(r["params"] - 12000) <= 240 and r["best"] is not None and len(r["sweep"]) == 2
+        assert abs(r["params"] - 22000) <= 440 and r["best"] is not None and len(r["sweep"]) == 2
         assert r["training_flops"] > 0 and r["tokens_per_s"] > 0 and r["peak_memory_bytes"] > 0
     report = (folder / "report.md").read_text()
     assert "| attention |" in report and "| s4d |" in report

@@ -2,13 +2,17 @@
 
 Comparisons between architectures are fair only at the same budget.  This module
 counts parameters (by building the model on the ``meta`` device: no memory, no
-time) and analytic forward FLOPs (each mixer's ``flops_breakdown``; FFTs by the
-``5 n log2 n`` formula), and solves for the width or depth of another
+time) and analytic FLOPs of a training step on ``(batch, length)``
+(:mod:`seqarch.flops`: each mixer's per-sequence work times the batch plus its
+once-per-step work; FFTs by the ``5 n log2 n`` formula; causal attention as the
+kernels compute it, or dense), and solves for the width or depth of another
 architecture that meets a target parameter count or FLOPs per token.
 
-Conventions: a multiply-add counts 2 FLOPs; training FLOPs are 3x the forward
-(backward ~ 2x forward, Kaplan et al. 2020), so ``6 N`` per token for the dense
-part as in Chinchilla; attention scores are counted dense as in PaLM appendix B.
+The solver resizes the width (or the depth); the channel mixer's hidden width keeps
+its preset's ratio to the width and is tuned only within :data:`HIDDEN_RANGE` of it,
+to close the gap the coarse step leaves.  A budget no size meets within the
+tolerance is a ValueError naming the architecture, the closest value and the bound
+that stopped it.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from typing import Literal
 
 from torch import nn
 
-from .checks import check_choice, check_positive_int
+from .checks import check_choice, check_positive_int, check_real
+from .flops import StepFlops, check_attention_convention, step_flops
 from .models import LanguageModel, ModelConfig, SequenceClassifier
 from .modules.mlp import default_hidden
 
-TRAINING_FLOPS_PER_FORWARD = 3
+PARAM_COUNTS = ("total", "non_embedding")
 
 
 def build_meta_model(config: ModelConfig) -> nn.Module:
@@ -32,34 +37,52 @@ def build_meta_model(config: ModelConfig) -> nn.Module:
     return cls(config, device="meta")
 
 
-def count_params(config: ModelConfig) -> int:
-    """Parameters of the model ``config`` describes (tied embeddings counted once)."""
-    return build_meta_model(config).num_params()
+def _embedding_params(model: nn.Module) -> int:
+    """The token embedding's parameters, and an untied output head's (Kaplan et al.'s N leaves both out)."""
+    embedding = model.backbone.embedding.weight
+    head = getattr(model, "head", None)
+    untied = (isinstance(head, nn.Linear) and model.config.num_classes is None
+              and head.weight is not embedding)
+    return embedding.numel() + (head.weight.numel() if untied else 0)
 
 
-def forward_flops_per_token(config: ModelConfig, length: int) -> float:
-    """Analytic forward FLOPs per token at sequence ``length``."""
-    check_positive_int("length", length)
-    return build_meta_model(config).flops_per_token(length)
-
-
-def training_flops(config: ModelConfig, length: int, tokens: int) -> float:
-    """FLOPs of training on ``tokens`` tokens in sequences of ``length`` (forward + backward)."""
-    check_positive_int("tokens", tokens)
-    return TRAINING_FLOPS_PER_FORWARD * forward_flops_per_token(config, length) * tokens
-
-
-def flops_breakdown(config: ModelConfig, length: int) -> dict[str, float]:
-    """Forward FLOPs for one sequence by kind, summed over layers, plus the output head."""
+def count_params(config: ModelConfig, count: str = "total") -> int:
+    """Parameters of the model ``config`` describes (tied embeddings counted once); ``count="non_embedding"``
+    leaves out the token embedding (and an untied language-model head)."""
+    check_choice("count", count, PARAM_COUNTS)
     model = build_meta_model(config)
-    totals: dict[str, float] = {}
-    for block in model.backbone.blocks:
-        for kind, value in block.mixer.flops_breakdown(length).items():
-            totals[f"mixer_{kind}"] = totals.get(f"mixer_{kind}", 0) + value
-        if block.channel is not None:
-            totals["channel"] = totals.get("channel", 0) + block.channel.flops(length)
-    totals["head"] = model.head_flops(length)
-    return totals
+    return model.num_params() - (_embedding_params(model) if count == "non_embedding" else 0)
+
+
+def config_step_flops(config: ModelConfig, length: int, batch_size: int = 1,
+                      attention: str = "causal") -> StepFlops:
+    """:func:`seqarch.flops.step_flops` of the model ``config`` describes."""
+    return step_flops(build_meta_model(config), batch_size, length, attention)
+
+
+def forward_flops_per_token(config: ModelConfig, length: int, batch_size: int = 1,
+                            attention: str = "causal") -> float:
+    """Analytic forward FLOPs per token of a step on ``(batch_size, length)``."""
+    return config_step_flops(config, length, batch_size, attention).forward_per_token
+
+
+def training_flops_per_token(config: ModelConfig, length: int, batch_size: int = 1,
+                             attention: str = "causal") -> float:
+    """Analytic forward + backward FLOPs per token of a training step on ``(batch_size, length)``."""
+    return config_step_flops(config, length, batch_size, attention).training_per_token
+
+
+def training_flops(config: ModelConfig, length: int, tokens: int, batch_size: int = 1,
+                   attention: str = "causal") -> float:
+    """FLOPs of training on ``tokens`` tokens in steps of ``(batch_size, length)`` (forward + backward)."""
+    check_positive_int("tokens", tokens)
+    return training_flops_per_token(config, length, batch_size, attention) * tokens
+
+
+def flops_breakdown(config: ModelConfig, length: int, batch_size: int = 1,
+                    attention: str = "causal") -> dict[str, float]:
+    """Forward FLOPs of a step on ``(batch_size, length)`` by part, summed over layers, plus the output head."""
+    return config_step_flops(config, length, batch_size, attention).forward_by_part()
 
 
 @dataclass(frozen=True)
@@ -76,10 +99,29 @@ class BudgetMatch:
         return (self.achieved - self.target) / self.target
 
 
-def _measure(config: ModelConfig, metric: str, length: int) -> float:
-    if metric == "params":
-        return float(count_params(config))
-    return forward_flops_per_token(config, length)
+METRICS = ("params", "non_embedding_params", "flops_per_token", "training_flops_per_token")
+# The largest sizes the solver considers: a budget beyond them is an error, never a model that cannot be built.
+MAX_PARAMS = 1e10
+#: The channel mixer's hidden width stays within this factor of its preset's ratio to the width.
+HIDDEN_RANGE = (0.75, 1.25)
+
+
+@dataclass(frozen=True)
+class _Measure:
+    """What the solver meets: a metric of a config, at a step of ``(batch_size, length)`` for FLOPs."""
+
+    metric: str
+    length: int
+    batch_size: int
+    attention: str
+
+    def __call__(self, config: ModelConfig) -> float:
+        if self.metric == "params":
+            return float(count_params(config))
+        if self.metric == "non_embedding_params":
+            return float(count_params(config, "non_embedding"))
+        flops = config_step_flops(config, self.length, self.batch_size, self.attention)
+        return flops.forward_per_token if self.metric == "flops_per_token" else flops.training_per_token
 
 
 class _Rejections:
@@ -93,58 +135,83 @@ class _Rejections:
         if self.first is None:
             self.first = (changes, error)
 
-    def raise_if_all_rejected(self, by: str, mixers: list[str]) -> None:
+    def raise_if_all_rejected(self, by: str, name: str) -> None:
         changes, error = self.first if self.first is not None else ({}, None)
         at = ", ".join(f"{k}={v}" for k, v in changes.items() if v is not None)
-        raise ValueError(f"config: no {by} of {mixers} is valid for these options; at {at}: {error}") from error
+        raise ValueError(f"config: no {by} of {name} is valid for these options; at {at}: {error}") from error
 
 
-def _try(config: ModelConfig, metric: str, length: int, rejections: _Rejections | None = None,
-         **changes) -> tuple[ModelConfig, float] | None:
+Candidate = tuple[ModelConfig, float]
+
+
+def _try(config: ModelConfig, measure: _Measure, rejections: _Rejections | None = None,
+         **changes) -> Candidate | None:
     """The config with ``changes`` and its measure, or None where the options reject that size
     (e.g. a width the heads do not divide); the rejection is noted in ``rejections``."""
     try:
         candidate = config.replace(**changes)
-        return candidate, _measure(candidate, metric, length)
+        return candidate, measure(candidate)
     except ValueError as error:
         if rejections is not None:
             rejections.note(changes, error)
         return None
 
 
-def _closest(candidates: list[tuple[ModelConfig, float]], target: float) -> tuple[ModelConfig, float]:
+def _closest(candidates: list[Candidate], target: float) -> Candidate:
     return min(candidates, key=lambda c: abs(c[1] - target))
 
 
-# The largest sizes the solver considers: a budget beyond them is an error, never a model that cannot be built.
-MAX_PARAMS = 1e10
-MAX_HIDDEN_RATIO = 16  # d_ff <= 16 x d_model
+class _Hidden:
+    """The channel mixer's hidden width at a width: the preset's ratio (its explicit ``d_ff`` over
+    its ``d_model``, or the default rule when ``d_ff`` is unset), tunable within :data:`HIDDEN_RANGE`."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.kind = config.channel_mixer
+        self.quantum = config.monarch_blocks if self.kind == "monarch" else 1
+        self.ratio = None if config.d_ff is None else config.d_ff / config.d_model
+
+    def _round(self, value: float) -> int:
+        return max(self.quantum, round(value / self.quantum) * self.quantum)
+
+    def nominal(self, d_model: int) -> int | None:
+        """``d_ff`` at ``d_model`` (None: the default rule, which keeps its ratio by itself)."""
+        return None if self.ratio is None else self._round(self.ratio * d_model)
+
+    def bounds(self, config: ModelConfig) -> tuple[int, int]:
+        centre = config.d_ff if config.d_ff is not None else default_hidden(self.kind, config.d_model)
+        if self.ratio is not None:
+            centre = self.ratio * config.d_model
+        low = math.ceil(HIDDEN_RANGE[0] * centre / self.quantum) * self.quantum
+        high = math.floor(HIDDEN_RANGE[1] * centre / self.quantum) * self.quantum
+        return max(self.quantum, low), max(self.quantum, high)
 
 
-def _tune_hidden(config: ModelConfig, metric: str, target: float, length: int) -> tuple[ModelConfig, float]:
-    """Fine-tune the channel mixer's hidden width, which the measure is linear in (at most
-    ``MAX_HIDDEN_RATIO`` x ``d_model``)."""
-    base = _try(config, metric, length)
-    if config.channel_mixer == "none" or base is None:
-        return base
-    hidden = config.d_ff or default_hidden(config.channel_mixer, config.d_model)
-    quantum = config.monarch_blocks if config.channel_mixer == "monarch" else 1
-    bigger = _try(config, metric, length, d_ff=hidden + quantum * 16)
-    if bigger is None:
-        return base
-    per_unit = (bigger[1] - base[1]) / (quantum * 16)
-    ideal = hidden + (target - base[1]) / per_unit if per_unit > 0 else hidden
-    ideal = min(ideal, MAX_HIDDEN_RATIO * config.d_model)
-    options = []
-    for guess in {math.floor(ideal / quantum) * quantum, math.ceil(ideal / quantum) * quantum}:
-        if guess >= quantum:
-            found = _try(config, metric, length, d_ff=int(guess))
-            if found is not None:
-                options.append(found)
-    return _closest(options + [base], target)
+def _tune_hidden(candidate: Candidate, measure: _Measure, target: float, hidden: _Hidden) -> Candidate:
+    """Fine-tune the hidden width within :data:`HIDDEN_RANGE`: a bisection for the two widths around
+    the target (the measure grows with the hidden width, not always linearly: Monarch blocks)."""
+    config = candidate[0]
+    if config.channel_mixer == "none":
+        return candidate
+    low, high = (bound // hidden.quantum for bound in hidden.bounds(config))
+    tried: dict[int, Candidate | None] = {}
+
+    def at(k: int) -> Candidate | None:
+        if k not in tried:
+            tried[k] = _try(config, measure, d_ff=k * hidden.quantum)
+        return tried[k]
+
+    if at(low) is None or at(high) is None:
+        return candidate
+    while high - low > 1:  # at(low) below the target or at the range's start; at(high) above or at its end
+        middle = (low + high) // 2
+        found = at(middle)
+        if found is None:
+            break
+        low, high = (middle, high) if found[1] <= target else (low, middle)
+    return _closest([c for c in tried.values() if c is not None] + [candidate], target)
 
 
-def _scan(values: list[int], measure, target: float, coarse: int = 8) -> list[tuple[ModelConfig, float]]:
+def _scan(values: list[int], measure, target: float, coarse: int = 8) -> list[Candidate]:
     """Measured sizes, in increasing order, up to the first one whose measure exceeds ``target``
     (the measure grows with the value): every ``coarse``-th value first, then one by one from
     the last coarse value below the target.  Values ``measure`` rejects (None) are skipped."""
@@ -168,45 +235,81 @@ def _scan(values: list[int], measure, target: float, coarse: int = 8) -> list[tu
     return below + fine
 
 
+def _first_valid(values, resize) -> Candidate | None:
+    for value in values:
+        found = resize(value)
+        if found is not None:
+            return found
+    return None
+
+
+def _describe(config: ModelConfig) -> str:
+    return f"d_model={config.d_model}, n_layers={config.n_layers}, d_ff={config.d_ff}"
+
+
 def match_budget(
     config: ModelConfig,
     *,
     params: float | None = None,
     flops_per_token: float | None = None,
+    training_flops_per_token: float | None = None,
     length: int = 1024,
+    batch_size: int = 1,
+    attention: str = "causal",
+    count: str = "total",
     by: Literal["width", "depth"] = "width",
+    tolerance: float = 0.02,
+    name: str | None = None,
     width_multiple: int = 8,
     max_width: int = 8192,
     max_depth: int = 128,
 ) -> BudgetMatch:
-    """Resize ``config`` to meet a parameter count or forward FLOPs per token.
+    """Resize ``config`` to meet a parameter count or FLOPs per token.
 
-    ``by="width"`` scans ``d_model`` over multiples of ``width_multiple`` (widths an
-    option rejects, e.g. heads not dividing it, are skipped); ``by="depth"`` scans
-    ``n_layers`` (a hybrid's list of mixers is repeated cyclically).  Then the
-    channel mixer's hidden width ``d_ff`` is tuned, which closes the gap left by the
-    coarse step.  Exactly one of ``params`` and ``flops_per_token`` is given;
-    ``length`` is the sequence length FLOPs are counted at.
+    Exactly one budget: ``params`` (``count="non_embedding"``: without the token embedding and an
+    untied head), ``flops_per_token`` (forward) or ``training_flops_per_token`` (forward + backward),
+    FLOPs of a step on ``(batch_size, length)`` under the ``attention`` convention
+    (:mod:`seqarch.flops`).
 
-    Returns the best :class:`BudgetMatch`; its ``relative_error`` states what was
-    achieved.  Raises ValueError when no size comes within 50% of the target.
+    ``by="width"`` scans ``d_model`` over multiples of ``width_multiple`` (widths an option
+    rejects, e.g. heads not dividing it, are skipped), the channel mixer's ``d_ff`` keeping its
+    ratio to ``d_model``; ``by="depth"`` scans ``n_layers`` (a hybrid's list of mixers is repeated
+    cyclically).  Then ``d_ff`` is tuned within :data:`HIDDEN_RANGE` of its ratio, which closes
+    the gap the coarse step leaves.
+
+    Returns the best :class:`BudgetMatch`.  Raises ValueError, naming the architecture (``name``,
+    default its mixers), the closest achievable value and the bound that stopped it, when no size
+    comes within ``tolerance`` (relative) of the target.
     """
-    if (params is None) == (flops_per_token is None):
-        raise ValueError("params, flops_per_token: expected exactly one budget, got "
-                         f"params={params}, flops_per_token={flops_per_token}")
-    metric = "params" if params is not None else "flops_per_token"
-    target = float(params if params is not None else flops_per_token)
+    budgets = {"params": params, "flops_per_token": flops_per_token,
+               "training_flops_per_token": training_flops_per_token}
+    given = {k: v for k, v in budgets.items() if v is not None}
+    if len(given) != 1:
+        raise ValueError("params, flops_per_token, training_flops_per_token: expected exactly one budget, got "
+                         + ", ".join(f"{k}={v}" for k, v in budgets.items()))
+    (metric, target), = given.items()
+    check_choice("count", count, PARAM_COUNTS)
+    if metric == "params" and count == "non_embedding":
+        metric = "non_embedding_params"
+    target = float(target)
     if not target > 0:
         raise ValueError(f"{metric}: expected a positive budget, got {target}")
     check_choice("by", by, ("width", "depth"))
     check_positive_int("length", length)
-    if metric == "params" and target > MAX_PARAMS:
-        raise ValueError(f"params: expected a budget of at most {MAX_PARAMS:.4g} parameters (the solver's bound), "
+    check_positive_int("batch_size", batch_size)
+    check_attention_convention(attention)
+    check_real("tolerance", tolerance, low=0.0, expected="a positive number")
+    if metric.endswith("params") and target > MAX_PARAMS:
+        raise ValueError(f"{metric}: expected a budget of at most {MAX_PARAMS:.4g} parameters (the solver's bound), "
                          f"got {target:.4g}")
+    name = name or str(config.layer_mixers)
+    measure = _Measure(metric, length, batch_size, attention)
+    hidden = _Hidden(config)
 
     if by == "width":
         values = list(range(width_multiple, max_width + 1, width_multiple))
-        resize = lambda width: {"d_model": width, "d_ff": None}
+        resize = lambda width: {"d_model": width, "d_ff": hidden.nominal(width)}
+        bounds = (f"d_model >= {width_multiple}", f"d_model <= {max_width}")
     else:
         names = config.layer_mixers
         values = list(range(1, max_depth + 1))
@@ -214,33 +317,45 @@ def match_budget(
             "n_layers": depth,
             "mixer": config.mixer if isinstance(config.mixer, str) else [names[i % len(names)] for i in range(depth)],
         }
-    bound = f"d_model <= {max_width}" if by == "width" else f"n_layers <= {max_depth}"
-    bounds = f"the solver considers {bound} and d_ff <= {MAX_HIDDEN_RATIO} x d_model"
+        bounds = ("n_layers >= 1", f"n_layers <= {max_depth}")
+    hidden_bound = f"d_ff within {HIDDEN_RANGE[0]:g}-{HIDDEN_RANGE[1]:g} x its preset ratio"
+    rejections = _Rejections()
+    sized = lambda v: _try(config, measure, rejections, **resize(v))
+
+    def fail(closest: Candidate, stopped_by: str) -> ValueError:
+        error = (closest[1] - target) / target
+        return ValueError(
+            f"{metric}: no {by} of {name} meets a budget of {target:.4g} within {tolerance:.0%}; the closest "
+            f"reaches {closest[1]:.4g} ({error:+.1%}) at {_describe(closest[0])}, stopped by {stopped_by}")
+
+    def beyond_end(candidate: Candidate, side: int) -> None:
+        """Raise when even ``candidate``, the smallest (side 0) or largest (1) size with its hidden
+        width at that bound, stays on the wrong side of the target."""
+        if candidate[0].channel_mixer != "none":
+            candidate = _try(candidate[0], measure, d_ff=hidden.bounds(candidate[0])[side]) or candidate
+        if abs(candidate[1] - target) > tolerance * target and (candidate[1] > target) == (side == 0):
+            stopped = bounds[side] + (f" and {hidden_bound}" if candidate[0].channel_mixer != "none" else "")
+            raise fail(candidate, f"the {('smallest', 'largest')[side]} size ({stopped})")
+
     # A FLOP budget beyond what a model of MAX_PARAMS spends (about 2 FLOPs per parameter and token) is
     # checked against the largest size first, so it fails at once rather than after a scan of every size.
-    far = metric == "flops_per_token" and target > 2 * MAX_PARAMS
-    largest = _try(config, metric, length, **resize(values[-1])) if far else None
-    if largest is not None and config.channel_mixer != "none":
-        largest = _try(largest[0], metric, length, d_ff=MAX_HIDDEN_RATIO * largest[0].d_model) or largest
-    if largest is not None and largest[1] < target / 1.5:
-        raise ValueError(
-            f"{metric}: no {by} of {config.layer_mixers} meets a budget of {target:.4g}; the largest size, "
-            f"d_model={largest[0].d_model}, n_layers={largest[0].n_layers}, d_ff={largest[0].d_ff}, reaches "
-            f"{largest[1]:.4g} ({bounds})"
-        )
-    rejections = _Rejections()
-    scanned = _scan(values, lambda v: _try(config, metric, length, rejections, **resize(v)), target)
+    if metric.endswith("flops_per_token") and target > 2 * MAX_PARAMS:
+        largest = _first_valid(reversed(values), sized)
+        if largest is not None:
+            beyond_end(largest, 1)
+    scanned = _scan(values, sized, target)
     if not scanned:
-        rejections.raise_if_all_rejected(by, config.layer_mixers)
+        rejections.raise_if_all_rejected(by, name)
+    if scanned[0][1] > target:
+        beyond_end(scanned[0], 0)
+    if scanned[-1][1] <= target:
+        beyond_end(scanned[-1], 1)
     # The two sizes around the target, each with its hidden width tuned.
     below = [c for c in scanned if c[1] <= target][-1:]
     above = [c for c in scanned if c[1] > target][:1]
-    tuned = [_tune_hidden(c, metric, target, length) for c, _ in below + above]
-    best_config, achieved = _closest([t for t in tuned if t is not None], target)
-    if abs(achieved - target) > 0.5 * target:
-        raise ValueError(
-            f"{metric}: no {by} of {config.layer_mixers} meets a budget of {target:.4g}; the closest "
-            f"reaches {achieved:.4g} at d_model={best_config.d_model}, n_layers={best_config.n_layers}, "
-            f"d_ff={best_config.d_ff} (expected within 50%; {bounds})"
-        )
-    return BudgetMatch(best_config, metric, target, achieved)
+    tuned = [_tune_hidden(c, measure, target, hidden) for c in below + above]
+    best = _closest(tuned, target)
+    if abs(best[1] - target) > tolerance * target:
+        tuning = hidden_bound if best[0].channel_mixer != "none" else "no channel mixer to tune"
+        raise fail(best, f"the {by} step between neighbouring sizes ({tuning})")
+    return BudgetMatch(best[0], metric, target, best[1])

@@ -79,7 +79,7 @@ def test_flops_breakdown_matches_flop_counter(head_dim):
     mixer = make(d_model=16, head_dim=head_dim, dtype=torch.float32)
     with FlopCounterMode(display=False) as counter:
         mixer(torch.randn(1, 128, 16))
-    parts = mixer.flops_breakdown(128)
+    parts = mixer.forward_flops_breakdown(128)  # batch 1: per sequence plus the kernels, made once per call
     assert set(parts) == {"matmul", "conv", "fft", "other"}
     assert abs(parts["matmul"] + parts["conv"] - counter.get_total_flops()) <= 0.05 * counter.get_total_flops()
     assert parts["conv"] == 2 * 16 * 4 * 128  # the shift SSM: one N-tap conv on K
@@ -95,7 +95,7 @@ def test_registered_with_its_preset():
 
 BAD_OPTIONS = [
     ("d_state", 7), ("d_state", 0), ("shift_state", 0), ("shift_state", 1.5), ("head_dim", 3), ("head_dim", 0),
-    ("init", "legs"), ("dt_min", -1.0), ("dt_max", 1e-4), ("lr", 0.0), ("dropout", 2.0), ("causal", None),
+    ("init", "legs"), ("dt_min", -1.0), ("dt_max", 1e-4), ("lr_scale", 0.0), ("dropout", 2.0), ("causal", None),
     ("dtype", torch.int8),
 ]
 

@@ -65,7 +65,7 @@ def test_flops_breakdown_matches_flop_counter(order):
     mixer = make(d_model=16, order=order, dtype=torch.float32)
     with FlopCounterMode(display=False) as counter:
         mixer(torch.randn(1, 64, 16))
-    parts = mixer.flops_breakdown(64)
+    parts = mixer.forward_flops_breakdown(64)  # batch 1: per sequence plus the filters, made once per call
     assert set(parts) == {"matmul", "conv", "fft", "other"}
     assert abs(parts["matmul"] + parts["conv"] - counter.get_total_flops()) <= 0.05 * counter.get_total_flops()
     assert parts["conv"] == 2 * (order + 1) * 16 * 3 * 64
@@ -83,7 +83,7 @@ def test_registered_with_its_preset():
 BAD_OPTIONS = [
     ("order", 1), ("order", 2.0), ("max_length", 0), ("short_kernel", 0), ("filter_order", 0),
     ("filter_emb_dim", 2), ("filter_inner", -1), ("filter_decay", (2.0, 1.0)), ("dropout", 1.5),
-    ("lr", -1.0), ("causal", 1), ("dtype", torch.int32),
+    ("lr_scale", -1.0), ("causal", 1), ("dtype", torch.int32),
 ]
 
 

@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from seqarch.mixers.hyena import Hyena
 from seqarch.mixers.long_conv import LongConv
 from seqarch.mixers.m2 import M2
-from seqarch.modules.fft_conv import fft_conv_flops
+from seqarch.modules.fft_conv import fft_conv_flops, filter_fft_flops
 from seqarch.modules.implicit_filter import ImplicitFilter, ImplicitKernel
 
 from helpers import run_steps
@@ -140,13 +140,13 @@ def test_every_parameter_gets_a_gradient(causal):
 
 
 def test_optimizer_hints_on_filter_parameters():
-    mixer = make(causal=False, lr=3e-4)
+    mixer = make(causal=False, lr_scale=0.3)
     assert len(mixer.kernel.filters) == 2  # M2-BERT: separate forward and backward filters
     filter_params = {id(p) for p in mixer.kernel.parameters()}
     assert filter_params
     for p in mixer.parameters():
         if id(p) in filter_params:
-            assert p._optim == {"lr": 3e-4, "weight_decay": 0.0}
+            assert p._optim == {"lr_scale": 0.3, "weight_decay": 0.0}
         else:
             assert not hasattr(p, "_optim")
 
@@ -162,7 +162,7 @@ def test_bfloat16_forward(causal):
 BAD_OPTIONS = [
     ("max_length", 0), ("short_kernel", 0), ("short_kernel", 2.5), ("filter_order", -1),
     ("filter_emb_dim", 4), ("filter_emb_dim", 1), ("filter_decay", (1.5, 0.3)),
-    ("filter_decay", 0.3), ("dropout", 1.0), ("dropout", -0.1), ("lr", 0.0), ("lr", "1e-3"),
+    ("filter_decay", 0.3), ("dropout", 1.0), ("dropout", -0.1), ("lr_scale", 0.0), ("lr_scale", "1e-3"),
     ("causal", "yes"), ("dtype", torch.int64),
 ]
 
@@ -189,14 +189,16 @@ def test_flops_breakdown_matches_flop_counter(causal, length):
     mixer = make(d_model=32, causal=causal, max_length=256, dtype=torch.float32)
     with FlopCounterMode(display=False) as counter:
         mixer(torch.randn(1, length, 32))
-    parts = mixer.flops_breakdown(length)
+    parts = mixer.forward_flops_breakdown(length)  # batch 1: per sequence plus the shared filters
     assert set(parts) == {"matmul", "conv", "fft", "other"}
     counted = counter.get_total_flops()
     assert abs(parts["matmul"] + parts["conv"] - counted) <= 0.05 * counted
     assert parts["conv"] == 2 * 3 * 32 * 3 * length
-    expected_fft = fft_conv_flops(length, 32) if causal else fft_conv_flops(2 * length, 32, causal=False)
-    assert parts["fft"] == expected_fft
-    assert mixer.flops(length) == sum(parts.values())
+    n = length if causal else 2 * length
+    # per sequence the input's FFT and the inverse; once per call the filter's FFT
+    assert mixer.flops_breakdown(length)["fft"] == fft_conv_flops(n, 32, causal=causal)["fft"]
+    assert parts["fft"] == fft_conv_flops(n, 32, causal=causal)["fft"] + filter_fft_flops(n, 32, causal=causal)
+    assert mixer.flops(length) == sum(mixer.flops_breakdown(length).values())
 
 
 def test_registered():

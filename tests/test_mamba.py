@@ -98,10 +98,11 @@ def test_flops_breakdown_matches_flop_counter(length):
     assert set(parts) == {"matmul", "conv", "fft", "other"} and parts["fft"] == 0
     assert parts["matmul"] + parts["conv"] == counter.get_total_flops()
     assert parts["conv"] == 2 * 64 * 4 * length
-    # the scan's products: 7 per (channel, state number, token), once-per-sequence A = -exp(A_log) apart
+    # the scan's products: 7 per (channel, state number, token); A = -exp(A_log) once per call, shared
     scan = 7 * 64 * 8
-    assert parts["other"] - mixer.flops_breakdown(1)["other"] == (length - 1) * (parts["other"] - 2 * 64 * 8) // length
+    assert parts["other"] - mixer.flops_breakdown(1)["other"] == (length - 1) * parts["other"] // length
     assert parts["other"] > scan * length
+    assert mixer.shared_flops_breakdown(length)["other"] == 2 * 64 * 8
     assert mixer.flops(length) == sum(parts.values())
 
 

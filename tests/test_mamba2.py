@@ -154,7 +154,9 @@ def test_registered_with_its_preset_and_the_budget_solver():
         match_budget(small.replace(d_model=32, mixer_options={"mamba2": {"head_dim": 64, "expand": 1}}),
                      params=target, width_multiple=8, max_width=56)
     wide_heads = small.replace(mixer_options={"mamba2": {"head_dim": 32, "d_state": 16, "expand": 4}})
-    assert match_budget(wide_heads.replace(d_model=32), params=target, max_width=512).config.d_model % 8 == 0
+    # no channel mixer to tune: the nearest width of the grid, within a looser tolerance
+    assert match_budget(wide_heads.replace(d_model=32), params=target, max_width=512,
+                        tolerance=0.1).config.d_model % 8 == 0
 
 
 def test_gated_rmsnorm():

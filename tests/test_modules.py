@@ -127,8 +127,8 @@ def test_generator_options_are_checked():
 
     with pytest.raises(ValueError, match="directions: expected one of"):
         DiagonalSSMKernel(3, d_state=8, directions=3)
-    with pytest.raises(ValueError, match="lr: expected None or a positive number"):
-        DiagonalSSMKernel(3, d_state=8, lr=-1.0)
+    with pytest.raises(ValueError, match="lr_scale: expected None or a positive multiple of train.lr"):
+        DiagonalSSMKernel(3, d_state=8, lr_scale=-1.0)
     with pytest.raises(ValueError, match="length: expected a length of at most max_length=16"):
         ImplicitKernel(4, max_length=16)(17)
     with pytest.raises(ValueError, match="init_state: ImplicitKernel has no finite-state recurrence"):

@@ -38,13 +38,14 @@ def test_initialisations_follow_the_paper():
 
 
 def test_ssm_parameters_carry_optimizer_hints():
-    layer = S4D(8, lr=2e-3)
+    layer = S4D(8, lr_scale=0.25)  # a multiple of the run's learning rate (default 0.5)
+    assert S4D(8).kernel.log_dt._optim == {"lr_scale": 0.5, "weight_decay": 0.0}
     for param in (layer.kernel.log_dt, layer.kernel.log_a_real, layer.kernel.a_imag):
-        assert param._optim == {"lr": 2e-3, "weight_decay": 0.0}
+        assert param._optim == {"lr_scale": 0.25, "weight_decay": 0.0}
     for param in (layer.output.proj.weight, layer.kernel.C, layer.skip):
         assert not hasattr(param, "_optim")
-    # lr=None: the optimizer's learning rate, still no weight decay.
-    assert S4D(8, lr=None).kernel.log_dt._optim == {"weight_decay": 0.0}
+    # lr_scale=None: the run's learning rate, still no weight decay.
+    assert S4D(8, lr_scale=None).kernel.log_dt._optim == {"weight_decay": 0.0}
 
 
 def test_state_is_constant_in_length():
@@ -54,7 +55,7 @@ def test_state_is_constant_in_length():
 
 @pytest.mark.parametrize("options,argument", [
     ({"d_state": 7}, "d_state"), ({"d_state": 0}, "d_state"), ({"init": "legs"}, "init"),
-    ({"dt_min": 0.1, "dt_max": 0.01}, "dt_min"), ({"dropout": 1.5}, "dropout"), ({"lr": 0.0}, "lr"),
+    ({"dt_min": 0.1, "dt_max": 0.01}, "dt_min"), ({"dropout": 1.5}, "dropout"), ({"lr_scale": 0.0}, "lr_scale"),
 ])
 def test_bad_options_name_the_argument(options, argument):
     with pytest.raises(ValueError, match=argument):

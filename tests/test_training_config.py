@@ -32,7 +32,7 @@ from seqarch.training.config import (
 from seqarch.training.datamodule import StepBatchSampler
 from seqarch.training.defaults import default_config
 from seqarch.training.module import SeqarchModule, device_peak_flops
-from seqarch.training.optim import parameter_groups, warmup_cosine
+from seqarch.training.optim import describe_groups, parameter_groups, warmup_cosine
 from seqarch.training.report import sweep_table
 from seqarch.training.result import RunResult
 
@@ -165,16 +165,36 @@ def test_sweep_expands_data_points_and_widths():
 
 
 def test_parameter_groups_follow_optim_hints():
-    model = seqarch.LanguageModel(seqarch.ModelConfig(mixer="s4d", d_model=32, mixer_options={"lr": 1e-3}))
+    model = seqarch.LanguageModel(seqarch.ModelConfig(mixer="s4d", d_model=32, mixer_options={"lr_scale": 0.25}))
     groups = parameter_groups(model, lr=3e-3, weight_decay=0.1)
     by_name = {name: g for g in groups for name in g["names"]}
-    assert by_name["backbone.blocks.0.mixer.kernel.log_dt"]["lr"] == 1e-3
+    assert by_name["backbone.blocks.0.mixer.kernel.log_dt"]["lr"] == pytest.approx(0.25 * 3e-3)
     assert by_name["backbone.blocks.0.mixer.kernel.log_dt"]["weight_decay"] == 0.0
     assert by_name["backbone.blocks.0.channel.fc1.weight"]["lr"] == 3e-3
     assert by_name["backbone.blocks.0.channel.fc1.weight"]["weight_decay"] == 0.1
     assert by_name["backbone.embedding.weight"]["weight_decay"] == 0.0
     assert by_name["backbone.norm.weight"]["weight_decay"] == 0.0
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("mixer", ["s4d", "s4", "hyena", "m2", "h3"])
+def test_a_learning_rate_sweep_moves_the_kernel_parameters_too(mixer):
+    """Layer hints are multiples of the run's lr: doubling train.lr doubles every group's rate."""
+    config = seqarch.ModelConfig(mixer=mixer, d_model=16, vocab_size=32, mixer_options={"max_length": 64}
+                                 if mixer in ("s4", "hyena", "m2") else {})
+    model = seqarch.LanguageModel(config)
+    low, high = (parameter_groups(model, lr=lr, weight_decay=0.1) for lr in (1e-3, 2e-3))
+    hinted = [g for g in low if g["lr_scale"] != 1.0]
+    assert hinted and all(g["lr_scale"] == 0.5 and g["weight_decay"] == 0.0 for g in hinted)  # the default scale
+    assert [g["lr"] for g in high] == pytest.approx([2 * g["lr"] for g in low])
+    assert "lr 0.0005 (0.5 x lr), wd 0" in describe_groups(low)
+
+
+def test_an_absolute_learning_rate_hint_is_refused():
+    model = seqarch.LanguageModel(seqarch.ModelConfig(mixer="attention", d_model=16, vocab_size=32))
+    model.head.weight._optim = {"lr": 1e-3}
+    with pytest.raises(ValueError, match=r"_optim: expected keys among \['lr_scale', 'weight_decay'\].*got \['lr'\]"):
+        parameter_groups(model, lr=3e-3, weight_decay=0.1)
 
 
 def test_warmup_then_cosine():

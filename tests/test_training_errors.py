@@ -33,7 +33,7 @@ def _run(tmp_path: Path, command: str, *overrides: str, text: str | None = None)
     (["trainer.strategy=nope"], "invalid strategy name"),
     (["budget.params=1e11"], "params: expected a budget of at most 1e+10 parameters"),
     (["budget.flops=1e30", "architectures=[attention]"],
-     "the solver considers d_model <= 8192 and d_ff <= 16 x d_model"),
+     "stopped by the largest size (d_model <= 8192 and d_ff within 0.75-1.25 x its preset ratio)"),
 ])
 def test_bad_values_are_named_before_anything_is_written(tmp_path, caplog, overrides, message):
     assert _run(tmp_path, "compare", *overrides) == 2
@@ -51,6 +51,7 @@ def test_the_solver_refuses_sizes_beyond_its_bounds_without_building_them():
     config = ModelConfig(vocab_size=64, d_model=16, mixer="attention")
     with pytest.raises(ValueError, match="params: expected a budget of at most"):
         match_budget(config, params=MAX_PARAMS * 10, length=16)
-    with pytest.raises(ValueError, match=r"the largest size, d_model=256, n_layers=2, d_ff=4096, reaches .*"
-                       r"d_model <= 256 and d_ff <= 16 x d_model"):
+    # d_ff at the top of its range (1.25 x the preset's), never 16 x d_model
+    with pytest.raises(ValueError, match=r"the closest reaches .* at d_model=256, n_layers=2, d_ff=860, stopped by the "
+                       r"largest size \(d_model <= 256 and d_ff within 0.75-1.25 x its preset ratio\)"):
         match_budget(config, flops_per_token=1e30, length=16, max_width=256)

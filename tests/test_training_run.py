@@ -17,6 +17,7 @@ import yaml
 
 from seqarch.budget import count_params, training_flops
 from seqarch.data import build_data
+from seqarch.modules.mlp import default_hidden
 from seqarch.training.checkpoints import check_checkpoint, list_checkpoints
 from seqarch.training.cli import main
 from seqarch.training.compare import plan_comparison, run_tokens
@@ -72,14 +73,17 @@ def test_compare_budgets_within_two_percent():
         assert [name for name, _, _ in plan] == ["attention", "s4d", "s4", "m2", "hyena"]
         # The m2 preset is Monarch Mixer: its Monarch MLP is resized in steps of its blocks.
         m2, hyena = plan[3][1], plan[4][1]
-        assert (m2.mixer, m2.channel_mixer, m2.d_ff % m2.monarch_blocks) == ("m2", "monarch", 0)
+        m2_hidden = m2.d_ff or default_hidden("monarch", m2.d_model)
+        assert (m2.mixer, m2.channel_mixer, m2_hidden % m2.monarch_blocks) == ("m2", "monarch", 0)
         assert (hyena.mixer, hyena.channel_mixer) == ("hyena", "glu")
         for _, model_config, match in plan:
             if "params" in budget:
                 achieved = count_params(model_config)
                 assert abs(achieved - budget["params"]) <= 0.02 * budget["params"]
             else:
-                achieved = training_flops(model_config, bundle.seq_len, run_tokens(config, bundle))
+                # steps of (train.batch_size, seq_len): the kernels' once-per-step work counted once a step
+                achieved = training_flops(model_config, bundle.seq_len, run_tokens(config, bundle),
+                                          config.train.batch_size)
                 assert abs(achieved - budget["flops"]) <= 0.02 * budget["flops"]
             assert abs(match.relative_error) <= 0.02
 
@@ -176,7 +180,7 @@ def test_ddp_two_cpu_processes_equal_one_process_on_the_global_batch(tmp_path):
 
 def test_compare_writes_the_report_plots_csv_and_checkpoints(tmp_path, capsys):
     config = {"name": "cmp", "data": {"task": "mqar", "num_train": 128, "num_test": 32, "seq_len": 32},
-              "model": {"d_model": 16}, "architectures": ["attention", "s4d"], "budget": {"params": 12000},
+              "model": {"d_model": 16}, "architectures": ["attention", "s4d"], "budget": {"params": 22000},
               "train": {"steps": 4, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2, "lr": [1e-3, 3e-3]}}
     path = tmp_path / "cmp.yaml"
     path.write_text(json.dumps(config))
@@ -184,7 +188,7 @@ def test_compare_writes_the_report_plots_csv_and_checkpoints(tmp_path, capsys):
     folder = tmp_path / "cmp"
     results = json.loads((folder / "results.json").read_text())
     assert (results["metric"], results["higher_is_better"]) == ("val/accuracy", True)
-    assert results["config"]["train"]["lr"] == [1e-3, 3e-3] and results["config"]["budget"]["params"] == 12000
+    assert results["config"]["train"]["lr"] == [1e-3, 3e-3] and results["config"]["budget"]["params"] == 22000
     assert [r["name"] for r in results["results"]] == ["attention", "s4d"]
     assert [r["model_config"]["mixer"] for r in results["results"]] == ["attention", "s4d"]
     assert all(r["budget"]["metric"] == "params" and abs(r["budget"]["relative_error"]) <= 0.02
@@ -193,10 +197,15 @@ def test_compare_writes_the_report_plots_csv_and_checkpoints(tmp_path, capsys):
         assert r["final"] == max(point["final"] for point in r["sweep"]) and r["lr"] in (1e-3, 3e-3)
     assert yaml.safe_load((folder / "config.yaml").read_text())["architectures"][1]["preset"] == "s4d"
     for r in results["results"]:
-        assert abs(r["params"] - 12000) <= 240 and r["best"] is not None and len(r["sweep"]) == 2
+        assert abs(r["params"] - 22000) <= 440 and r["best"] is not None and len(r["sweep"]) == 2
         assert r["training_flops"] > 0 and r["tokens_per_s"] > 0 and r["peak_memory_bytes"] > 0
     report = (folder / "report.md").read_text()
     assert "| attention |" in report and "| s4d |" in report
+    # the FLOP convention and every parameter group's learning rate are stated
+    assert "- FLOPs: analytic, per (batch, length) training step" in report and "attention causal" in report
+    s4d_rates = next(line for line in report.splitlines() if line.startswith("- Learning rates of s4d"))
+    s4d_lr = next(r["lr"] for r in results["results"] if r["name"] == "s4d")
+    assert f"lr {0.5 * s4d_lr:.3g} (0.5 x lr), wd 0" in s4d_rates and f"lr {s4d_lr:.3g}, wd 0.1" in s4d_rates
     for png in ("metric_vs_flops.png", "accuracy_vs_state.png"):
         assert (folder / png).read_bytes()[:4] == b"\x89PNG"
     for arch in ("attention", "s4d"):

@@ -175,17 +175,26 @@ class Attention(Mixer):
         return self._append(x, state)
 
     # -- accounting -------------------------------------------------------------------
+    def score_pairs(self, length: int) -> int:
+        """(query, key) pairs per head the kernels compute on one sequence: ``L (L + 1) / 2`` causal
+        (each query with the keys it sees, masked blocks skipped), ``L^2`` bidirectional."""
+        return length * (length + 1) // 2 if self.causal else length * length
+
     def flops_breakdown(self, length: int) -> dict[str, int]:
-        """Projections and the two attention products ``4 L^2 d`` counted dense (as
-        PaLM's ``12 n_layers d T`` and FlopCounterMode do); a causal kernel that skips
-        masked blocks computes about half of the latter."""
+        """Projections and the two attention products, ``4 d_head`` per score pair and head (the
+        pairs the kernels compute, :meth:`score_pairs`); softmax 5 per pair."""
         check_positive_int("length", length)
         qkv_width = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
         projections = 2 * length * self.d_model * (qkv_width + self.d_model)
-        scores = 4 * length * length * self.head_dim * self.n_heads
+        pairs = self.score_pairs(length) * self.n_heads
         rotary = 6 * length * (self.n_heads + self.n_kv_heads) * self.head_dim if self.rotary else 0
-        softmax = 5 * self.n_heads * length * length
-        return {"matmul": projections + scores, "fft": 0, "other": rotary + softmax}
+        return {"matmul": projections + 4 * pairs * self.head_dim, "fft": 0, "other": rotary + 5 * pairs}
+
+    def masked_flops_breakdown(self, length: int) -> dict[str, int]:
+        """The masked half a dense count adds (PaLM's ``12 n_layers d T`` counts scores dense)."""
+        check_positive_int("length", length)
+        masked = (length * length - self.score_pairs(length)) * self.n_heads
+        return {"matmul": 4 * masked * self.head_dim, "fft": 0, "other": 5 * masked}
 
     def state_size(self, length: int) -> int:
         """Keys and values of every token read: ``2 * length * n_kv_heads * head_dim``."""

@@ -19,8 +19,16 @@ contract:
     ``(y, state)`` for a whole prompt; this base class loops ``step``, mixers
     override it with their parallel form.
 ``flops(length)``
-    forward FLOPs for one sequence (a multiply-add counts 2);
-    ``flops_breakdown(length)`` gives the parts by kind (keys below).
+    forward FLOPs per sequence (a multiply-add counts 2): the work that grows with the
+    batch; ``flops_breakdown(length)`` gives the parts by kind (keys below).
+``shared_flops_breakdown(length)``
+    forward FLOPs done once per call whatever the batch (kernel generation, filter MLPs,
+    the filters' FFTs, parameter transforms), by kind; a call on ``(batch, length)``
+    costs ``batch * flops(length) + sum(shared_flops_breakdown(length))``
+    (:meth:`Mixer.forward_flops_breakdown`).
+``masked_flops_breakdown(length)``
+    per sequence, what counting causally masked attention scores dense adds (the
+    ``dense`` convention of :mod:`seqarch.flops`); zero for mixers without masked scores.
 ``state_size(length)``
     numbers held in the recurrent state for one sequence after ``length`` tokens.
 
@@ -111,9 +119,10 @@ class Mixer(nn.Module):
     """Base class of every sequence mixer.
 
     Subclasses implement ``forward`` (calling :meth:`check_sequence` first),
-    ``_init_state`` and ``_step`` (when causal), ``flops_breakdown`` and
-    ``state_size``; they may override ``prefill`` with a parallel form, and declare
-    their capabilities (:attr:`has_bidirectional_form`, :attr:`has_fixed_size_state`).
+    ``_init_state`` and ``_step`` (when causal), ``flops_breakdown`` (and
+    ``shared_flops_breakdown`` where work is done once per call) and ``state_size``;
+    they may override ``prefill`` with a parallel form, and declare their capabilities
+    (:attr:`has_bidirectional_form`, :attr:`has_fixed_size_state`).
 
     Args:
         d_model: width.
@@ -269,29 +278,59 @@ class Mixer(nn.Module):
 
     # -- accounting -------------------------------------------------------------------
     def flops_breakdown(self, length: int) -> dict[str, int]:
-        """Forward FLOPs for one sequence of ``length`` tokens, by kind.
+        """Forward FLOPs per sequence of ``length`` tokens, by kind: the work a batch of ``B``
+        sequences does ``B`` times (work done once per call is :meth:`shared_flops_breakdown`).
 
-        Keys, the same meaning in every mixer:
+        Keys, the same meaning in every mixer (and in :meth:`shared_flops_breakdown`):
 
         ``"matmul"``
             dense and batched matrix products, as ``torch.utils.flop_counter`` counts them
-            (2 per multiply-add, complex or not);
+            (2 per multiply-add, complex or not); causal attention counts the score pairs
+            its kernels compute (each query with the keys it sees);
         ``"conv"``
             short (direct, not FFT) convolutions, as ``torch.utils.flop_counter`` counts
             them, biases excluded; present only in mixers that have one;
         ``"fft"``
-            FFTs by the ``5 n log2 n`` formula (half that for a real FFT) and the pointwise
-            products of FFT convolutions (0 for a mixer without any);
+            FFTs by the ``5 n log2 n`` formula (half that for a real FFT); 0 for a mixer
+            without any;
         ``"other"``
             everything else: elementwise work (gates, activations, biases, skips,
-            softmax), kernel generation outside its matrix products.
+            softmax, the pointwise products of FFT convolutions), kernel generation
+            outside its matrix products and FFTs.
 
         ``"matmul"``, ``"fft"`` and ``"other"`` are always present.
         """
         raise TypeError(f"{type(self).__name__} must define flops_breakdown")
 
+    def shared_flops_breakdown(self, length: int) -> dict[str, int]:
+        """Forward FLOPs done once per call on ``(batch, length)``, whatever the batch, by kind
+        (keys as in :meth:`flops_breakdown`): generating long-convolution kernels, the filters'
+        FFTs, parameter transforms such as ``A = -exp(A_log)``.  This default: none."""
+        check_positive_int("length", length)
+        return {"matmul": 0, "fft": 0, "other": 0}
+
+    def masked_flops_breakdown(self, length: int) -> dict[str, int]:
+        """Per sequence, the FLOPs of causally masked attention scores that the kernels skip and a
+        dense count (the ``dense`` convention) charges, by kind.  This default: none."""
+        check_positive_int("length", length)
+        return {"matmul": 0, "fft": 0, "other": 0}
+
+    def forward_flops_breakdown(self, length: int, batch_size: int = 1, *, dense: bool = False) -> dict[str, int]:
+        """Forward FLOPs of one call on ``(batch_size, length)`` by kind: ``batch_size`` times the
+        per-sequence parts (plus the masked scores when ``dense``) plus the shared parts."""
+        check_positive_int("batch_size", batch_size)
+        parts = [(batch_size, self.flops_breakdown(length)), (1, self.shared_flops_breakdown(length))]
+        if dense:
+            parts.append((batch_size, self.masked_flops_breakdown(length)))
+        totals: dict[str, int] = {}
+        for times, breakdown in parts:
+            for kind, value in breakdown.items():
+                totals[kind] = totals.get(kind, 0) + times * int(value)
+        return totals
+
     def flops(self, length: int) -> int:
-        """Forward FLOPs for one sequence of ``length`` tokens (a multiply-add counts 2)."""
+        """Forward FLOPs per sequence of ``length`` tokens (a multiply-add counts 2), the shared
+        once-per-call work apart (:meth:`shared_flops_breakdown`)."""
         check_positive_int("length", length)
         return int(sum(self.flops_breakdown(length).values()))
 

@@ -23,6 +23,7 @@ import torch
 
 from ..checks import check_positive_int
 from ..modules.diagonal_ssm import DiagonalSSMKernel
+from ..modules.kernel_generator import DEFAULT_LR_SCALE
 from .base import register_mixer
 from .long_conv import LongConv
 
@@ -37,7 +38,7 @@ class H3(LongConv):
         shift_state: state size ``N`` of the shift SSM on ``k``, i.e. its taps (H3: 64).
         head_dim: channels per head (H3: 1); must divide ``d_model``.
         causal: ``False``: the diagonal SSM runs both ways; no recurrent form.
-        init, dt_min, dt_max, lr: the S4D kernel's (see :class:`~seqarch.mixers.s4d.S4D`).
+        init, dt_min, dt_max, lr_scale: the S4D kernel's (see :class:`~seqarch.mixers.s4d.S4D`).
         dropout: on the gated output before ``out_proj``.
     """
 
@@ -50,10 +51,10 @@ class H3(LongConv):
 
     def __init__(self, d_model: int, *, d_state: int = 64, shift_state: int = 64, head_dim: int = 1,
                  causal: bool = True, init: str = "lin", dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 lr: float | None = 1e-3, dropout: float = 0.0, device: Any = None,
+                 lr_scale: float | None = DEFAULT_LR_SCALE, dropout: float = 0.0, device: Any = None,
                  dtype: torch.dtype | None = None, layer_idx: int | None = None) -> None:
         check_positive_int("shift_state", shift_state)
-        kernel = {"d_state": d_state, "init": init, "dt_min": dt_min, "dt_max": dt_max, "lr": lr}
+        kernel = {"d_state": d_state, "init": init, "dt_min": dt_min, "dt_max": dt_max, "lr_scale": lr_scale}
         super().__init__(d_model, kernel, causal=causal, order=2, short_kernel=shift_state,
                          short_conv_streams="gates", head_dim=head_dim, dropout=dropout, device=device,
                          dtype=dtype, layer_idx=layer_idx)

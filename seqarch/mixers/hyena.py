@@ -29,6 +29,7 @@ import torch
 from ..checks import check_nonnegative_int, check_positive_int
 from ..modules.diagonal_ssm import DiagonalSSMKernel
 from ..modules.implicit_filter import ImplicitKernel, check_decay, check_emb_dim
+from ..modules.kernel_generator import DEFAULT_LR_SCALE
 from ..modules.modal_filter import fit_modal, relative_error
 from .base import register_mixer
 from .long_conv import LongConv
@@ -54,7 +55,7 @@ class Hyena(LongConv):
         filter_decay: ``(fast, slow)`` fractions of ``max_length`` over which the fastest /
             slowest channel's window decays to 1e-2 (Hyena: 0.3, 1.5).
         dropout: on the gated output before ``out_proj``.
-        lr: learning rate hint (``_optim``) for the filter parameters (Hyena: 1e-3).
+        lr_scale: learning rate of the filter parameters as a multiple of the run's (``_optim``).
     """
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -66,15 +67,16 @@ class Hyena(LongConv):
 
     def __init__(self, d_model: int, *, order: int = 2, causal: bool = True, max_length: int = 2048,
                  short_kernel: int = 3, filter_order: int = 64, filter_emb_dim: int = 3, filter_inner: int = 2,
-                 filter_decay: tuple[float, float] = (0.3, 1.5), dropout: float = 0.0, lr: float = 1e-3,
-                 device: Any = None, dtype: torch.dtype | None = None, layer_idx: int | None = None) -> None:
+                 filter_decay: tuple[float, float] = (0.3, 1.5), dropout: float = 0.0,
+                 lr_scale: float = DEFAULT_LR_SCALE, device: Any = None, dtype: torch.dtype | None = None,
+                 layer_idx: int | None = None) -> None:
         # The filter's own checks would name its arguments (order, ...): name this layer's.
         check_positive_int("filter_order", filter_order)
         check_emb_dim("filter_emb_dim", filter_emb_dim)
         check_nonnegative_int("filter_inner", filter_inner)
         check_decay("filter_decay", filter_decay)
         kernel = {"max_length": max_length, "order": filter_order, "emb_dim": filter_emb_dim,
-                  "num_inner": filter_inner, "decay": filter_decay, "lr": lr}
+                  "num_inner": filter_inner, "decay": filter_decay, "lr_scale": lr_scale}
         super().__init__(d_model, kernel, causal=causal, order=order, short_kernel=short_kernel, dropout=dropout,
                          device=device, dtype=dtype, layer_idx=layer_idx)
 
@@ -93,7 +95,7 @@ class ModalHyena(LongConv):
         causal: causal (True) or bidirectional (two read-outs of the SSM, no step).
         max_length: longest sequence (``None``: any; a distilled layer keeps its Hyena's).
         short_kernel: taps of the short depthwise conv.
-        init, dt_min, dt_max, lr: the S4D kernel's (see :class:`~seqarch.mixers.s4d.S4D`).
+        init, dt_min, dt_max, lr_scale: the S4D kernel's (see :class:`~seqarch.mixers.s4d.S4D`).
         dropout: on the gated output before ``out_proj``.
     """
 
@@ -101,9 +103,9 @@ class ModalHyena(LongConv):
 
     def __init__(self, d_model: int, *, order: int = 2, d_state: int = 16, causal: bool = True,
                  max_length: int | None = None, short_kernel: int = 3, init: str = "lin", dt_min: float = 1e-3,
-                 dt_max: float = 1e-1, lr: float | None = 1e-3, dropout: float = 0.0, device: Any = None,
-                 dtype: torch.dtype | None = None, layer_idx: int | None = None) -> None:
-        kernel = {"d_state": d_state, "init": init, "dt_min": dt_min, "dt_max": dt_max, "lr": lr,
+                 dt_max: float = 1e-1, lr_scale: float | None = DEFAULT_LR_SCALE, dropout: float = 0.0,
+                 device: Any = None, dtype: torch.dtype | None = None, layer_idx: int | None = None) -> None:
+        kernel = {"d_state": d_state, "init": init, "dt_min": dt_min, "dt_max": dt_max, "lr_scale": lr_scale,
                   "max_length": max_length}
         super().__init__(d_model, kernel, causal=causal, order=order, short_kernel=short_kernel, dropout=dropout,
                          device=device, dtype=dtype, layer_idx=layer_idx)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..checks import check_choice, check_dropout, check_int, check_nonnegative_int, check_positive_int
-from ..modules.fft_conv import bidirectional_fft_conv, fft_conv, fft_conv_flops
+from ..modules.fft_conv import bidirectional_fft_conv, fft_conv, fft_conv_flops, filter_fft_flops
 from ..modules.kernel_generator import KernelGenerator, check_param_dtype
 from ..modules.mlp import GLUOutput
 from ..modules.short_conv import ShortConv
@@ -332,24 +332,32 @@ class LongConv(Mixer):
 
     # -- accounting ---------------------------------------------------------------------
     def flops_breakdown(self, length: int) -> dict[str, int]:
-        """Forward FLOPs for one sequence of ``length`` tokens (keys as in :class:`Mixer`):
-        the generator's parts, the FFT convolutions, projections, gates and the skip."""
+        """Forward FLOPs per sequence of ``length`` tokens (keys as in :class:`Mixer`): the FFT
+        convolutions of the inputs, projections, gates and the skip.  The kernels and their FFTs
+        are made once per call for the whole batch: :meth:`shared_flops_breakdown`."""
         n, d, p = check_positive_int("length", length), self.d_model, self.head_dim
-        kernel = self.kernel.flops(n)
         rows = d * p  # channels of each long convolution: d, or (d / p heads) * (p * p products)
-        conv_fft = fft_conv_flops(n, rows) if self.causal else fft_conv_flops(2 * n, rows, causal=False)
-        fft = kernel["fft"] + self.n_convs * conv_fft
-        matmul, other = kernel["matmul"], kernel["other"] + 2 * n * rows * self.n_convs  # skip D v
+        conv = fft_conv_flops(n, rows) if self.causal else fft_conv_flops(2 * n, rows, causal=False)
+        fft, other = self.n_convs * conv["fft"], self.n_convs * (conv["other"] + 2 * n * rows)  # skip D v
         if self.order is None:
             output = self.output.flops(n)
-            return {"matmul": matmul + output["matmul"], "conv": 0, "fft": fft,
+            return {"matmul": output["matmul"], "conv": 0, "fft": fft,
                     "other": other + output["other"] + 2 * n * d}  # + projection bias
         streams = self.order + 1
-        matmul += 2 * n * (streams * d * d + d * d)  # in_proj, out_proj
+        matmul = 2 * n * (streams * d * d + d * d)  # in_proj, out_proj
         other += n * (streams * d + d) + n * self.short_conv.channels  # projection and short-conv biases
         # The pre-gates and the post-gate; with heads, the outer product and the multiply-and-sum.
         other += n * d * self.order if p == 1 else n * rows + 2 * n * rows
         return {"matmul": matmul, "conv": self.short_conv.flops(n), "fft": fft, "other": other}
+
+    def shared_flops_breakdown(self, length: int) -> dict[str, int]:
+        """Once per call whatever the batch: the generator's kernels (:meth:`KernelGenerator.flops`)
+        and the FFT of each convolution's filter (one per kernel, shared by the batch)."""
+        n = check_positive_int("length", length)
+        kernel = self.kernel.flops(n)
+        filters = self.n_convs * (filter_fft_flops(n, self.conv_width) if self.causal
+                                  else filter_fft_flops(2 * n, self.conv_width, causal=False))
+        return {"matmul": kernel["matmul"], "conv": 0, "fft": kernel["fft"] + filters, "other": kernel["other"]}
 
     def state_size(self, length: int) -> int:
         """Numbers in the per-sequence state after ``length`` tokens: the short conv's inputs

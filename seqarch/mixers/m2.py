@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..modules.kernel_generator import DEFAULT_LR_SCALE
 from .base import register_mixer
 from .hyena import Hyena
 
@@ -40,7 +41,7 @@ class M2(Hyena):
         filter_decay: ``(fast, slow)`` fractions of ``max_length`` over which the
             fastest / slowest channel's window decays to 1e-2 (Hyena: 0.3, 1.5).
         dropout: on the gated output before ``out_proj``.
-        lr: learning rate hint (``_optim``) for the filter parameters (Hyena: 1e-3).
+        lr_scale: learning rate of the filter parameters as a multiple of the run's (``_optim``).
     """
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -50,8 +51,8 @@ class M2(Hyena):
 
     def __init__(self, d_model: int, *, causal: bool = True, max_length: int = 2048, short_kernel: int = 3,
                  filter_order: int = 64, filter_emb_dim: int = 5, filter_decay: tuple[float, float] = (0.3, 1.5),
-                 dropout: float = 0.0, lr: float = 1e-3, device: Any = None, dtype: torch.dtype | None = None,
-                 layer_idx: int | None = None) -> None:
+                 dropout: float = 0.0, lr_scale: float = DEFAULT_LR_SCALE, device: Any = None,
+                 dtype: torch.dtype | None = None, layer_idx: int | None = None) -> None:
         super().__init__(d_model, order=2, causal=causal, max_length=max_length, short_kernel=short_kernel,
                          filter_order=filter_order, filter_emb_dim=filter_emb_dim, filter_decay=filter_decay,
-                         dropout=dropout, lr=lr, device=device, dtype=dtype, layer_idx=layer_idx)
+                         dropout=dropout, lr_scale=lr_scale, device=device, dtype=dtype, layer_idx=layer_idx)

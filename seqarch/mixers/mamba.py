@@ -166,8 +166,8 @@ class Mamba(Mixer):
 
         ``"matmul"``: the four projections; ``"conv"``: the depthwise convolution; ``"other"``: per
         token, the scan's ``d_inner x d_state`` products (decay ``exp(delta A)``: 2, update: 3,
-        readout ``C . h``: 2 per state number) plus the biases, activations, skip and gate; once per
-        sequence, ``A = -exp(A_log)``."""
+        readout ``C . h``: 2 per state number) plus the biases, activations, skip and gate.  ``A =
+        -exp(A_log)``, once per call, is :meth:`shared_flops_breakdown`'s."""
         n = check_positive_int("length", length)
         d, di, s, r = self.d_model, self.d_inner, self.d_state, self.dt_rank
         matmul = 2 * n * (d * 2 * di + di * (r + 2 * s) + r * di + di * d)
@@ -176,9 +176,13 @@ class Mamba(Mixer):
         per_token_rest += 3 * di  # dt_bias, softplus (2)
         per_token_rest += 2 * di + 3 * di  # D skip; SiLU(z) and the product
         per_token_rest += (2 * di + d) if self.bias else 0
-        once = 2 * di * s
         return {"matmul": matmul, "conv": self.conv.flops(n), "fft": 0,
-                "other": n * (per_token_scan + per_token_rest) + once}
+                "other": n * (per_token_scan + per_token_rest)}
+
+    def shared_flops_breakdown(self, length: int) -> dict[str, int]:
+        """Once per call whatever the batch: ``A = -exp(A_log)`` (2 per state number)."""
+        check_positive_int("length", length)
+        return {"matmul": 0, "conv": 0, "fft": 0, "other": 2 * self.d_inner * self.d_state}
 
     def state_size(self, length: int) -> int:
         """Numbers in the per-sequence state, whatever ``length``: the convolution's last inputs and

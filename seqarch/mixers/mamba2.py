@@ -174,8 +174,8 @@ class Mamba2(Mixer):
         """Forward FLOPs of one sequence: the projections and the SSD scan's batched products
         (:func:`seqarch.kernels.ssd.ssd_flops`, whose ``4 L d_inner d_state`` are the state x inner x
         length products) as ``matmul``; the short convolution as ``conv``; gates, softplus, the skip,
-        the norm and the scan's decay masks as ``other``.  Every part is per sequence: the only
-        once-per-call work, ``A = -exp(A_log)`` over the heads, is left out."""
+        the norm and the scan's decay masks as ``other``.  The once-per-call ``A = -exp(A_log)`` is
+        :meth:`shared_flops_breakdown`'s."""
         n = check_positive_int("length", length)
         width = self.in_proj.out_features
         scan = ssd_flops(n, self.n_heads, self.head_dim, self.ngroups, self.d_state, self.chunk_size)
@@ -185,6 +185,11 @@ class Mamba2(Mixer):
         other = (biases + SILU_FLOPS * n * (self.conv_channels + self.d_inner) + (SOFTPLUS_FLOPS + 1) * n * self.n_heads
                  + 2 * n * self.d_inner + self.norm.flops(n) + scan["other"])
         return {"matmul": matmul, "conv": self.conv.flops(n), "fft": 0, "other": other}
+
+    def shared_flops_breakdown(self, length: int) -> dict[str, int]:
+        """Once per call whatever the batch: ``A = -exp(A_log)`` over the heads."""
+        check_positive_int("length", length)
+        return {"matmul": 0, "conv": 0, "fft": 0, "other": 2 * self.n_heads}
 
     def state_size(self, length: int) -> int:
         """The convolution's last ``conv_kernel - 1`` inputs and the SSM state, at every length."""

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..modules.dplr_ssm import DPLRSSMKernel
+from ..modules.kernel_generator import DEFAULT_LR_SCALE
 from .base import register_mixer
 from .long_conv import LongConv
 
@@ -31,8 +32,8 @@ class S4(LongConv):
             length the model trains at); a forward takes at most ``max_length`` tokens, the
             recurrent step any number.
         dt_min, dt_max: range of the log-uniform initial step ``dt`` per channel.
-        lr: learning-rate hint for ``Lambda``, ``P``, ``B`` and ``log_dt`` (``None``: the
-            optimizer's); no weight decay.
+        lr_scale: learning rate of ``Lambda``, ``P``, ``B`` and ``log_dt`` as a multiple of the run's
+            (``None``: the run's); no weight decay.
         dropout: after the GELU.
         device, dtype: of the parameters; the SSM kernel and FFTs run in ``compute_dtype(x.dtype)``.
     """
@@ -45,9 +46,11 @@ class S4(LongConv):
     kernel_class = DPLRSSMKernel
 
     def __init__(self, d_model: int, *, d_state: int = 64, causal: bool = True, max_length: int = 2048,
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, lr: float | None = 1e-3, dropout: float = 0.0,
-                 device: Any = None, dtype: torch.dtype | None = None, layer_idx: int | None = None) -> None:
-        kernel = {"d_state": d_state, "max_length": max_length, "dt_min": dt_min, "dt_max": dt_max, "lr": lr}
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, lr_scale: float | None = DEFAULT_LR_SCALE,
+                 dropout: float = 0.0, device: Any = None, dtype: torch.dtype | None = None,
+                 layer_idx: int | None = None) -> None:
+        kernel = {"d_state": d_state, "max_length": max_length, "dt_min": dt_min, "dt_max": dt_max,
+                  "lr_scale": lr_scale}
         super().__init__(d_model, kernel, causal=causal, dropout=dropout, device=device, dtype=dtype,
                          layer_idx=layer_idx)
         self.d_state = d_state

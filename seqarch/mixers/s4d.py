@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..modules.diagonal_ssm import DiagonalSSMKernel
+from ..modules.kernel_generator import DEFAULT_LR_SCALE
 from .base import register_mixer
 from .long_conv import LongConv
 
@@ -28,7 +29,8 @@ class S4D(LongConv):
         causal: ``False`` reads the SSM out forwards and backwards (two ``C``); no recurrent form.
         init: ``"lin"`` (S4D-Lin) or ``"inv"`` (S4D-Inv).
         dt_min, dt_max: range of the log-uniform step size initialisation.
-        lr: learning-rate hint for ``A`` and ``dt`` (``None``: the optimizer's); no weight decay.
+        lr_scale: learning rate of ``A`` and ``dt`` as a multiple of the run's (``None``: the run's); no
+            weight decay.
         dropout: after the activation.
     """
 
@@ -40,9 +42,10 @@ class S4D(LongConv):
     kernel_class = DiagonalSSMKernel
 
     def __init__(self, d_model: int, *, d_state: int = 64, causal: bool = True, init: str = "lin",
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, lr: float | None = 1e-3, dropout: float = 0.0,
-                 device: Any = None, dtype: torch.dtype | None = None, layer_idx: int | None = None) -> None:
-        kernel = {"d_state": d_state, "init": init, "dt_min": dt_min, "dt_max": dt_max, "lr": lr}
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, lr_scale: float | None = DEFAULT_LR_SCALE,
+                 dropout: float = 0.0, device: Any = None, dtype: torch.dtype | None = None,
+                 layer_idx: int | None = None) -> None:
+        kernel = {"d_state": d_state, "init": init, "dt_min": dt_min, "dt_max": dt_max, "lr_scale": lr_scale}
         super().__init__(d_model, kernel, causal=causal, dropout=dropout, device=device, dtype=dtype,
                          layer_idx=layer_idx)
         self.d_state = d_state

@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 
+from ..flops import step_flops
 from ..losses import token_loss
 from ..modules.norm import build_norm
 from .backbone import Backbone, num_params
@@ -59,10 +60,14 @@ class SequenceAutoencoder(nn.Module):
     def num_params(self) -> int:
         return num_params(self)
 
-    def flops_per_token(self, length: int) -> float:
-        """Forward FLOPs per token: the trunk, the decoder's two ``d x d`` layers and the head."""
-        decoder = 2 * 2 * self.config.d_model ** 2 * length
-        return (self.backbone.flops(length) + decoder + self.head_flops(length)) / length
+    def flops_per_token(self, length: int, batch_size: int = 1, attention: str = "causal") -> float:
+        """Forward FLOPs per token of a step on ``(batch_size, length)``: the trunk, then the decoder and
+        output head (:meth:`head_flops`), with the once-per-step work shared by the batch
+        (:func:`seqarch.flops.step_flops`)."""
+        return step_flops(self, batch_size, length, attention).forward_per_token
 
     def head_flops(self, length: int) -> int:
-        return 2 * self.config.d_model * self.config.vocab_size * length
+        """Forward FLOPs after the trunk for one sequence: the decoder's two ``d x d`` layers and the
+        ``d x vocab_size`` head, at each of the ``length`` decoded positions."""
+        d = self.config.d_model
+        return 2 * 2 * d * d * length + 2 * d * self.config.vocab_size * length

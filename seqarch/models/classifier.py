@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..flops import step_flops
 from ..losses import class_loss
 from .backbone import Backbone, num_params
 from .config import ModelConfig
@@ -55,9 +56,10 @@ class SequenceClassifier(nn.Module):
     def num_params(self) -> int:
         return num_params(self)
 
-    def flops_per_token(self, length: int) -> float:
-        """Forward FLOPs per token at sequence ``length`` (the head runs once per sequence)."""
-        return (self.backbone.flops(length) + self.head_flops(length)) / length
+    def flops_per_token(self, length: int, batch_size: int = 1, attention: str = "causal") -> float:
+        """Forward FLOPs per token of a step on ``(batch_size, length)``: blocks plus the head, the
+        once-per-step work shared by the batch (:func:`seqarch.flops.step_flops`)."""
+        return step_flops(self, batch_size, length, attention).forward_per_token
 
     def head_flops(self, length: int) -> int:
         """Forward FLOPs of the head for one sequence: one ``d_model x num_classes`` product (pooling is free)."""

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from ..flops import step_flops
 from ..losses import IGNORE_INDEX, token_loss
 from .backbone import Backbone, check_tokens, num_params
 from .config import ModelConfig
@@ -105,9 +106,10 @@ class LanguageModel(nn.Module):
         """Parameters, the tied embedding counted once."""
         return num_params(self)
 
-    def flops_per_token(self, length: int) -> float:
-        """Forward FLOPs per token at sequence ``length``: blocks plus the output head."""
-        return (self.backbone.flops(length) + self.head_flops(length)) / length
+    def flops_per_token(self, length: int, batch_size: int = 1, attention: str = "causal") -> float:
+        """Forward FLOPs per token of a step on ``(batch_size, length)``: blocks plus the head, the
+        once-per-step work shared by the batch (:func:`seqarch.flops.step_flops`)."""
+        return step_flops(self, batch_size, length, attention).forward_per_token
 
     def head_flops(self, length: int) -> int:
         """Forward FLOPs of the output head for one sequence: a ``d_model x vocab_size`` product per token."""

@@ -8,7 +8,14 @@ the layers that use them.
 
 from .diagonal_ssm import DiagonalSSMKernel, s4d_eigenvalues
 from .dplr_ssm import DPLRSSMKernel
-from .fft_conv import bidirectional_fft_conv, fft_conv_flops, fft_flops, ssm_conv, two_sided_filter
+from .fft_conv import (
+    bidirectional_fft_conv,
+    fft_conv_flops,
+    fft_flops,
+    filter_fft_flops,
+    ssm_conv,
+    two_sided_filter,
+)
 from .hippo import hippo_legs, hippo_legs_dplr, hippo_legs_nplr
 from .implicit_filter import ImplicitFilter, ImplicitKernel
 from .kernel_generator import KernelGenerator, tag_optim
@@ -39,6 +46,7 @@ __all__ = [
     "default_hidden",
     "fft_conv_flops",
     "fft_flops",
+    "filter_fft_flops",
     "hippo_legs",
     "hippo_legs_dplr",
     "hippo_legs_nplr",

@@ -103,7 +103,7 @@ class DPLRSSMKernel(SSMKernel):
 
     Args: those of :class:`~seqarch.modules.ssm.SSMKernel` (``max_length`` required: the
     truncation length ``L`` that ``C~`` is defined by, the length the model trains at).
-    The eigenvalues, ``P``, ``B`` and ``log_dt`` carry the ``lr`` hint.  A forward at a
+    The eigenvalues, ``P``, ``B`` and ``log_dt`` carry the ``lr_scale`` hint.  A forward at a
     shorter length still evaluates the generating function at the ``L`` roots of unity.
     """
 
@@ -115,7 +115,7 @@ class DPLRSSMKernel(SSMKernel):
                          **options)
         self.P = self.parameter(torch.view_as_real(init["P"].expand(channels, half)))
         self.B = self.parameter(torch.view_as_real(init["B"].expand(channels, half)))
-        tag_optim([self.P, self.B], self.lr)
+        tag_optim([self.P, self.B], self.lr_scale)
         # The drawn C is the SSM's output matrix: store C~ = C (I - Abar^L), the same initial kernel.
         with torch.no_grad():
             s = self.discretize(torch.float64, dense=True)

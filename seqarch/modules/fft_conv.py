@@ -139,11 +139,16 @@ def fft_flops(n: int, channels: int) -> int:
     return int(channels * 2.5 * n * math.log2(max(n, 2)))
 
 
-def fft_conv_flops(length: int, channels: int, *, causal: bool = True, filter_ffts: int = 1) -> int:
-    """FLOPs of :func:`fft_conv` for one sequence: forward rFFT, pointwise product, inverse.
+def fft_conv_flops(length: int, channels: int, *, causal: bool = True) -> dict[str, int]:
+    """Per-sequence FLOPs of :func:`fft_conv` on ``channels`` rows: ``"fft"``, the input's rFFT and
+    the inverse; ``"other"``, the pointwise product with the filter's spectrum.
 
-    ``filter_ffts`` counts the FFTs of the filter (0 if it is cached), batch-independent.
+    The filter's own FFT is done once per call whatever the batch: :func:`filter_fft_flops`.
     """
     n = 2 * length if causal else length
-    pointwise = 6 * channels * (n // 2 + 1)  # complex multiply: 4 mul + 2 add
-    return (2 + filter_ffts) * fft_flops(n, channels) + pointwise
+    return {"fft": 2 * fft_flops(n, channels), "other": 6 * channels * (n // 2 + 1)}  # complex multiply: 6
+
+
+def filter_fft_flops(length: int, channels: int, *, causal: bool = True) -> int:
+    """FLOPs of the filter's FFT in :func:`fft_conv` (``channels`` filters), once per call."""
+    return fft_flops(2 * length if causal else length, channels)

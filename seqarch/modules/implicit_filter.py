@@ -26,7 +26,7 @@ from torch import nn
 
 from ..checks import check_nonnegative_int, check_odd_int, check_positive_int, check_range_pair, check_real
 from ..precision import compute_dtype
-from .kernel_generator import KernelGenerator, tag_optim
+from .kernel_generator import DEFAULT_LR_SCALE, KernelGenerator, tag_optim
 
 
 def check_decay(argument: str, value) -> tuple[float, float]:
@@ -51,7 +51,7 @@ class ImplicitFilter(nn.Module):
     ``target`` after ``decay[0]`` (fastest channel) to ``decay[1]`` (slowest) of
     ``max_length`` (Hyena's ExponentialModulation).
 
-    Every parameter carries ``_optim = {"lr": lr, "weight_decay": 0.0}``: Hyena
+    Every parameter carries ``_optim = {"lr_scale": lr_scale, "weight_decay": 0.0}``: Hyena
     trains its filters with their own learning rate and no weight decay.
 
     The filter is evaluated in at least float32 whatever the parameter dtype, since
@@ -69,7 +69,7 @@ class ImplicitFilter(nn.Module):
         sine_freq: float = 1.0,
         decay: tuple[float, float] = (0.3, 1.5),
         target: float = 1e-2,
-        lr: float = 1e-3,
+        lr_scale: float = DEFAULT_LR_SCALE,
         device=None,
         dtype=None,
     ) -> None:
@@ -82,7 +82,7 @@ class ImplicitFilter(nn.Module):
         check_real("sine_freq", sine_freq, low=0.0, expected="a positive number")
         self.decay = check_decay("decay", decay)
         self.target = check_real("target", target, low=0.0, high=1.0, expected="a number in (0, 1)")
-        self.lr = check_real("lr", lr, low=0.0, expected="a positive number")
+        self.lr_scale = check_real("lr_scale", lr_scale, low=0.0, expected="a positive multiple of train.lr")
 
         factory = {"device": device, "dtype": dtype}
         widths = [emb_dim] + [order] * (num_inner + 1)
@@ -92,7 +92,7 @@ class ImplicitFilter(nn.Module):
             nn.Parameter(torch.full((order,), float(sine_freq), **factory)) for _ in self.hidden
         )
         self.output = nn.Linear(order, channels, bias=False, **factory)
-        tag_optim(self.parameters(), self.lr)
+        tag_optim(self.parameters(), self.lr_scale)
 
     def check_length(self, length: int, argument: str = "length") -> int:
         """Return ``length`` if ``1 <= length <= max_length``, else raise a ValueError."""
@@ -163,13 +163,13 @@ class ImplicitKernel(KernelGenerator):
     recurrence: a layer steps it by keeping the history of its input.
 
     Args: ``channels``, ``max_length``, ``directions`` and the :class:`ImplicitFilter`
-    options (``order``, ``emb_dim``, ``decay``, ``lr``, ...).
+    options (``order``, ``emb_dim``, ``decay``, ``lr_scale``, ...).
     """
 
-    def __init__(self, channels: int, *, max_length: int, directions: int = 1, lr: float = 1e-3,
+    def __init__(self, channels: int, *, max_length: int, directions: int = 1, lr_scale: float = DEFAULT_LR_SCALE,
                  **filter_options) -> None:
         super().__init__(channels, directions=directions, max_length=max_length)
-        self.filters = nn.ModuleList(ImplicitFilter(channels, max_length, lr=lr, **filter_options)
+        self.filters = nn.ModuleList(ImplicitFilter(channels, max_length, lr_scale=lr_scale, **filter_options)
                                      for _ in range(directions))
 
     def forward(self, length: int, dtype: torch.dtype | None = None) -> torch.Tensor:

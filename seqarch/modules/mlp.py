@@ -71,10 +71,14 @@ class MLP(nn.Module):
             h = act(h)
         return self.fc2(self.dropout(h))
 
+    def flops_breakdown(self, tokens: int) -> dict[str, int]:
+        """Forward FLOPs over ``tokens`` positions: ``{"matmul": projections, "other": ~4 per activation}``."""
+        return {"matmul": linear_flops(self.fc1, tokens) + linear_flops(self.fc2, tokens),
+                "other": tokens * self.hidden * (5 if self.gated else 4)}
+
     def flops(self, tokens: int) -> int:
         """Forward FLOPs over ``tokens`` positions (projections plus ~4 per activation)."""
-        elementwise = tokens * self.hidden * (5 if self.gated else 4)
-        return linear_flops(self.fc1, tokens) + linear_flops(self.fc2, tokens) + elementwise
+        return sum(self.flops_breakdown(tokens).values())
 
 
 class GLUOutput(nn.Module):

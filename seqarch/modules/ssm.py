@@ -22,7 +22,7 @@ from torch import nn
 
 from ..checks import check_even_positive_int, check_real
 from ..precision import complex_dtype
-from .kernel_generator import KernelGenerator, check_lr, check_param_dtype, tag_optim
+from .kernel_generator import DEFAULT_LR_SCALE, KernelGenerator, check_lr_scale, check_param_dtype, tag_optim
 
 
 def check_dt_range(dt_min: Any, dt_max: Any) -> tuple[float, float]:
@@ -43,20 +43,20 @@ class SSMKernel(KernelGenerator):
         d_state: real state size N (even).
         directions: 1 (causal) or 2 (two output matrices).
         dt_min, dt_max: range of the log-uniform initial step.
-        lr: learning-rate hint for ``log_dt`` and the eigenvalues (and what subclasses
-            tag); ``None``: the optimizer's.  They never get weight decay.
+        lr_scale: learning rate of ``log_dt`` and the eigenvalues (and what subclasses
+            tag) as a multiple of the run's; ``None``: the run's.  They never get weight decay.
         max_length: longest kernel (``None``: any).
     """
 
     recurrent = True
 
     def __init__(self, channels: int, eigenvalues: torch.Tensor, *, d_state: int, directions: int = 1,
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, lr: float | None = 1e-3,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, lr_scale: float | None = DEFAULT_LR_SCALE,
                  max_length: int | None = None, device: Any = None, dtype: torch.dtype | None = None) -> None:
         super().__init__(channels, directions=directions, max_length=max_length)
         self.d_state = check_even_positive_int("d_state", d_state, "conjugate pairs")
         self.dt_min, self.dt_max = check_dt_range(dt_min, dt_max)
-        self.lr = check_lr(lr)
+        self.lr_scale = check_lr_scale(lr_scale)
         self.factory = {"device": device, "dtype": check_param_dtype(dtype) or torch.get_default_dtype()}
         half = d_state // 2
         log_dt = torch.rand(channels, dtype=torch.float64) * math.log(self.dt_max / self.dt_min) + math.log(self.dt_min)
@@ -65,7 +65,7 @@ class SSMKernel(KernelGenerator):
         self.a_imag = self.parameter(eigenvalues.imag)
         # Complex parameters live as real views (..., 2) so optimisers and .to(dtype) work.
         self.C = self.parameter(torch.view_as_real(torch.randn(directions, channels, half, dtype=torch.complex128)))
-        tag_optim([self.log_dt, self.log_a_real, self.a_imag], self.lr)
+        tag_optim([self.log_dt, self.log_a_real, self.a_imag], self.lr_scale)
 
     def parameter(self, value: torch.Tensor) -> nn.Parameter:
         """A parameter drawn in float64 and cast once to the generator's device and dtype."""
@@ -104,4 +104,4 @@ class SSMKernel(KernelGenerator):
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, d_state={self.d_state}, directions={self.directions}, "
-                f"dt_min={self.dt_min}, dt_max={self.dt_max}, lr={self.lr}, max_length={self.max_length}")
+                f"dt_min={self.dt_min}, dt_max={self.dt_max}, lr_scale={self.lr_scale}, max_length={self.max_length}")

@@ -7,7 +7,9 @@ Budget (the config's ``budget`` section):
 - ``params: N``: each architecture is resized (width, or depth with
   ``match_by: depth``) by :func:`seqarch.budget.match_budget` to N parameters;
 - ``flops: C``: the whole run's training FLOPs. With ``steps x batch x seq_len``
-  tokens fixed, that is ``C / (3 x tokens)`` forward FLOPs per token, which the
+  tokens fixed, that is ``C / tokens`` training FLOPs per token of a
+  ``(batch, seq_len)`` step (:mod:`seqarch.flops`: per-sequence work times the
+  batch plus the once-per-step work; attention by ``attention_flops``), which the
   solver meets by resizing each architecture.
 Without a budget, every architecture is trained at the config's own size.
 """
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..budget import TRAINING_FLOPS_PER_FORWARD, BudgetMatch, count_params, forward_flops_per_token, match_budget
+from ..budget import BudgetMatch, count_params, forward_flops_per_token, match_budget
 from ..data import DataBundle, Metric
 from ..models import ModelConfig
 from .config import RunConfig, TrainSection
@@ -49,12 +51,14 @@ def match_architecture(config: RunConfig, bundle: DataBundle, model_config: Mode
     Raises :class:`ConfigError` when no size comes within 2% of the budget.
     """
     budget = config.budget
+    solver = {"length": bundle.seq_len, "batch_size": config.train.batch_size, "attention": budget.attention_flops,
+              "by": budget.match_by, "tolerance": BUDGET_TOLERANCE, "name": name}
     try:
         if budget.params is not None:
-            match = match_budget(model_config, params=budget.params, length=bundle.seq_len, by=budget.match_by)
+            match = match_budget(model_config, params=budget.params, count=budget.params_count, **solver)
         elif budget.flops is not None:
-            per_token = budget.flops / (TRAINING_FLOPS_PER_FORWARD * run_tokens(config, bundle))
-            match = match_budget(model_config, flops_per_token=per_token, length=bundle.seq_len, by=budget.match_by)
+            match = match_budget(model_config, training_flops_per_token=budget.flops / run_tokens(config, bundle),
+                                 **solver)
         else:
             return None
     except ValueError as error:
@@ -136,7 +140,9 @@ def train_or_record_failure(config: RunConfig, bundle: DataBundle, model_config:
         log.error("%s (lr %g) failed (seed %d): %s", name, lr, config.train.seed, error)
         return RunResult.failed(name, model_config, lr=lr, metric=bundle.metric.name,
                                 higher_is_better=bundle.metric.higher_is_better, params=count_params(model_config),
-                                flops_per_token=forward_flops_per_token(model_config, bundle.seq_len),
+                                flops_per_token=forward_flops_per_token(model_config, bundle.seq_len,
+                                                                        config.train.batch_size,
+                                                                        config.budget.attention_flops),
                                 folder=str(folder), failure=str(error), seed=config.train.seed)
 
 

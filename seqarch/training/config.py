@@ -246,9 +246,13 @@ class BudgetSection(Section):
     params: PositiveReal | None = None
     """parameters of every model"""
     flops: PositiveReal | None = None
-    """training FLOPs of the whole run (3 x forward FLOPs per token x tokens)"""
+    """training FLOPs of the whole run: steps x the forward + backward FLOPs of a (batch, length) step"""
     match_by: Literal["width", "depth"] = "width"
     """what the solver resizes"""
+    params_count: Literal["total", "non_embedding"] = "total"
+    """which parameters params counts: all, or all but the token embedding (and an untied head)"""
+    attention_flops: Literal["causal", "dense"] = "causal"
+    """attention's FLOP convention: causal (the score pairs the kernels compute) or dense (every pair)"""
 
     @model_validator(mode="after")
     def _one_budget(self) -> BudgetSection:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from .. import LanguageModel, ModelConfig, SequenceClassifier
-from ..budget import TRAINING_FLOPS_PER_FORWARD
 from ..devices import peak_flops
+from ..flops import step_flops
 from ..models import SequenceAutoencoder
 from .config import TrainSection
 from .errors import NonFiniteLossError
@@ -54,9 +54,14 @@ class SeqarchModule(L.LightningModule):
         train: the run's ``train`` section (optimiser recipe).
         lr: this run's peak learning rate (one point of a sweep).
         seq_len: training sequence length (for FLOPs per token).
+        attention_flops: attention's FLOP convention, ``"causal"`` or ``"dense"`` (:mod:`seqarch.flops`).
+
+    ``step_flops``: the FLOPs of a ``(train.batch_size, seq_len)`` step, the once-per-step work
+    counted once (each extra device repeats it; that repeat is not model work).
     """
 
-    def __init__(self, model_config: ModelConfig, kind: str, train: TrainSection, lr: float, seq_len: int) -> None:
+    def __init__(self, model_config: ModelConfig, kind: str, train: TrainSection, lr: float, seq_len: int,
+                 attention_flops: str = "causal") -> None:
         super().__init__()
         # Checkpoints carry the model and recipe as plain data, readable without seqarch's classes;
         # a resume compares them with its own (run_folder.check_fingerprint).
@@ -67,7 +72,11 @@ class SeqarchModule(L.LightningModule):
         self.lr = lr
         model_class = {"classification": SequenceClassifier, "autoencoder": SequenceAutoencoder}
         self.model = model_class.get(kind, LanguageModel)(self.config)
-        self.flops_per_token = self.model.flops_per_token(seq_len)
+        # FLOPs of a (batch, length) step: per-sequence work x batch + once-per-step work (seqarch.flops)
+        self.attention_flops = attention_flops
+        self.step_flops = step_flops(self.model, train.batch_size, seq_len, attention_flops)
+        self.flops_per_token = self.step_flops.forward_per_token
+        self._training_flops: dict[tuple[int, int], float] = {}  # by this rank's (rows, length), for MFU
         self._tick: float | None = None
         self._val_totals: dict[int, list[torch.Tensor]] = {}
 
@@ -120,9 +129,12 @@ class SeqarchModule(L.LightningModule):
         tokens_per_s = tokens / max(elapsed, 1e-9)
         self.log("train/tokens_per_s", tokens_per_s, prog_bar=True, on_step=True, on_epoch=False)
         peak = device_peak_flops(self.device)
-        if peak is not None:
-            achieved = TRAINING_FLOPS_PER_FORWARD * self.flops_per_token * tokens_per_s
-            self.log("train/mfu", achieved / (peak * self.trainer.world_size), on_step=True, on_epoch=False)
+        if peak is not None:  # this rank's step: its own rows, the shared work once
+            shape = (batch[0].shape[0], batch[0].shape[-1])
+            if shape not in self._training_flops:
+                self._training_flops[shape] = step_flops(self.model, *shape, self.attention_flops).training
+            step = self._training_flops[shape]
+            self.log("train/mfu", step / max(elapsed, 1e-9) / peak, on_step=True, on_epoch=False)
 
     def on_validation_epoch_start(self) -> None:
         self._val_totals = {}

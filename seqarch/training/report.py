@@ -17,8 +17,10 @@ import torch
 
 from .. import __version__
 from ..data import DataBundle
+from ..flops import describe_conventions
 from .config import RunConfig
 from .durable import write_atomic
+from .optim import describe_learning_rates
 from .result import RunResult, split_metric
 from .stats import MEMORISATION_GAP, history_band, memorisation_gap, seed_interval
 
@@ -286,6 +288,9 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
          f"(lr {config.train.lr}, wd {config.train.weight_decay}), warmup + cosine; "
          + (f"seeds {config.train.seeds}" if config.train.seeds else f"seed {config.train.seed}")),
         *recipe_lines(config, bundle),
+        f"- FLOPs: {describe_conventions(config.budget.attention_flops)}",
+        *[f"- Learning rates of {r.name} (lr {r.lr:g}): "
+          f"{describe_learning_rates(r.model_config, r.lr, config.train.weight_decay)}" for r in results],
         (f"- Machine: {env['device']}, torch {env['torch']}, {env['threads']} threads of {env['cpus']} CPUs"
          + (f", load average {env['load_average']:.1f}" if env["load_average"] is not None else "")
          + f"; wall time {wall_s:.0f} s"),
@@ -302,7 +307,8 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
          f"trained on, at the last evaluation "
          f"({'higher' if bundle.metric.higher_is_better else 'lower'} is better). With several seeds each is "
          "mean ± the 95% Student-t half-width over the seeds (`seeds`: how many finished). "
-         "Training FLOPs: 3 x forward FLOPs per token x tokens trained. State size: numbers in "
+         "FLOPs/token: forward FLOPs per token of a training step; training FLOPs: forward and backward of every "
+         "step trained (the FLOPs line says how they are counted). State size: numbers in "
          "the recurrent state per sequence at the training length (a KV cache for attention). "
          "Budget error: the model's size against the budget. tokens/s: measured by this process while it "
          "trained (a resumed run counts only its own steps), on a machine that may run other work at the same "

@@ -70,8 +70,9 @@ class RunResult:
     better); ``final`` and ``best`` are its last and best values over ``history`` (one
     entry per validation: step, tokens, training FLOPs and the ``val/*`` metrics).
     ``test`` is the metric of the final model on the held-out test split and ``train_final`` on
-    examples it trained on (a gap to ``final`` is memorisation). ``training_flops`` = 3 x
-    ``flops_per_token`` x tokens trained; ``state_size`` is the
+    examples it trained on (a gap to ``final`` is memorisation).
+    ``training_flops``: forward and backward FLOPs of the steps trained (:mod:`seqarch.flops`);
+    ``flops_per_token``: forward FLOPs per token of a training step; ``state_size`` is the
     recurrent state of the causal mixers at the training length; ``tokens_per_s`` counts
     only the steps this process trained (not those before a resume).
     """

@@ -17,7 +17,6 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from ..budget import TRAINING_FLOPS_PER_FORWARD
 from ..data import DataBundle
 from ..memory import PeakMemory
 from ..models import ModelConfig
@@ -145,11 +144,11 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         log.info("%s: finished before (step %d); its result is kept as it was", label or folder.name, done.steps)
         return done
     L.seed_everything(train.seed, workers=True, verbose=False)
-    module = SeqarchModule(model_config, bundle.kind, train, lr, bundle.seq_len)
+    module = SeqarchModule(model_config, bundle.kind, train, lr, bundle.seq_len, config.budget.attention_flops)
     if train.compile:
         module.model = torch.compile(module.model)
     tokens_per_step = train.batch_size * bundle.seq_len
-    training_flops_per_token = TRAINING_FLOPS_PER_FORWARD * module.flops_per_token
+    training_flops_per_token = module.step_flops.training_per_token  # per-sequence x batch + once per step
     history = EvalHistory(tokens_per_step, training_flops_per_token, bundle.metric, train.stop_at)
     options = config.trainer
     trainer = L.Trainer(

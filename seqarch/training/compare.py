@@ -52,7 +52,8 @@ def match_architecture(config: RunConfig, bundle: DataBundle, model_config: Mode
     """
     budget = config.budget
     solver = {"length": bundle.seq_len, "batch_size": config.train.batch_size, "attention": budget.attention_flops,
-              "by": budget.match_by, "tolerance": BUDGET_TOLERANCE, "name": name}
+              "by": budget.match_by, "tolerance": BUDGET_TOLERANCE, "name": name,
+              "width_multiple": budget.width_multiple}
     try:
         if budget.params is not None:
             match = match_budget(model_config, params=budget.params, count=budget.params_count, **solver)

@@ -253,6 +253,8 @@ class BudgetSection(Section):
     """which parameters params counts: all, or all but the token embedding (and an untied head)"""
     attention_flops: Literal["causal", "dense"] = "causal"
     """attention's FLOP convention: causal (the score pairs the kernels compute) or dense (every pair)"""
+    width_multiple: PositiveInt = 8
+    """widths the solver tries are multiples of this (smaller: finer steps for small models, e.g. 4)"""
 
     @model_validator(mode="after")
     def _one_budget(self) -> BudgetSection:

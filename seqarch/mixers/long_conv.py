@@ -166,7 +166,9 @@ class LongConv(Mixer):
 
     def _output(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``y: (batch, d, ...)`` channels second -> ``(batch, ..., d)`` in ``dtype``."""
-        y = y.movedim(1, -1)
+        # Contiguous before the elementwise output stage: GELU over a transposed view runs
+        # strided and the projection would copy it anyway.
+        y = y.movedim(1, -1).contiguous()
         y = self.output(y) if self.order is None else self.out_proj(self.dropout(y))
         return y.to(dtype)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .parameter_cache import cached
+
 
 class RotaryEmbedding(nn.Module):
     """Rotary embedding for heads of size ``head_dim`` (even)."""
@@ -36,3 +38,29 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self.angles(positions, x.dtype)
         first, second = x.chunk(2, dim=-1)
         return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+
+    def tables(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos2, sin2)``: ``(capacity >= length, head_dim)`` tables of positions ``0, 1, ...``:
+        ``cos2 = [cos, cos]``, ``sin2 = [-sin, sin]`` (the :meth:`angles` values).  Made once per
+        device, dtype and capacity (a power of two, at least 2048), not per call or per token."""
+        capacity = max(2048, 1 << max(0, length - 1).bit_length())
+
+        def compute():
+            cos, sin = self.angles(torch.arange(capacity, device=device), dtype)
+            return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+
+        return cached(self, ("tables", capacity, device, dtype), compute)
+
+    def rotate(self, x: torch.Tensor, start: int, dim: int = -2) -> torch.Tensor:
+        """Rotate ``x`` at positions ``start, start + 1, ...`` along ``dim`` (a negative index:
+        ``-2`` for ``(batch, heads, length, head_dim)``, ``-3`` for ``(batch, length, heads,
+        head_dim)``); equal to :meth:`forward` at those positions.
+
+        ``x cos2 + swap(x) sin2`` from the cached tables, ``swap`` exchanging the two halves:
+        three elementwise passes and no float64 work per call."""
+        length = x.shape[dim]
+        cos2, sin2 = self.tables(start + length, x.device, x.dtype)
+        shape = (length, *(1,) * (-dim - 2), self.head_dim)
+        cos2, sin2 = cos2[start:start + length].view(shape), sin2[start:start + length].view(shape)
+        swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
+        return torch.addcmul(x * cos2, swapped, sin2)

@@ -265,9 +265,9 @@ class LongConv(Mixer):
         v, pre_gates, post_gate, state = self._token_streams(x_t, state)
         if self._recurrent and self.n_convs == 1:
             w = self._gate_in(pre_gates[0], v)
-            work = compute_dtype(w.dtype)
-            conv, state = self.kernel.step(w.to(work), state)
-            v = conv + self.skip.to(work) * w.to(work)
+            w = w.to(compute_dtype(w.dtype))
+            conv, state = self.kernel.step(w, state)
+            v = torch.addcmul(conv, self.skip.to(w.dtype), w)
         elif self._recurrent:
             # Linear and time-invariant: conv_t = (the old state's readout) + k[0] u_t, so each
             # convolution's output, and so the next one's input, comes before the state moves.
@@ -295,8 +295,9 @@ class LongConv(Mixer):
                 history[:, rows, position] = self._gate_in(pre, v)
                 v = torch.einsum("bds,ds->bd", history[:, rows], taps[rows])
             state = {**state, "buffer": buffer, "v": history}
-        y = self._gate_out(post_gate, v)
-        return self._output(y.unsqueeze(-1), x_t.dtype)[:, 0], {**state, "position": position + 1}
+        y = self._gate_out(post_gate, v)  # (batch, d): the output stage takes it without a length axis
+        y = self.output(y) if self.order is None else self.out_proj(self.dropout(y))
+        return y.to(x_t.dtype), {**state, "position": position + 1}
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Run a prompt ``x: (batch, length, d_model)`` in parallel; returns ``(y, state)``.

@@ -192,11 +192,13 @@ class DPLRSSMKernel(SSMKernel):
 
     def step_matrices(self, work: torch.dtype) -> dict[str, torch.Tensor]:
         """What a step needs, once per parameter version outside training: ``1/e``,
-        ``coef P/e``, ``conj(P)`` (the Woodbury solve) and ``dt B``, complex ``(channels, m)``."""
+        ``coef P/e``, ``conj(P)`` (the Woodbury solve) and ``dt B``, complex ``(channels, m)``, folded
+        as a step uses them: ``2/e`` and ``dt B/e``."""
         def compute():
             s = self.discretize(work)
-            return {"inv_e": 1 / s["e"], "coef_pe": s["coef"] * s["pe"], "p_conj": s["P"].conj().resolve_conj(),
-                    "dt_b": s["dt"][:, None] * s["B"]}
+            inv_e = 1 / s["e"]
+            return {"two_inv_e": 2 * inv_e, "dt_b_inv_e": s["dt"][:, None] * s["B"] * inv_e,
+                    "coef_pe": s["coef"] * s["pe"], "p_conj": s["P"].conj().resolve_conj()}
         return cached(self, ("step", work), compute)
 
     @torch.no_grad()
@@ -227,8 +229,8 @@ class DPLRSSMKernel(SSMKernel):
         c = self._cached_c(state, work)
         s = self.step_matrices(work)
         # Abar h + Bbar u = R (2h + dt B u) - h with R = (I - dt/2 A)^{-1}: one O(m) solve (Woodbury).
-        ve = torch.addcmul(2 * h, s["dt_b"], u_t[..., None]) * s["inv_e"]
-        h = ve - s["coef_pe"] * (s["p_conj"] * ve).sum(-1, keepdim=True) - h
+        ve = torch.addcmul(h * s["two_inv_e"], s["dt_b_inv_e"], u_t[..., None])  # (2h + dt B u) / e
+        h = torch.addcmul(ve - h, s["coef_pe"], (s["p_conj"] * ve).sum(-1, keepdim=True), value=-1)
         return 2 * (c * h).sum(-1).real, {**state, "h": h}
 
     def prefill(self, u: torch.Tensor, state: dict, fresh: bool) -> tuple[torch.Tensor | None, dict]:

@@ -51,7 +51,9 @@ def cached(module: nn.Module, key: Hashable, compute: Callable[[], Any]) -> Any:
     ``key`` names the value and its arguments (e.g. ``("kernel", length, dtype)``); the
     autocast state is added to it.  Outside :func:`cache_applies` it calls ``compute()``.
     """
-    params = tuple(module.parameters())
+    # Read from each submodule's own table: cheaper than module.parameters() (no memo set to hash
+    # into), which matters when a decoding step asks every token.
+    params = tuple(p for m in module.modules() for p in m._parameters.values() if p is not None)
     if not cache_applies(params):
         return compute()
     device = params[0].device.type if params else "cpu"

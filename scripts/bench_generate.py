@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -120,29 +121,42 @@ def timed(fn, device, repeats: int) -> float:
     return statistics.median(best)
 
 
-def measure(name: str, args: argparse.Namespace, prompt: torch.Tensor, device: torch.device) -> dict:
-    model = build(name, args, device)
-    batch = prompt.shape[0]
-    seconds = timed(lambda: model.generate(prompt, args.new_tokens, temperature=0), device, args.repeats)
-    steps = step_times(model, prompt, args.new_tokens, device)
-    result = {"tokens_per_s": batch * args.new_tokens / seconds,
-              "late_over_early_step": statistics.median(steps[-WINDOW:]) / statistics.median(steps[:WINDOW]),
-              "fixed_state": type(model.backbone.blocks[0].mixer).has_fixed_size_state}
-    if name in args.compile:
-        compiled = timed(lambda: model.generate(prompt, args.new_tokens, temperature=0, compile_step=True), device,
-                         args.repeats)
-        result["compiled_tokens_per_s"] = batch * args.new_tokens / compiled
-    return result
+class Contender:
+    """One model of the comparison: a callable that generates, and what to report about it."""
 
+    def __init__(self, name: str, args: argparse.Namespace, prompt: torch.Tensor, device: torch.device) -> None:
+        self.name, self.prompt, self.new_tokens = name, prompt, args.new_tokens
+        self.model = build("attention" if name == "plain_kv_loop" else name, args, device)
+        total = args.prompt + args.new_tokens
+        if name == "plain_kv_loop":
+            self.run = lambda: PlainDecoder(self.model, prompt.shape[0], total).generate(prompt, self.new_tokens)
+        else:
+            self.run = lambda: self.model.generate(prompt, self.new_tokens, temperature=0)
+        self.run()  # warm-up: caches, allocator
+        self.seconds = math.inf
 
-def measure_plain(args: argparse.Namespace, prompt: torch.Tensor, device: torch.device) -> dict:
-    model = build("attention", args, device)
-    batch, total = prompt.shape[0], args.prompt + args.new_tokens
-    seconds = timed(lambda: PlainDecoder(model, batch, total).generate(prompt, args.new_tokens), device,
-                    args.repeats)
-    same = torch.equal(PlainDecoder(model, batch, total).generate(prompt, args.new_tokens),
-                       model.generate(prompt, args.new_tokens, temperature=0))
-    return {"tokens_per_s": batch * args.new_tokens / seconds, "same_tokens": same}
+    def time_once(self, device: torch.device) -> None:
+        benchlib.synchronize(device)
+        start = time.perf_counter()
+        self.run()
+        benchlib.synchronize(device)
+        self.seconds = min(self.seconds, time.perf_counter() - start)
+
+    def report(self, args: argparse.Namespace, device: torch.device) -> dict:
+        batch = self.prompt.shape[0]
+        result = {"tokens_per_s": batch * self.new_tokens / self.seconds}
+        if self.name == "plain_kv_loop":
+            result["same_tokens"] = torch.equal(self.run(), self.model.generate(self.prompt, self.new_tokens,
+                                                                                temperature=0))
+            return result
+        steps = step_times(self.model, self.prompt, self.new_tokens, device)
+        result["late_over_early_step"] = statistics.median(steps[-WINDOW:]) / statistics.median(steps[:WINDOW])
+        result["fixed_state"] = type(self.model.backbone.blocks[0].mixer).has_fixed_size_state
+        if self.name in args.compile:
+            compiled = timed(lambda: self.model.generate(self.prompt, self.new_tokens, temperature=0,
+                                                         compile_step=True), device, 1)
+            result["compiled_tokens_per_s"] = batch * self.new_tokens / compiled
+        return result
 
 
 def main() -> None:
@@ -153,7 +167,8 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=1, help="timed generate calls (median) after a warm-up")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of one timed generate per model, interleaved; the best of each is kept")
     parser.add_argument("--compile", nargs="*", default=[],
                         help="mixers also timed with generate(compile_step=True) (inductor)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -173,11 +188,15 @@ def main() -> None:
         for batch in args.batches:
             prompt = torch.randint(0, VOCAB, (batch, args.prompt), generator=torch.Generator().manual_seed(0))
             prompt = prompt.to(device)
-            row = {"plain_kv_loop": measure_plain(args, prompt, device)}
-            sys.stderr.write(f"B={batch} plain loop: {row['plain_kv_loop']}\n")
-            for name in names:
-                row[name] = measure(name, args, prompt, device)
-                sys.stderr.write(f"B={batch} {name}: {row[name]}\n")
+            contenders = [Contender(name, args, prompt, device) for name in ["plain_kv_loop", *names]]
+            # Rounds over every model in turn, the best time of each kept: on a shared machine the load
+            # then slows every model alike instead of whichever ran during a busy spell.
+            for _ in range(args.rounds):
+                for contender in contenders:
+                    contender.time_once(device)
+            row = {c.name: c.report(args, device) for c in contenders}
+            for name, result in row.items():
+                sys.stderr.write(f"B={batch} {name}: {result}\n")
             results[str(batch)] = row
 
     lines = []
@@ -197,9 +216,10 @@ def main() -> None:
     text = (f"# Generation: tokens/s of LanguageModel.generate\n\nDevice: {benchlib.device_name(device)}; "
             f"d_model {args.width}, {args.layers} layers, prompt {args.prompt}, {args.new_tokens} new tokens, "
             f"greedy, float32, {torch.get_num_threads()} thread(s). Command: `{benchlib.command_line()}`. "
-            f"Tokens/s = batch * new tokens / seconds of one generate call (prompt included; median of "
-            f"{args.repeats} after a warm-up). 'late / early step': median step time over the last {WINDOW} "
-            f"positions over the first {WINDOW}.\n\n" + "\n\n".join(lines) + "\n")
+            f"Tokens/s = batch * new tokens / seconds of one generate call (prompt included; the best of "
+            f"{args.rounds} rounds that time every model in turn, after a warm-up). 'late / early step': "
+            f"median step time over the last {WINDOW} positions over the first {WINDOW}; load average "
+            f"{os.getloadavg()[0]:.1f} at the end.\n\n" + "\n\n".join(lines) + "\n")
     payload = {"device": benchlib.device_name(device), "environment": benchlib.environment(),
                "args": {**vars(args), "out": str(args.out)}, "results": results}
     json_path, md_path = benchlib.write_report(args.out, "bench_generate", payload, text)

@@ -36,8 +36,11 @@ from .tensor_checks import check_like, dtype_names, empty_result
 # Complex dtypes the Triton kernels run in (see vandermonde_triton_limits, cauchy_triton_limits).
 TRITON_DTYPES = (torch.complex64,)
 DTYPES = (torch.complex64, torch.complex128)
-# Complex elements of one (channels, state, chunk) block of the Cauchy twin: 2^22 complex64 is 32 MiB.
-CAUCHY_CHUNK_ELEMENTS = 1 << 22
+# Complex elements of one (channels, state, chunk) block of the Cauchy twin: 2^18 complex64 is 2 MiB, so
+# the few elementwise passes over a block run in cache (on one CPU core the twin's forward and backward
+# take about half the time they take with 32 MiB blocks, and a seventh of the old twin's with its extra
+# passes; scripts/bench_layers.py).
+CAUCHY_CHUNK_ELEMENTS = 1 << 18
 # Most states per register tile (the Vandermonde kernels loop over larger states).
 MAX_BLOCK_STATE = 32
 # Position tiles per Vandermonde forward program: their powers reuse one tile z^i.
@@ -90,22 +93,31 @@ def cauchy_kernel_reference(numerators: torch.Tensor, a: torch.Tensor, b: torch.
     return _CauchyReferenceFunction.apply(numerators, a, b, lam, chunk_elements)
 
 
+def _cauchy_reciprocals(a: torch.Tensor, b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``1 / (a[l] - b[h, l] lam[h, n])`` as a new ``(H, m, c)`` tensor in two passes over it.
+
+    ``addcmul`` writes the denominators in one pass and ``reciprocal_`` inverts them in place
+    (``1 / t`` would add a pass multiplying by one); called with conjugated inputs it gives
+    ``conj(r)`` without the copy a conjugate view costs when a product resolves it."""
+    return torch.addcmul(a, b.unsqueeze(-2), lam.unsqueeze(-1), value=-1).reciprocal_()
+
+
 class _CauchyReferenceFunction(torch.autograd.Function):
     """Autograd of :func:`cauchy_kernel_reference`: ``apply(numerators, a, b, lam, chunk_elements)``."""
 
     @staticmethod
     def forward(ctx, numerators, a, b, lam, chunk_elements):
-        channels, _, state = numerators.shape
+        channels, sums, state = numerators.shape
         length = a.shape[-1]
         chunk = _cauchy_chunk(channels, state, length, chunk_elements)
-        out = []
+        out = numerators.new_empty(channels, sums, length)
         for start in range(0, length, chunk):
             stop = min(length, start + chunk)
-            r = 1 / (a[start:stop] - b[:, None, start:stop] * lam[..., None])  # (H, m, c)
-            out.append(numerators @ r)  # (H, J, c)
+            r = _cauchy_reciprocals(a[start:stop], b[:, start:stop], lam)  # (H, m, c)
+            out[..., start:stop] = numerators @ r  # (H, J, c)
         ctx.save_for_backward(numerators, a, b, lam)
         ctx.chunk = chunk
-        return torch.cat(out, dim=-1)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -113,18 +125,22 @@ class _CauchyReferenceFunction(torch.autograd.Function):
         length, chunk = a.shape[-1], ctx.chunk
         grad_num = torch.zeros_like(numerators)
         grad_lam = torch.zeros_like(lam)
-        grad_b = torch.zeros_like(b)
-        num_conj, lam_conj = numerators.conj(), lam.conj()
+        grad_b = torch.empty_like(b)
+        # Conjugates of the small inputs, materialised once (a conjugate view inside a product
+        # is copied on every use): conj(r) = 1 / (conj(a) - conj(b) conj(lam)).
+        a_conj, b_conj, lam_conj = a.conj().resolve_conj(), b.conj().resolve_conj(), lam.conj().resolve_conj()
+        num_conj_t = numerators.conj().transpose(-1, -2).resolve_conj()  # (H, m, J)
+        lam_row = lam_conj.unsqueeze(-2)  # (H, 1, m)
         for start in range(0, length, chunk):
             stop = min(length, start + chunk)
-            b_chunk = b[:, start:stop]
-            r_conj = (1 / (a[start:stop] - b_chunk[:, None, :] * lam[..., None])).conj()  # (H, m, c)
+            b_chunk = b_conj[:, start:stop]
+            r_conj = _cauchy_reciprocals(a_conj[start:stop], b_chunk, lam_conj)  # (H, m, c)
             g = grad_out[..., start:stop]  # (H, J, c)
-            grad_num += g @ r_conj.transpose(-1, -2)
-            grad_d = (num_conj.transpose(-1, -2) @ g) * r_conj * r_conj  # -(dL/dd): (H, m, c)
+            grad_num += torch.bmm(g, r_conj.transpose(-1, -2))
+            grad_d = torch.bmm(num_conj_t, g).mul_(r_conj).mul_(r_conj)  # -(dL/dd): (H, m, c)
             # The two reductions of grad_d as batched products, not broadcast temporaries.
-            grad_b[:, start:stop] = (lam_conj.unsqueeze(-2) @ grad_d).squeeze(-2)
-            grad_lam += (grad_d @ b_chunk.conj().unsqueeze(-1)).squeeze(-1)
+            grad_b[:, start:stop] = torch.bmm(lam_row, grad_d).squeeze(-2)
+            grad_lam += torch.bmm(grad_d, b_chunk.unsqueeze(-1)).squeeze(-1)
         return grad_num, None, grad_b, grad_lam, None
 
 

@@ -194,9 +194,12 @@ class ElementCounter(TorchDispatchMode):
 
 
 def step_cost(mixer, position: int) -> int:
-    """Elements touched by one step after ``position`` tokens (prefilled)."""
+    """Elements touched by one step after ``position`` tokens (prefilled).  A step on a throwaway
+    state comes first: constants made once per parameter version (kernels, discretised
+    matrices, rotary tables; seqarch.modules.parameter_cache) are not a step's cost."""
     state = mixer.init_state(1, max_length=256)
     with torch.no_grad():
+        mixer.step(torch.randn(1, D_MODEL), mixer.init_state(1, max_length=256))
         if position:
             _, state = mixer.prefill(torch.randn(1, position, D_MODEL), state)
         x_t = torch.randn(1, D_MODEL)

@@ -91,15 +91,13 @@ class Attention(Mixer):
         """Queries ``(batch, n_heads, length, head_dim)`` and keys, values ``(batch, n_kv_heads, ...)``,
         rotated for absolute positions ``start, start + 1, ...``."""
         batch, length, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
-        )
-        q = q.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.rotary is not None:
-            positions = torch.arange(start, start + length, device=x.device)
-            q, k = self.rotary(q, positions), self.rotary(k, positions)
+        heads = self.n_heads + self.n_kv_heads
+        qkv = self.qkv(x)
+        qk = qkv[..., :heads * self.head_dim].view(batch, length, heads, self.head_dim)
+        if self.rotary is not None:  # queries and keys rotated together, from the cached tables
+            qk = self.rotary.rotate(qk, start, dim=-3)
+        q, k = qk.transpose(1, 2).split([self.n_heads, self.n_kv_heads], dim=1)
+        v = qkv[..., heads * self.head_dim:].view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -113,7 +111,8 @@ class Attention(Mixer):
         batch, _, length, _ = q.shape
         dropout = self.dropout if self.training else 0.0
         if dropout == 0.0:
-            y = attention(q, k, v, causal=self.causal)
+            # One query (a decoding step) sees every cached key: no mask to build.
+            y = attention(q, k, v, causal=self.causal and length > 1)
         else:
             # The fused kernel has no dropout: SDPA, whose is_causal aligns top-left, so the kernel
             # module's bottom-right mask when the lengths differ.

@@ -171,7 +171,8 @@ class Mixer(nn.Module):
         Outside autocast the projections need their input in the weights' dtype; saying so
         here beats a dtype error from deep inside a matmul or a kernel.
         """
-        weight = next(self.parameters(), None)
+        # The first parameter found, without building the whole parameter list (a step checks every token).
+        weight = next((p for m in self.modules() for p in m._parameters.values() if p is not None), None)
         if weight is not None and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
             raise ValueError(f"{argument}: expected dtype {weight.dtype} (the weights'; or run under autocast), "
                              f"got {x.dtype}")

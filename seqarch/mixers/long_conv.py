@@ -42,6 +42,7 @@ from ..checks import check_choice, check_dropout, check_int, check_nonnegative_i
 from ..modules.fft_conv import bidirectional_fft_conv, fft_conv, fft_conv_flops, filter_fft_flops
 from ..modules.kernel_generator import KernelGenerator, check_param_dtype
 from ..modules.mlp import GLUOutput
+from ..modules.parameter_cache import cached
 from ..modules.short_conv import ShortConv
 from ..precision import compute_dtype
 from .base import Mixer, State
@@ -166,13 +167,19 @@ class LongConv(Mixer):
 
     def _output(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``y: (batch, d, ...)`` channels second -> ``(batch, ..., d)`` in ``dtype``."""
-        y = y.movedim(1, -1)
+        # Contiguous before the elementwise output stage: GELU over a transposed view runs
+        # strided and the projection would copy it anyway.
+        y = y.movedim(1, -1).contiguous()
         y = self.output(y) if self.order is None else self.out_proj(self.dropout(y))
         return y.to(dtype)
 
     def _kernels(self, length: int, dtype: torch.dtype) -> torch.Tensor:
         """``(directions, channels, length)`` in ``compute_dtype(dtype)`` with the skip on the
-        forward kernel's tap 0 (``k * v + D v``, fused into the convolution)."""
+        forward kernel's tap 0 (``k * v + D v``, fused into the convolution).  Outside training
+        computed once per parameter version (:func:`~seqarch.modules.parameter_cache.cached`)."""
+        return cached(self, ("kernels", length, dtype), lambda: self._fresh_kernels(length, dtype))
+
+    def _fresh_kernels(self, length: int, dtype: torch.dtype) -> torch.Tensor:
         k = self.kernel(length, dtype)
         forward = torch.cat([k[:1, :, :1] + self.skip.to(k.dtype)[None, :, None], k[:1, :, 1:]], dim=-1)
         return torch.cat([forward, k[1:]])
@@ -216,7 +223,8 @@ class LongConv(Mixer):
         """``"position"`` (tokens read), the short conv's last inputs ``"short_conv"`` (Hyena
         layout) and the convolution state: the generator's (``"h"``, ...) when it is
         recurrent, else ``"max_length"``, the gated inputs so far ``"v": (batch,
-        channels, position)`` (at least float32) and ``"taps"`` ``(channels, max_length)``,
+        channels, position)`` (at least float32; a view of ``"buffer"``, preallocated for
+        ``max_length`` tokens and written in place) and ``"taps"`` ``(channels, max_length)``,
         the kernel reversed in time: a cache of the parameters, computed once here in the
         current grad mode, like the recurrent generators' caches (make a new state after
         the parameters change).  With heads, the convolution state has ``batch * p * p``
@@ -231,8 +239,8 @@ class LongConv(Mixer):
         self.kernel.check_length(max_length, "max_length")
         work = compute_dtype(dtype)
         taps = self._kernels(max_length, work)[0].to(device=device, dtype=work)
-        history = torch.zeros(rows, self.kernel.channels, 0, device=device, dtype=work)
-        return {**state, "max_length": max_length, "v": history, "taps": taps.flip(-1)}
+        buffer = torch.zeros(rows, self.kernel.channels, max_length, device=device, dtype=work)
+        return {**state, "max_length": max_length, "buffer": buffer, "v": buffer[..., :0], "taps": taps.flip(-1)}
 
     def _position(self, state: State) -> int:
         position = state.get("position")
@@ -257,9 +265,9 @@ class LongConv(Mixer):
         v, pre_gates, post_gate, state = self._token_streams(x_t, state)
         if self._recurrent and self.n_convs == 1:
             w = self._gate_in(pre_gates[0], v)
-            work = compute_dtype(w.dtype)
-            conv, state = self.kernel.step(w.to(work), state)
-            v = conv + self.skip.to(work) * w.to(work)
+            w = w.to(compute_dtype(w.dtype))
+            conv, state = self.kernel.step(w, state)
+            v = torch.addcmul(conv, self.skip.to(w.dtype), w)
         elif self._recurrent:
             # Linear and time-invariant: conv_t = (the old state's readout) + k[0] u_t, so each
             # convolution's output, and so the next one's input, comes before the state moves.
@@ -278,18 +286,18 @@ class LongConv(Mixer):
                 raise ValueError(f"x_t: expected at most max_length={state['max_length']} tokens per sequence, "
                                  f"got token {position + 1}")
             taps = state["taps"][:, state["max_length"] - 1 - position:]  # k[t], ..., k[0] (skip on k[0])
-            histories = []
+            # Written in place, so a token costs O(t d) reads and no copy of the history; under
+            # grad mode a copy first keeps earlier states and the autograd graph valid.
+            buffer = state["buffer"].clone() if torch.is_grad_enabled() else state["buffer"]
+            history = buffer[..., :position + 1]
             for i, pre in enumerate(pre_gates):
                 rows = slice(i * self.conv_width, (i + 1) * self.conv_width)
-                w = self._gate_in(pre, v)
-                # A new tensor per step (not an in-place write) keeps earlier states and the
-                # autograd graph valid; the copy costs the same O(t d) as the sum below.
-                history = torch.cat([state["v"][:, rows], w.to(state["v"].dtype).unsqueeze(-1)], dim=-1)
-                v = torch.einsum("bds,ds->bd", history, taps[rows])
-                histories.append(history)
-            state = {**state, "v": torch.cat(histories, dim=1)}
-        y = self._gate_out(post_gate, v)
-        return self._output(y.unsqueeze(-1), x_t.dtype)[:, 0], {**state, "position": position + 1}
+                history[:, rows, position] = self._gate_in(pre, v)
+                v = torch.einsum("bds,ds->bd", history[:, rows], taps[rows])
+            state = {**state, "buffer": buffer, "v": history}
+        y = self._gate_out(post_gate, v)  # (batch, d): the output stage takes it without a length axis
+        y = self.output(y) if self.order is None else self.out_proj(self.dropout(y))
+        return y.to(x_t.dtype), {**state, "position": position + 1}
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Run a prompt ``x: (batch, length, d_model)`` in parallel; returns ``(y, state)``.
@@ -325,7 +333,10 @@ class LongConv(Mixer):
             _, state = self.kernel.prefill(torch.cat(inputs, dim=1).to(work), state, fresh)
         else:
             y, inputs = self._long_convs(v, pre_gates, post_gate, keep_inputs=True)
-            state = {**state, "v": torch.cat(inputs, dim=1).to(state["v"].dtype)}
+            buffer = state["buffer"].clone() if torch.is_grad_enabled() else state["buffer"]
+            for i, gated in enumerate(inputs):
+                buffer[:, i * self.conv_width:(i + 1) * self.conv_width, :length] = gated
+            state = {**state, "buffer": buffer, "v": buffer[..., :length]}
         if self.order is not None:
             state = {**state, "short_conv": self.short_conv.prefill_state(u).to(state["short_conv"].dtype)}
         return self._output(y, x.dtype), {**state, "position": state["position"] + length}

@@ -71,8 +71,7 @@ class RetNet(MatrixStateMixer):
         k = k / math.sqrt(self.state_key_dim)
         if self.rotary is not None:
             start = 0 if state is None else state["length"]
-            positions = torch.arange(start, start + x.shape[1], device=x.device)
-            q, k = self.rotary(q, positions), self.rotary(k, positions)
+            q, k = self.rotary.rotate(q, start), self.rotary.rotate(k, start)
         batch, _, length, _ = q.shape
         log_decay = self.log_gamma.to(device=x.device, dtype=x.dtype)[None, :, None].expand(batch, -1, length)
         return q, k, v, {"log_decay": log_decay}, {}

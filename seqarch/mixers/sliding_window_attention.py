@@ -54,8 +54,7 @@ class SlidingWindowAttention(Mixer):
     def _project(self, x: torch.Tensor, start: int):
         q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))
         if self.rotary is not None:
-            positions = torch.arange(start, start + x.shape[1], device=x.device)
-            q, k = self.rotary(q, positions), self.rotary(k, positions)
+            q, k = self.rotary.rotate(q, start), self.rotary.rotate(k, start)
         return q, k, v
 
     def _attend(self, q, k, v, query_positions, key_positions) -> torch.Tensor:

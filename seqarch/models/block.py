@@ -45,7 +45,10 @@ class ResidualBlock(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         y, state = self.mixer.step(self.mixer_norm(x_t), state)
-        return self._channel(x_t + self.dropout(y)), state
+        if self.training:  # dropout is the identity in eval: skip its module call on every token
+            return self._channel(x_t + self.dropout(y)), state
+        x_t = x_t + y
+        return x_t + self.channel(self.channel_norm(x_t)) if self.channel is not None else x_t, state
 
     def flops(self, length: int) -> int:
         """Forward FLOPs for one sequence (mixer plus channel mixer; norms are negligible)."""

@@ -64,12 +64,16 @@ class LanguageModel(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,
-                 use_cache: bool = True) -> torch.Tensor:
+                 use_cache: bool = True, compile_step: bool | str = False) -> torch.Tensor:
         """Continue ``prompt: (batch, length)`` by ``max_new_tokens`` tokens.
 
         ``temperature=0`` is greedy; ``top_k`` keeps the k most likely tokens.
         ``use_cache=False`` recomputes the full forward for each token (the slow
-        reference the recurrent path must match).  Returns ``(batch, length + max_new_tokens)``.
+        reference the recurrent path must match).  ``compile_step``: run each decoding step
+        (every layer's ``step`` and the head) through ``torch.compile`` (``True``: the default
+        inductor backend, or a backend's name), compiled once per model and backend with
+        dynamic positions, the caches preallocated by ``init_state``; it gives the eager
+        step's tokens.  Returns ``(batch, length + max_new_tokens)``.
         """
         check_tokens(prompt, self.config, "prompt")
         if prompt.shape[0] == 0 or prompt.shape[1] == 0:
@@ -90,17 +94,33 @@ class LanguageModel(nn.Module):
                 logits = self(tokens)[:, -1]
                 tokens = torch.cat([tokens, self._sample(logits, temperature, top_k, generator)[:, None]], 1)
             return tokens
+        step = self.decode_step if compile_step is False else self.compiled_decode_step(compile_step)
         total = prompt.shape[1] + max_new_tokens
         states = self.backbone.init_state(prompt.shape[0], max_length=total)
         features, states = self.backbone.prefill(prompt, states)
         logits = self.head(features[:, -1])
+        new_tokens = []
         for i in range(max_new_tokens):
             token = self._sample(logits, temperature, top_k, generator)
-            tokens = torch.cat([tokens, token[:, None]], 1)
+            new_tokens.append(token[:, None])
             if i + 1 < max_new_tokens:
-                features, states = self.backbone.step(token, states)
-                logits = self.head(features)
-        return tokens
+                logits, states = step(token, states)
+        return torch.cat([tokens, *new_tokens], 1)
+
+    def decode_step(self, token: torch.Tensor, states: list) -> tuple[torch.Tensor, list]:
+        """One decoding step: ``token: (batch,)`` ids -> ``(logits: (batch, vocab_size), states)``."""
+        features, states = self.backbone.step(token, states)
+        return self.head(features), states
+
+    def compiled_decode_step(self, backend: bool | str = True):
+        """:meth:`decode_step` through ``torch.compile`` (``True``: inductor), made once per backend."""
+        if not isinstance(backend, (bool, str)) or backend is False:
+            raise ValueError(f"compile_step: expected True or a torch.compile backend name, got {backend!r}")
+        name = "inductor" if backend is True else backend
+        compiled = self.__dict__.setdefault("_compiled_steps", {})
+        if name not in compiled:
+            compiled[name] = torch.compile(self.decode_step, backend=name, dynamic=True)
+        return compiled[name]
 
     def num_params(self) -> int:
         """Parameters, the tied embedding counted once."""

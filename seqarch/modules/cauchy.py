@@ -18,7 +18,7 @@ import torch
 
 from ..kernels.ssm_kernel import CAUCHY_CHUNK_ELEMENTS, cauchy_kernel
 
-# Complex elements of one (channels, state, chunk) block of the PyTorch path: 2^22 complex64 is 32 MiB.
+# Complex elements of one (channels, state, chunk) block of the PyTorch path (the twin's default).
 _BLOCK_ELEMENTS = CAUCHY_CHUNK_ELEMENTS
 
 

@@ -21,6 +21,7 @@ import torch
 
 from ..checks import check_choice, check_even_positive_int
 from ..kernels.ssm_kernel import vandermonde_kernel
+from .parameter_cache import cached
 from .ssm import SSMKernel
 from .vandermonde import decayed_sum, vandermonde_real_flops
 
@@ -77,11 +78,19 @@ class DiagonalSSMKernel(SSMKernel):
         return {"matmul": matmul, "fft": 0, "other": 30 * self.channels * half * (1 + self.directions)}
 
     # -- recurrence ---------------------------------------------------------------------
+    def step_matrices(self, work: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(z, b_bar, 2 c)`` of the causal recurrence, each complex ``(channels, d_state/2)``;
+        computed once per parameter version outside training."""
+        def compute():
+            log_z, b_bar, c = self.discretize(work)
+            return torch.exp(log_z), b_bar, 2 * c[0]
+        return cached(self, ("step", work), compute)
+
     def step(self, u_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         work = u_t.dtype
-        log_z, b_bar, c = self.discretize(work)
-        h = torch.exp(log_z) * self.state_h(state, u_t.shape[0], work) + b_bar * u_t.unsqueeze(-1)
-        return 2 * (c[0] * h).sum(-1).real, {**state, "h": h}
+        z, b_bar, c2 = self.step_matrices(work)
+        h = torch.addcmul(z * self.state_h(state, u_t.shape[0], work), b_bar, u_t.unsqueeze(-1))
+        return (c2 * h).sum(-1).real, {**state, "h": h}
 
     def prefill(self, u: torch.Tensor, state: dict, fresh: bool) -> tuple[torch.Tensor | None, dict]:
         """The final state by a blocked Vandermonde sum; an incoming ``h0`` adds

@@ -32,6 +32,7 @@ from .cauchy import cauchy_sums, cauchy_sums_flops
 from .fft_conv import fft_flops
 from .hippo import hippo_legs_dplr
 from .kernel_generator import tag_optim
+from .parameter_cache import cached
 from .ssm import SSMKernel
 
 
@@ -185,10 +186,25 @@ class DPLRSSMKernel(SSMKernel):
                 "other": cauchy["other"] + woodbury + discretize}
 
     # -- recurrence ---------------------------------------------------------------------
+    def dense_discretization(self, work: torch.dtype) -> dict[str, torch.Tensor]:
+        """``discretize(work, dense=True)``, once per parameter version outside training."""
+        return cached(self, ("dense", work), lambda: self.discretize(work, dense=True))
+
+    def step_matrices(self, work: torch.dtype) -> dict[str, torch.Tensor]:
+        """What a step needs, once per parameter version outside training: ``1/e``,
+        ``coef P/e``, ``conj(P)`` (the Woodbury solve) and ``dt B``, complex ``(channels, m)``, folded
+        as a step uses them: ``2/e`` and ``dt B/e``."""
+        def compute():
+            s = self.discretize(work)
+            inv_e = 1 / s["e"]
+            return {"two_inv_e": 2 * inv_e, "dt_b_inv_e": s["dt"][:, None] * s["B"] * inv_e,
+                    "coef_pe": s["coef"] * s["pe"], "p_conj": s["P"].conj().resolve_conj()}
+        return cached(self, ("step", work), compute)
+
     @torch.no_grad()
     def recurrent_output_matrix(self, work: torch.dtype) -> torch.Tensor:
         """``C = C~ (I - Abar^L)^{-1}`` for the causal direction: complex ``(channels, m)``, no gradient."""
-        s = self.discretize(work, dense=True)
+        s = self.dense_discretization(work)
         eye = torch.eye(s["Abar"].shape[-1], dtype=s["Abar"].dtype, device=s["Abar"].device)
         system = eye - matrix_power(s["Abar"], self.max_length)
         return torch.linalg.solve(system, s["C_tilde"][0].unsqueeze(-2), left=False).squeeze(-2)
@@ -211,9 +227,10 @@ class DPLRSSMKernel(SSMKernel):
         work = u_t.dtype
         h = self.state_h(state, u_t.shape[0], work)
         c = self._cached_c(state, work)
-        s = self.discretize(work)
-        # Abar h + Bbar u = R (2h + dt B u) - h with R = (I - dt/2 A)^{-1}: one O(m) solve.
-        h = self.resolve(s, 2 * h + (s["dt"][:, None] * s["B"]) * u_t[..., None]) - h
+        s = self.step_matrices(work)
+        # Abar h + Bbar u = R (2h + dt B u) - h with R = (I - dt/2 A)^{-1}: one O(m) solve (Woodbury).
+        ve = torch.addcmul(h * s["two_inv_e"], s["dt_b_inv_e"], u_t[..., None])  # (2h + dt B u) / e
+        h = torch.addcmul(ve - h, s["coef_pe"], (s["p_conj"] * ve).sum(-1, keepdim=True), value=-1)
         return 2 * (c * h).sum(-1).real, {**state, "h": h}
 
     def prefill(self, u: torch.Tensor, state: dict, fresh: bool) -> tuple[torch.Tensor | None, dict]:
@@ -222,7 +239,7 @@ class DPLRSSMKernel(SSMKernel):
         work, length = u.dtype, u.shape[-1]
         h0 = None if fresh else self.state_h(state, u.shape[0], work)
         c = self._cached_c(state, work)
-        s = self.discretize(work, dense=True)
+        s = self.dense_discretization(work)
         h = final_state(s["Abar"], s["Bbar"], u.to(c.dtype))
         if h0 is None:
             return None, {**state, "h": h}

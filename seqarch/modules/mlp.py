@@ -69,7 +69,7 @@ class MLP(nn.Module):
             h = act(gate) * value
         else:
             h = act(h)
-        return self.fc2(self.dropout(h))
+        return self.fc2(self.dropout(h) if self.training else h)
 
     def flops_breakdown(self, tokens: int) -> dict[str, int]:
         """Forward FLOPs over ``tokens`` positions: ``{"matmul": projections, "other": ~4 per activation}``."""
@@ -93,7 +93,9 @@ class GLUOutput(nn.Module):
         self.proj = nn.Linear(d_model, 2 * d_model, device=device, dtype=dtype)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        y = self.dropout(F.gelu(y))
+        y = F.gelu(y)
+        if self.training:  # the identity in eval: no module call per decoded token
+            y = self.dropout(y)
         return F.glu(self.proj(y.to(self.proj.weight.dtype)), dim=-1)
 
     def flops(self, tokens: int) -> dict[str, int]:

@@ -23,6 +23,7 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"base: expected a number > 1, got {base}")
         self.head_dim = head_dim
         self.base = float(base)
+        self._tables: dict = {}
 
     def angles(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cos, sin)`` of shape ``(len(positions), head_dim / 2)``, computed in float64 then cast."""
@@ -36,3 +37,32 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self.angles(positions, x.dtype)
         first, second = x.chunk(2, dim=-1)
         return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+
+    def tables(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos2, sin2)``: ``(capacity >= length, head_dim)`` tables of positions ``0, 1, ...``:
+        ``cos2 = [cos, cos]``, ``sin2 = [-sin, sin]`` (the :meth:`angles` values).  Made once per
+        device, dtype and capacity (a power of two, at least 2048), not per call or per token."""
+        capacity = max(2048, 1 << max(0, length - 1).bit_length())
+        # No parameters behind them: a plain memo.  Inference-mode tensors are kept apart (autograd
+        # may not save them), and a compiled graph computes its own.
+        key = (capacity, device, dtype, torch.is_inference_mode_enabled())
+        tables = self._tables.get(key)
+        if tables is None:
+            cos, sin = self.angles(torch.arange(capacity, device=device), dtype)
+            tables = torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+            if not torch.compiler.is_compiling():
+                self._tables[key] = tables
+        return tables
+
+    def rotate(self, x: torch.Tensor, start: int, dim: int = -2) -> torch.Tensor:
+        """Rotate ``x`` at positions ``start, start + 1, ...`` along ``dim`` (a negative index:
+        ``-2`` for ``(batch, heads, length, head_dim)``, ``-3`` for ``(batch, length, heads,
+        head_dim)``); equal to :meth:`forward` at those positions.
+
+        ``x cos2 + roll(x) sin2`` from the cached tables (``roll`` by half a head swaps the
+        halves): three elementwise ops and no float64 work per call."""
+        length = x.shape[dim]
+        cos2, sin2 = self.tables(start + length, x.device, x.dtype)
+        shape = (length, *(1,) * (-dim - 2), self.head_dim)
+        cos2, sin2 = cos2[start:start + length].view(shape), sin2[start:start + length].view(shape)
+        return torch.addcmul(x * cos2, x.roll(self.head_dim // 2, -1), sin2)

@@ -1,0 +1,230 @@
+"""Decoding benchmark: tokens per second of ``LanguageModel.generate`` for every causal mixer.
+
+    python scripts/bench_generate.py                          # d 256, 4 layers, prompt 128, 256 new, B 1 and 8
+    python scripts/bench_generate.py --mixers attention s4d --batches 1 --new-tokens 64
+
+Each model (``d_model`` wide, ``n_layers`` blocks, SwiGLU channel mixer, float32) reads a
+random prompt and greedily generates ``--new-tokens`` tokens.  Beside seqarch's attention
+runs a plain hand-written KV-cache decoder with the same weights (preallocated caches,
+rotary tables made once, SDPA), the baseline that attention's recurrent path is held to.
+Flatness: the median time of a decoding step over the last 32 positions against the
+first 32 (1.0: a step costs the same late as early).  All in one process, so the ratios
+are side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import benchlib
+import torch
+import torch.nn.functional as F
+
+VOCAB = 256
+WINDOW = 32  # steps at each end of the decode for the flatness ratio
+
+
+def build(name: str, args: argparse.Namespace, device: torch.device):
+    from seqarch.models import LanguageModel, ModelConfig
+
+    total = args.prompt + args.new_tokens
+    options = {}
+    if name == "mamba2":  # heads of 64 channels where they divide d_inner = 2 width
+        options["head_dim"] = math.gcd(64, 2 * args.width)
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=VOCAB, d_model=args.width, n_layers=args.layers, mixer=name,
+                         mixer_options=options, max_length=total)
+    return LanguageModel(config, device=device).eval()
+
+
+class PlainDecoder:
+    """A textbook KV-cache decoder over a seqarch attention model's weights (the baseline)."""
+
+    def __init__(self, model, batch: int, total: int) -> None:
+        self.model, self.blocks = model, model.backbone.blocks
+        attn = self.blocks[0].mixer
+        self.heads, self.kv_heads, self.head_dim = attn.n_heads, attn.n_kv_heads, attn.head_dim
+        weight = model.head.weight
+        half = self.head_dim // 2
+        inv_freq = attn.rotary.base ** (-torch.arange(half, dtype=torch.float64) / half)
+        theta = torch.arange(total, dtype=torch.float64)[:, None] * inv_freq
+        self.cos, self.sin = theta.cos().to(weight), theta.sin().to(weight)
+        shape = (batch, self.kv_heads, total, self.head_dim)
+        self.caches = [(weight.new_zeros(shape), weight.new_zeros(shape)) for _ in self.blocks]
+        self.length = 0
+
+    def _rotate(self, x, cos, sin):
+        first, second = x.chunk(2, dim=-1)
+        return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+
+    def forward(self, tokens):
+        batch, new = tokens.shape
+        start, self.length = self.length, self.length + new
+        cos, sin = self.cos[start:self.length], self.sin[start:self.length]
+        x = self.model.backbone.embedding(tokens)
+        for block, (cache_k, cache_v) in zip(self.blocks, self.caches):
+            attn = block.mixer
+            q, k, v = attn.qkv(block.mixer_norm(x)).split(
+                [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], -1)
+            q = self._rotate(q.view(batch, new, self.heads, self.head_dim).transpose(1, 2), cos, sin)
+            k = self._rotate(k.view(batch, new, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
+            cache_k[:, :, start:self.length] = k
+            cache_v[:, :, start:self.length] = v.view(batch, new, self.kv_heads, self.head_dim).transpose(1, 2)
+            y = F.scaled_dot_product_attention(q, cache_k[:, :, :self.length], cache_v[:, :, :self.length],
+                                               is_causal=new > 1)  # a prompt from position 0, or one token
+            x = x + attn.out(y.transpose(1, 2).reshape(batch, new, -1))
+            x = x + block.channel(block.channel_norm(x))
+        return self.model.head(self.model.backbone.norm(x[:, -1]))
+
+    def generate(self, prompt, new_tokens):
+        tokens = [prompt]
+        token = self.forward(prompt).argmax(-1)
+        for i in range(new_tokens):
+            tokens.append(token[:, None])
+            if i + 1 < new_tokens:
+                token = self.forward(token[:, None]).argmax(-1)
+        return torch.cat(tokens, 1)
+
+
+def step_times(model, prompt, new_tokens, device) -> list[float]:
+    """Seconds of each decoding step (the loop of ``generate``, timed step by step)."""
+    backbone = model.backbone
+    states = backbone.init_state(prompt.shape[0], max_length=prompt.shape[1] + new_tokens)
+    features, states = backbone.prefill(prompt, states)
+    token = model.head(features[:, -1]).argmax(-1)
+    times = []
+    for _ in range(new_tokens - 1):
+        benchlib.synchronize(device)
+        start = time.perf_counter()
+        features, states = backbone.step(token, states)
+        token = model.head(features).argmax(-1)
+        benchlib.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def timed(fn, device, repeats: int) -> float:
+    fn()  # warm-up: caches, allocator (and a compiled step's compilation)
+    best = []
+    for _ in range(repeats):
+        benchlib.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        benchlib.synchronize(device)
+        best.append(time.perf_counter() - start)
+    return statistics.median(best)
+
+
+class Contender:
+    """One model of the comparison: a callable that generates, and what to report about it."""
+
+    def __init__(self, name: str, args: argparse.Namespace, prompt: torch.Tensor, device: torch.device) -> None:
+        self.name, self.prompt, self.new_tokens = name, prompt, args.new_tokens
+        self.model = build("attention" if name == "plain_kv_loop" else name, args, device)
+        total = args.prompt + args.new_tokens
+        if name == "plain_kv_loop":
+            self.run = lambda: PlainDecoder(self.model, prompt.shape[0], total).generate(prompt, self.new_tokens)
+        else:
+            self.run = lambda: self.model.generate(prompt, self.new_tokens, temperature=0)
+        self.run()  # warm-up: caches, allocator
+        self.seconds = math.inf
+
+    def time_once(self, device: torch.device) -> None:
+        benchlib.synchronize(device)
+        start = time.perf_counter()
+        self.run()
+        benchlib.synchronize(device)
+        self.seconds = min(self.seconds, time.perf_counter() - start)
+
+    def report(self, args: argparse.Namespace, device: torch.device) -> dict:
+        batch = self.prompt.shape[0]
+        result = {"tokens_per_s": batch * self.new_tokens / self.seconds}
+        if self.name == "plain_kv_loop":
+            result["same_tokens"] = torch.equal(self.run(), self.model.generate(self.prompt, self.new_tokens,
+                                                                                temperature=0))
+            return result
+        steps = step_times(self.model, self.prompt, self.new_tokens, device)
+        result["late_over_early_step"] = statistics.median(steps[-WINDOW:]) / statistics.median(steps[:WINDOW])
+        result["fixed_state"] = type(self.model.backbone.blocks[0].mixer).has_fixed_size_state
+        if self.name in args.compile:
+            compiled = timed(lambda: self.model.generate(self.prompt, self.new_tokens, temperature=0,
+                                                         compile_step=True), device, 1)
+            result["compiled_tokens_per_s"] = batch * self.new_tokens / compiled
+        return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mixers", nargs="+", default=None, help="mixer names (default: every causal mixer)")
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of one timed generate per model, interleaved; the best of each is kept")
+    parser.add_argument("--compile", nargs="*", default=[],
+                        help="mixers also timed with generate(compile_step=True) (inductor)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report folder (default: scripts/results/cpu or scripts/results/cuda)")
+    args = parser.parse_args()
+    args.out = args.out or benchlib.default_out(args.device)
+
+    import seqarch
+
+    device = torch.device(args.device)
+    names = args.mixers or sorted(seqarch.MIXERS)
+    if "attention" not in names:
+        names = ["attention", *names]
+    results: dict[str, dict] = {}
+    with torch.no_grad():
+        for batch in args.batches:
+            prompt = torch.randint(0, VOCAB, (batch, args.prompt), generator=torch.Generator().manual_seed(0))
+            prompt = prompt.to(device)
+            contenders = [Contender(name, args, prompt, device) for name in ["plain_kv_loop", *names]]
+            # Rounds over every model in turn, the best time of each kept: on a shared machine the load
+            # then slows every model alike instead of whichever ran during a busy spell.
+            for _ in range(args.rounds):
+                for contender in contenders:
+                    contender.time_once(device)
+            row = {c.name: c.report(args, device) for c in contenders}
+            for name, result in row.items():
+                sys.stderr.write(f"B={batch} {name}: {result}\n")
+            results[str(batch)] = row
+
+    lines = []
+    for batch, row in results.items():
+        attention, plain = row["attention"]["tokens_per_s"], row["plain_kv_loop"]["tokens_per_s"]
+        table = [["plain KV-cache loop", f"{plain:.1f}", "1.00", f"{plain / attention:.2f}", "-", "-", "-"]]
+        for name in names:
+            r = row[name]
+            compiled = r.get("compiled_tokens_per_s")
+            table.append([name, f"{r['tokens_per_s']:.1f}", f"{plain / r['tokens_per_s']:.2f}",
+                          f"{r['tokens_per_s'] / attention:.2f}", f"{r['late_over_early_step']:.2f}",
+                          "yes" if r["fixed_state"] else "no", "-" if compiled is None else f"{compiled:.1f}"])
+        lines.append(f"## batch {batch}\n\nPlain loop and seqarch attention give the same tokens: "
+                     f"{row['plain_kv_loop']['same_tokens']}.\n\n" + benchlib.markdown_table(
+                         ["model", "tokens/s", "plain / this", "this / attention", "late / early step",
+                          "fixed state", "compiled tokens/s"], table))
+    text = (f"# Generation: tokens/s of LanguageModel.generate\n\nDevice: {benchlib.device_name(device)}; "
+            f"d_model {args.width}, {args.layers} layers, prompt {args.prompt}, {args.new_tokens} new tokens, "
+            f"greedy, float32, {torch.get_num_threads()} thread(s). Command: `{benchlib.command_line()}`. "
+            f"Tokens/s = batch * new tokens / seconds of one generate call (prompt included; the best of "
+            f"{args.rounds} rounds that time every model in turn, after a warm-up). 'late / early step': "
+            f"median step time over the last {WINDOW} positions over the first {WINDOW}; load average "
+            f"{os.getloadavg()[0]:.1f} at the end.\n\n" + "\n\n".join(lines) + "\n")
+    payload = {"device": benchlib.device_name(device), "environment": benchlib.environment(),
+               "args": {**vars(args), "out": str(args.out)}, "results": results}
+    json_path, md_path = benchlib.write_report(args.out, "bench_generate", payload, text)
+    sys.stdout.write(text + f"\nwrote {json_path} and {md_path}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""generate's compiled decoding step gives the eager step's tokens and logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqarch.models import LanguageModel, ModelConfig
+
+
+@pytest.mark.parametrize("mixer", ["attention", "s4d"])  # an in-place KV cache; a fixed SSM state
+def test_compiled_step_equals_the_eager_step(mixer):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=32, d_model=16, n_layers=1, mixer=mixer, max_length=32,
+                         mixer_options={"s4d": {"d_state": 8}})
+    model = LanguageModel(config).eval()
+    prompt = torch.randint(0, 32, (2, 5))
+    # aot_eager: TorchDynamo's capture and AOTAutograd's functionalisation of the in-place cache
+    # writes, without inductor's C++ build (too slow for the suite); the benchmark runs inductor.
+    eager = model.generate(prompt, 8, temperature=0)
+    assert torch.equal(model.generate(prompt, 8, temperature=0, compile_step="aot_eager"), eager)
+    with torch.no_grad():
+        states = model.backbone.init_state(2, max_length=16)
+        _, states = model.backbone.prefill(prompt, states)
+        twin = [{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()} for s in states]
+        token = eager[:, 5]
+        compiled = model.compiled_decode_step("aot_eager")
+        for _ in range(3):
+            logits, states = compiled(token, states)
+            expected, twin = model.decode_step(token, twin)
+            torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+            token = expected.argmax(-1)
+    with pytest.raises(ValueError, match="compile_step"):
+        model.compiled_decode_step(3)

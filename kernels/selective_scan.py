@@ -69,10 +69,9 @@ def _run_states(decay, inputs, h0, states):
     itself, one fused multiply-add per token on a contiguous ``(batch, state, d)`` slice (exact, no range
     limit, unlike a cumulative-sum closed form that divides by the decays)."""
     states[0].copy_(h0)
-    slots = states.unbind(0)
-    for t, (a, x) in enumerate(zip(decay.unbind(0), inputs.unbind(0))):
-        torch.addcmul(x, a, slots[t], out=slots[t + 1])
-    return slots[-1]
+    for t, (a, x) in enumerate(zip(decay, inputs)):
+        torch.addcmul(x, a, states[t], out=states[t + 1])
+    return states[len(decay)]
 
 
 class _Buffers:
@@ -84,9 +83,16 @@ class _Buffers:
         self.inputs = like.new_empty(shape)
         self.states = like.new_empty((tokens + 1, *shape[1:]))
         self.grad = like.new_empty(shape) if grad else None
+        self.d_log_delta = like.new_zeros(shape) if grad else None  # dA's per-token terms, summed at the end
+        # the per-token slices, made once (the loops over tokens index them)
+        self.rows = {name: getattr(self, name).unbind(0) for name in ("decay", "inputs", "states", "grad")
+                     if getattr(self, name) is not None}
 
     def views(self, tokens: int):
         return self.decay[:tokens], self.inputs[:tokens], self.states[:tokens + 1]
+
+    def row_views(self, name: str, tokens: int):
+        return self.rows[name][:tokens]
 
 
 def _chunk_forward(u, delta, A, B, C, h0, buffers: _Buffers, *, outputs: bool = True):
@@ -95,36 +101,41 @@ def _chunk_forward(u, delta, A, B, C, h0, buffers: _Buffers, *, outputs: bool = 
 
     The states are laid out ``(batch, state, d)``: the readout ``C_t . h_t`` and the backward's sums over
     ``d`` and over the state are then batched matrix-vector products over contiguous rows."""
-    decay, inputs, states = buffers.views(u.shape[0])
+    tokens = u.shape[0]
+    decay, inputs, states = buffers.views(tokens)
     _chunk_inputs(u, delta, A, B, decay, inputs)
-    last = _run_states(decay, inputs, h0, states)
+    last = _run_states(buffers.row_views("decay", tokens), buffers.row_views("inputs", tokens), h0,
+                       buffers.row_views("states", tokens + 1))
     y = torch.matmul(C.unsqueeze(-2), states[1:]).squeeze(-2) if outputs else None
     return y, last
 
 
-def _chunk_backward(u, delta, A, B, C, h0, dy, g, buffers: _Buffers):
+def _chunk_backward(u, delta, A, B, C, h0, dy, g, buffers: _Buffers, du, ddelta):
     """The gradients of :func:`_chunk_forward` for ``dy: (T, batch, d)`` and ``g = dL/dh_T: (batch, state, d)``:
-    ``(du, ddelta, dA, dB, dC, dh0)``, the chunk's states recomputed from ``h0``.
+    writes ``du`` and ``ddelta`` (``(T, batch, d)``), adds dA's terms to ``buffers.d_log_delta``, returns
+    ``(dB, dC, dh0)``; the chunk's states recomputed from ``h0``.
 
     With ``R_t = dL/dh_t`` (the adjoint recurrence ``R_t = C_t dy_t + exp(delta_{t+1} A) R_{t+1}``):
     ``dL/d(delta_t u_t B_t) = R_t`` and ``dL/d(delta_t A) = R_t exp(delta_t A) h_{t-1}``."""
     tokens = u.shape[0]
     decay, inputs, states = buffers.views(tokens)
     _chunk_inputs(u, delta, A, B, decay, inputs)
-    _run_states(decay, inputs, h0, states)
+    decays = buffers.row_views("decay", tokens)
+    _run_states(decays, buffers.row_views("inputs", tokens), h0, buffers.row_views("states", tokens + 1))
     dC = torch.matmul(states[1:], dy.unsqueeze(-1)).squeeze(-1)  # sum_d dy h_t
     adjoint = torch.mul(dy.unsqueeze(-2), C.unsqueeze(-1), out=buffers.grad[:tokens])
     adjoint[-1] += g
-    slots, decays = adjoint.unbind(0), decay.unbind(0)
+    slots = buffers.row_views("grad", tokens)
     for t in range(tokens - 2, -1, -1):
         slots[t].addcmul_(decays[t + 1], slots[t + 1])
     dh0 = adjoint[0] * decay[0]
     d_delta_u = torch.matmul(B.unsqueeze(-2), adjoint).squeeze(-2)  # sum_n R B
     dB = torch.matmul(adjoint, (delta * u).unsqueeze(-1)).squeeze(-1)  # sum_d R delta u
     d_log = decay.mul_(states[:-1]).mul_(adjoint)  # dL/d(delta_t A): (T, batch, state, d)
-    dA = torch.mul(d_log, delta.unsqueeze(-2), out=inputs).sum((0, 1))
-    ddelta = torch.mul(d_log, A, out=states[:-1]).sum(-2) + d_delta_u * u
-    return d_delta_u * delta, ddelta, dA, dB, dC, dh0
+    buffers.d_log_delta[:tokens].addcmul_(d_log, delta.unsqueeze(-2))
+    torch.sum(torch.mul(d_log, A, out=states[:-1]), -2, out=ddelta).addcmul_(d_delta_u, u)
+    torch.mul(d_delta_u, delta, out=du)
+    return dB, dC, dh0
 
 
 def _chunks(length: int, tokens: int) -> list[slice]:
@@ -132,9 +143,10 @@ def _chunks(length: int, tokens: int) -> list[slice]:
 
 
 def _chunks_per_saved_state(state: int, tokens: int) -> int:
-    """Chunks between the states the twin's forward keeps for its backward: one state per ``4 state``
-    tokens at least, so those states take at most ``batch x d x length / 4`` numbers whatever the state."""
-    return max(1, -(-4 * state // tokens))
+    """Chunks between the states the twin's forward keeps for its backward: one state per ``state``
+    tokens at least, so those states take at most ``batch x d x length`` numbers (as many as ``u``)
+    whatever the state."""
+    return max(1, -(-state // tokens))
 
 
 class _ScanFunction(torch.autograd.Function):
@@ -168,7 +180,6 @@ class _ScanFunction(torch.autograd.Function):
         g = torch.zeros_like(saved[0]) if dlast is None else dlast.contiguous()
         buffers = _Buffers(tokens, batch, channels, state, u, grad=True)
         du, ddelta, dB, dC = (torch.empty_like(t) for t in (u, delta, B, C))
-        dA = torch.zeros_like(A)
         chunks, every = _chunks(length, tokens), _chunks_per_saved_state(state, tokens)
         for group in reversed(range(len(saved))):
             parts = chunks[group * every:(group + 1) * every]
@@ -177,11 +188,9 @@ class _ScanFunction(torch.autograd.Function):
                 starts.append(_chunk_forward(u[part], delta[part], A, B[part], C[part], starts[-1], buffers,
                                              outputs=False)[1].clone())
             for part, h0 in reversed(list(zip(parts, starts, strict=True))):
-                grads = _chunk_backward(u[part], delta[part], A, B[part], C[part], h0, dy[part], g, buffers)
-                du[part], ddelta[part], dB[part], dC[part] = grads[0], grads[1], grads[3], grads[4]
-                dA += grads[2]
-                g = grads[5]
-        return du, ddelta, dA, dB, dC, g
+                dB[part], dC[part], g = _chunk_backward(u[part], delta[part], A, B[part], C[part], h0, dy[part], g,
+                                                        buffers, du[part], ddelta[part])
+        return du, ddelta, buffers.d_log_delta.sum((0, 1)), dB, dC, g
 
 
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, initial_state=None):

@@ -113,13 +113,16 @@ class Mamba(Mixer):
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x: (batch, length, d_model)`` from a state (``None``: fresh) -> ``(y, conv inputs with the
         history in front, last SSM state)``."""
-        xs, z = self.in_proj(x).transpose(1, 2).split(self.d_inner, dim=1)  # (batch, d_inner, length) views
+        xs, z = self.in_proj(x).split(self.d_inner, dim=-1)  # (batch, length, d_inner) views
+        xs = xs.transpose(1, 2)  # the conv reads (batch, d_inner, length)
         if conv_history is not None:  # the conv continues from the previous inputs: read them in front
             xs = torch.cat([conv_history.to(xs.dtype), xs], dim=-1)
-        u = F.silu(self.conv(xs))[..., xs.shape[-1] - x.shape[1]:]
-        delta, B, C = self._selection(u.transpose(1, 2))
-        y, last = selective_scan(u, delta.transpose(1, 2), self._A(u.dtype), B.transpose(1, 2), C.transpose(1, 2),
-                                 self.D, z, initial_state=ssm_state)
+        # Back to (batch, length, d_inner) in one copy before the SiLU: every elementwise op and its backward
+        # then runs on one contiguous layout (on a CPU, mixed layouts cost several times more).
+        u = F.silu(self.conv(xs)[..., xs.shape[-1] - x.shape[1]:].transpose(1, 2).contiguous())
+        delta, B, C = self._selection(u)
+        y, last = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), self._A(u.dtype), B.transpose(1, 2),
+                                 C.transpose(1, 2), self.D, z.transpose(1, 2), initial_state=ssm_state)
         return self.out_proj(y.transpose(1, 2)).to(x.dtype), xs, last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -127,10 +127,12 @@ class Mamba2(Mixer):
         keep = self.conv_kernel - 1
         if history is not None and keep:
             xbc = torch.cat([history.to(xbc.dtype), xbc], dim=-1)
-        conv = F.silu(self.conv(xbc))
+        conv = self.conv(xbc)
         if history is not None and keep:
             conv = conv[..., keep:]
-        xs, b, c = self._heads(conv.transpose(1, 2))
+        # Back to (batch, length, channels) in one copy before the SiLU: the SiLU, the heads' views and their
+        # gradients then share one contiguous layout (on a CPU, mixed layouts cost several times more).
+        xs, b, c = self._heads(F.silu(conv.transpose(1, 2).contiguous()))
         A = -torch.exp(self.A_log.to(dt.dtype))
         y, final = ssd(xs, dt, A, b, c, chunk_size=self.chunk_size, initial_state=state)
         return self._output(y, xs, z), xbc, final

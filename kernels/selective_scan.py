@@ -19,15 +19,16 @@ adjoint recurrence ``g_{t-1} = exp(delta_t A) g_t + C_{t-1} dy_{t-1}`` backwards
 The gradients of ``B`` and ``C`` (summed over channels) come out as per-program partial sums
 that a deterministic ``sum`` reduces (no atomics).
 
-Twin (the CPU path): chunks of ``CHUNK_REFERENCE`` tokens, each in closed form.  With
-``c_t`` the cumulative sum of ``delta`` in the chunk and ``e_t = A (c_t - c_1)`` (the log of
-the decay since the chunk's first token, ``<= 0``),
-``h_t = exp(e_t) * (exp(delta_1 A) h_0 + cumsum_s(exp(-e_s) delta_s u_s B_s))``:
-one cumulative sum, no loop over time.  ``exp(-e_s)`` grows over the chunk, so a chunk whose
-decay range ``max |e|`` exceeds what the dtype holds safely is split in halves (down to
-one token, which is exact).  Under autograd only the state at the start of every
-``state / 8`` chunks is kept; the closed-form backward recomputes the chunks' states from it, so
-training memory grows as ``batch x channels x length``, not ``x state``.
+Twin (the CPU path, and training on a CPU): the recurrence itself, time-major.  The inputs are
+copied once to ``(length, batch, ...)``; chunks of ``T`` tokens (about ``CHUNK_ELEMENTS`` state
+numbers per buffer, so the few ``(T, batch, state, channels)`` buffers stay in a cache) get their
+decays ``exp(delta A)`` (one exp per state number) and inputs ``delta u B`` in two batched ops,
+then one fused multiply-add per token, ``h_t = decay_t * h_{t-1} + x_t``, on a contiguous
+``(batch, state, channels)`` slice; the readout ``C_t . h_t`` is a batched matrix-vector product.
+Exact at any step size (no cumulative-sum closed form dividing by decays).  Under autograd a custom
+backward keeps only the state at the start of every ``ceil(state / T)`` chunks (at most ``batch x
+channels x length`` numbers, whatever the state), recomputes each chunk's states from it and runs
+the adjoint recurrence ``R_t = C_t dy_t + exp(delta_{t+1} A) R_{t+1}`` backwards the same way.
 """
 
 from __future__ import annotations
@@ -50,10 +51,12 @@ MAX_CHUNK_REFERENCE = 64
 
 
 # -- PyTorch twin ---------------------------------------------------------------------------
-def _chunk_length(batch: int, channels: int, state: int) -> int:
+def _chunk_length(batch: int, channels: int, state: int, length: int | None = None) -> int:
     """Tokens per twin chunk: about ``CHUNK_ELEMENTS`` state numbers per buffer, so a chunk's
-    ``(tokens, batch, channels, state)`` buffers stay in a CPU's cache whatever the shape."""
-    return max(1, min(MAX_CHUNK_REFERENCE, CHUNK_ELEMENTS // max(1, batch * channels * state)))
+    ``(tokens, batch, state, channels)`` buffers stay in a CPU's cache whatever the shape (and no
+    more tokens than the sequence has)."""
+    tokens = max(1, min(MAX_CHUNK_REFERENCE, CHUNK_ELEMENTS // max(1, batch * channels * state)))
+    return tokens if length is None else max(1, min(tokens, length))
 
 
 def _chunk_inputs(u, delta, A, B, decay, inputs):
@@ -159,7 +162,7 @@ class _ScanFunction(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, h0):
         length, batch, channels = u.shape
         state = A.shape[0]
-        tokens = _chunk_length(batch, channels, state)
+        tokens = _chunk_length(batch, channels, state, length)
         buffers = _Buffers(tokens, batch, channels, state, u, grad=False)
         y, saved = torch.empty_like(u), []
         h, every = h0, _chunks_per_saved_state(state, tokens)
@@ -208,7 +211,7 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, initial_state=No
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, initial_state)):
         y, h = _ScanFunction.apply(u_t, delta_t, A_w, B_t, C_t, h)
     else:
-        tokens = _chunk_length(batch, channels, A.shape[1])
+        tokens = _chunk_length(batch, channels, A.shape[1], length)
         buffers = _Buffers(tokens, batch, channels, A.shape[1], u_t, grad=False)
         y = torch.empty_like(u_t)
         for part in _chunks(length, tokens):

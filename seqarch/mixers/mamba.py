@@ -109,6 +109,19 @@ class Mamba(Mixer):
     def _A(self, dtype: torch.dtype) -> torch.Tensor:
         return -torch.exp(self.A_log.to(compute_dtype(dtype)))
 
+    def _step_constants(self, work: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, D)`` in ``work`` for the recurrent step, derived once per parameter version (not per
+        token); fresh when autograd must see them."""
+        if torch.is_grad_enabled() and (self.A_log.requires_grad or self.D.requires_grad):
+            return self._A(work), self.D.to(work)
+        key = (work, self.A_log.device, self.A_log._version, self.D._version, self.A_log.data_ptr(), self.D.data_ptr())
+        cached = getattr(self, "_step_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, (self._A(work), self.D.to(work)))
+            self._step_cache = cached
+        return cached[1]
+
     def _mix(self, x: torch.Tensor, conv_history: torch.Tensor | None, ssm_state: torch.Tensor | None,
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x: (batch, length, d_model)`` from a state (``None``: fresh) -> ``(y, conv inputs with the
@@ -144,15 +157,22 @@ class Mamba(Mixer):
         return state["conv"], state["ssm"]
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """One token at O(1) cost: the convolution's window and one update of the SSM state."""
+        """One token at O(1) cost: the convolution's window and one update of the SSM state, written out
+        (a one-token scan call would re-check and re-lay-out its inputs every token)."""
         history, ssm = self._states(state)
         xs, z = self.in_proj(x_t).split(self.d_inner, dim=-1)
         u, history = self.conv.step(xs, history.to(xs.dtype))
         u = F.silu(u)
         delta, B, C = self._selection(u)
-        y, ssm = selective_scan(u[..., None], delta[..., None], self._A(u.dtype), B[..., None], C[..., None],
-                                self.D, z[..., None], initial_state=ssm)
-        return self.out_proj(y[..., 0]).to(x_t.dtype), {**state, "conv": history.to(state["conv"].dtype), "ssm": ssm}
+        work = compute_dtype(u.dtype)
+        A, D = self._step_constants(work)
+        u_w, delta_w = u.to(work), delta.to(work)
+        # h = exp(delta A) h + delta u B;  y = (C . h + D u) * silu(z)
+        ssm = torch.addcmul((delta_w * u_w)[..., None] * B.to(work)[:, None, :], torch.exp(delta_w[..., None] * A),
+                            ssm.to(work))
+        y = torch.matmul(ssm, C.to(work)[..., None])[..., 0].addcmul_(D, u_w).mul_(F.silu(z.to(work)))
+        return (self.out_proj(y.to(x_t.dtype)).to(x_t.dtype),
+                {**state, "conv": history.to(state["conv"].dtype), "ssm": ssm.to(state["ssm"].dtype)})
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Run a prompt ``x: (batch, length, d_model)`` in the parallel form, from a fresh or a

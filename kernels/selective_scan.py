@@ -154,7 +154,8 @@ def _chunks_per_saved_state(state: int, tokens: int) -> int:
 
 class _ScanFunction(torch.autograd.Function):
     """The twin's scan ``(u, delta, A, B, C, h0) -> (y without skip and gate, last state)``, time-major:
-    ``u, delta: (length, batch, d)``, ``B, C: (length, batch, state)``, ``h0: (batch, d, state)``.  The forward
+    ``u, delta: (length, batch, d)``, ``A: (state, d)``, ``B, C: (length, batch, state)``, ``h0`` and the
+    last state ``(batch, state, d)``.  The forward
     keeps the state at the start of every few chunks; the backward recomputes the states in between
     (memory ``batch x d x length``, not ``x state``) and runs the adjoint recurrence backwards."""
 

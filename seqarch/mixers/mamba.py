@@ -146,7 +146,10 @@ class Mamba(Mixer):
     # -- recurrent form -------------------------------------------------------------------
     def _init_state(self, batch_size: int, *, device: Any, dtype: torch.dtype, max_length: int | None) -> State:
         """``"conv"``: the convolution's last inputs ``(batch, d_inner, d_conv - 1)``; ``"ssm"``: the SSM
-        state ``(batch, d_inner, d_state)`` in ``compute_dtype(dtype)``."""
+        state ``(batch, d_inner, d_state)`` in ``compute_dtype(dtype)``.  Also derives the step's constants
+        (so the first step costs what every other does)."""
+        with torch.no_grad():
+            self._step_constants(compute_dtype(dtype))
         return {"conv": self.conv.init_state(batch_size, device=device, dtype=dtype),
                 "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=compute_dtype(dtype))}
 

@@ -144,7 +144,10 @@ class Mamba2(Mixer):
     # -- recurrent form ---------------------------------------------------------------------
     def _init_state(self, batch_size, *, device, dtype, max_length) -> State:
         """``{"conv": (batch, conv_channels, conv_kernel - 1), "ssm": (batch, n_heads, head_dim, d_state)}``
-        (the SSM state in float32 or wider)."""
+        (the SSM state in float32 or wider).  Also derives the step's decay rates (so the first step costs
+        what every other does)."""
+        with torch.no_grad():
+            self._step_A(torch.promote_types(dtype, torch.float32))
         ssm = torch.zeros(batch_size, self.n_heads, self.head_dim, self.d_state, device=device,
                           dtype=torch.promote_types(dtype, torch.float32))
         return {"conv": self.conv.init_state(batch_size, device=device, dtype=dtype), "ssm": ssm}

@@ -19,15 +19,16 @@ adjoint recurrence ``g_{t-1} = exp(delta_t A) g_t + C_{t-1} dy_{t-1}`` backwards
 The gradients of ``B`` and ``C`` (summed over channels) come out as per-program partial sums
 that a deterministic ``sum`` reduces (no atomics).
 
-Twin (the CPU path): chunks of ``CHUNK_REFERENCE`` tokens, each in closed form.  With
-``c_t`` the cumulative sum of ``delta`` in the chunk and ``e_t = A (c_t - c_1)`` (the log of
-the decay since the chunk's first token, ``<= 0``),
-``h_t = exp(e_t) * (exp(delta_1 A) h_0 + cumsum_s(exp(-e_s) delta_s u_s B_s))``:
-one cumulative sum, no loop over time.  ``exp(-e_s)`` grows over the chunk, so a chunk whose
-decay range ``max |e|`` exceeds what the dtype holds safely is split in halves (down to
-one token, which is exact).  Under autograd only the state at the start of every
-``state / 8`` chunks is kept; the closed-form backward recomputes the chunks' states from it, so
-training memory grows as ``batch x channels x length``, not ``x state``.
+Twin (the CPU path, and training on a CPU): the recurrence itself, time-major.  The inputs are
+copied once to ``(length, batch, ...)``; chunks of ``T`` tokens (about ``CHUNK_ELEMENTS`` state
+numbers per buffer, so the few ``(T, batch, state, channels)`` buffers stay in a cache) get their
+decays ``exp(delta A)`` (one exp per state number) and inputs ``delta u B`` in two batched ops,
+then one fused multiply-add per token, ``h_t = decay_t * h_{t-1} + x_t``, on a contiguous
+``(batch, state, channels)`` slice; the readout ``C_t . h_t`` is a batched matrix-vector product.
+Exact at any step size (no cumulative-sum closed form dividing by decays).  Under autograd a custom
+backward keeps only the state at the start of every ``ceil(state / T)`` chunks (at most ``batch x
+channels x length`` numbers, whatever the state), recomputes each chunk's states from it and runs
+the adjoint recurrence ``R_t = C_t dy_t + exp(delta_{t+1} A) R_{t+1}`` backwards the same way.
 """
 
 from __future__ import annotations
@@ -43,135 +44,157 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 DTYPES = (*TRITON_DTYPES, torch.float64)
 MAX_TRITON_STATE = 256
 CHUNK = 64  # tokens between the Triton forward's state checkpoints
-CHUNK_REFERENCE = 32  # tokens per closed-form chunk of the twin (its states stay in a CPU's cache)
-# Largest decay range |A| * (sum of delta) inside one twin chunk: exp(range) must stay far from overflow.
-MAX_LOG_RANGE = {torch.float32: 60.0, torch.float64: 600.0}
+# The twin's chunks: about this many state numbers per (tokens, batch, channels, state) buffer, so
+# its few buffers stay in a CPU's cache; at most MAX_CHUNK_REFERENCE tokens.
+CHUNK_ELEMENTS = 1 << 18
+MAX_CHUNK_REFERENCE = 64
 
 
 # -- PyTorch twin ---------------------------------------------------------------------------
-def _split(length: int, delta: torch.Tensor, A: torch.Tensor) -> bool:
-    """Whether a chunk's decay range ``max |A| * sum(delta)`` is too wide for its closed form."""
-    if length < 2:
-        return False
-    with torch.no_grad():
-        return float((delta.sum(-1) - delta[..., 0]).amax() * A.abs().amax()) > MAX_LOG_RANGE[delta.dtype]
+def _chunk_length(batch: int, channels: int, state: int, length: int | None = None) -> int:
+    """Tokens per twin chunk: about ``CHUNK_ELEMENTS`` state numbers per buffer, so a chunk's
+    ``(tokens, batch, state, channels)`` buffers stay in a CPU's cache whatever the shape (and no
+    more tokens than the sequence has)."""
+    tokens = max(1, min(MAX_CHUNK_REFERENCE, CHUNK_ELEMENTS // max(1, batch * channels * state)))
+    return tokens if length is None else max(1, min(tokens, length))
 
 
-def _closed_form_chunk(u, delta, A, B, C, h0):
-    """One chunk in closed form: ``u, delta: (batch, d, T)``, ``B, C: (batch, state, T)``,
-    ``h0: (batch, d, state)``, all contiguous in the work dtype -> ``(y without skip and gate, h_T)``.
-
-    The states are laid out ``(batch, d, state, T)``: time last, so the cumulative sum runs along
-    contiguous memory (much faster on a CPU than along any other axis)."""
-    length = u.shape[-1]
-    if _split(length, delta, A):
-        half = length // 2
-        y_first, h_mid = _closed_form_chunk(u[..., :half], delta[..., :half], A, B[..., :half], C[..., :half], h0)
-        y_last, h_end = _closed_form_chunk(u[..., half:], delta[..., half:], A, B[..., half:], C[..., half:], h_mid)
-        return torch.cat([y_first, y_last], -1), h_end
-    cum = delta.cumsum(-1)
-    decay = torch.exp((cum - cum[..., :1]).unsqueeze(2) * A.unsqueeze(-1))  # exp(e_t): (batch, d, state, T)
-    inputs = (delta * u).unsqueeze(2) * B.unsqueeze(1)  # delta_s u_s B_s
-    carried = torch.exp(delta[..., :1] * A) * h0  # h0 decayed through the first token
-    states = (inputs / decay).cumsum(-1).add_(carried.unsqueeze(-1)).mul_(decay)
-    y = (states * C.unsqueeze(1)).sum(2)
-    return y, states[..., -1]
+def _chunk_inputs(u, delta, A, B, decay, inputs):
+    """Fill ``decay = exp(delta A)`` and ``inputs = delta u B`` (both ``(T, batch, state, d)``) for one chunk
+    of ``u, delta: (T, batch, d)``, ``A: (state, d)`` and ``B: (T, batch, state)``; one exp per state
+    number, no division."""
+    torch.mul(delta.unsqueeze(-2), A, out=decay).exp_()
+    torch.mul((delta * u).unsqueeze(-2), B.unsqueeze(-1), out=inputs)
 
 
-def _reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
-    """``out_t = sum_{s >= t} x_s`` along the last axis (by flips, not ``total - cumsum``: exactly 0 where
-    every later ``x_s`` is, so the gradients stay exactly causal)."""
-    return x.flip(-1).cumsum(-1).flip(-1)
+def _run_states(decay, inputs, h0, states):
+    """``states[t + 1] = decay[t] * states[t] + inputs[t]`` from ``states[0] = h0`` over a chunk: the recurrence
+    itself, one fused multiply-add per token on a contiguous ``(batch, state, d)`` slice (exact, no range
+    limit, unlike a cumulative-sum closed form that divides by the decays)."""
+    states[0].copy_(h0)
+    for t, (a, x) in enumerate(zip(decay, inputs)):
+        torch.addcmul(x, a, states[t], out=states[t + 1])
+    return states[len(decay)]
 
 
-def _closed_form_chunk_backward(u, delta, A, B, C, h0, dy, dlast):
-    """The gradients of :func:`_closed_form_chunk` for ``dy: (batch, d, T)`` and ``dlast: (batch, d, state)``:
-    ``(du, ddelta, dA, dB, dC, dh0)``, from the chunk's states recomputed in closed form."""
-    length = u.shape[-1]
-    if _split(length, delta, A):
-        half = length // 2
-        first, last = slice(None, half), slice(half, None)
-        _, h_mid = _closed_form_chunk(u[..., first], delta[..., first], A, B[..., first], C[..., first], h0)
-        late = _closed_form_chunk_backward(u[..., last], delta[..., last], A, B[..., last], C[..., last], h_mid,
-                                           dy[..., last], dlast)
-        early = _closed_form_chunk_backward(u[..., first], delta[..., first], A, B[..., first], C[..., first], h0,
-                                            dy[..., first], late[5])
-        return (*(torch.cat([e, lt], -1) for e, lt in zip(early[:2], late[:2], strict=True)), early[2] + late[2],
-                *(torch.cat([e, lt], -1) for e, lt in zip(early[3:5], late[3:5], strict=True)), early[5])
-    cum = delta.cumsum(-1)
-    rel = cum - cum[..., :1]  # c_t - c_1
-    decay = torch.exp(rel.unsqueeze(2) * A.unsqueeze(-1))
-    inputs = (delta * u).unsqueeze(2) * B.unsqueeze(1)
-    scaled = inputs / decay
-    first_decay = torch.exp(delta[..., :1] * A)
-    carried = first_decay * h0
-    states = scaled.cumsum(-1).add_(carried.unsqueeze(-1)).mul_(decay)
-    direct = dy.unsqueeze(2) * C.unsqueeze(1)  # dL/dh_t through y_t, and dlast at the end
-    direct[..., -1] += dlast
-    d_sum = _reverse_cumsum(direct * decay)  # dL/d(scaled_s) = sum_{t >= s} dL/dh_t decay_t
-    d_carried = d_sum[..., 0]
-    d_inputs = d_sum / decay
-    d_log_decay = direct * states - d_sum * scaled  # dL/d(A (c_t - c_1))
-    dA = (d_log_decay * rel.unsqueeze(2)).sum((0, 3)) + (d_carried * carried).mul_(delta[..., :1]).sum(0)
-    d_rel = (d_log_decay * A.unsqueeze(-1)).sum(2)
-    d_rel[..., 0] -= d_rel.sum(-1)
-    d_inputs_b = (d_inputs * B.unsqueeze(1)).sum(2)  # sum_n dL/dx_s B_s
-    ddelta = _reverse_cumsum(d_rel) + d_inputs_b * u
-    ddelta[..., 0] += (d_carried * carried * A).sum(-1)
-    du = d_inputs_b * delta
-    dB = (d_inputs * (delta * u).unsqueeze(2)).sum(1)
-    dC = (dy.unsqueeze(2) * states).sum(1)
-    return du, ddelta, dA, dB, dC, d_carried * first_decay
+class _Buffers:
+    """The ``(T, batch, state, d)`` scratch of one scan call, allocated once and reused by every chunk."""
+
+    def __init__(self, tokens: int, batch: int, channels: int, state: int, like: torch.Tensor, grad: bool):
+        shape = (tokens, batch, state, channels)
+        self.decay = like.new_empty(shape)
+        self.inputs = like.new_empty(shape)
+        self.states = like.new_empty((tokens + 1, *shape[1:]))
+        self.grad = like.new_empty(shape) if grad else None
+        self.d_log_delta = like.new_zeros(shape) if grad else None  # dA's per-token terms, summed at the end
+        # the per-token slices, made once (the loops over tokens index them)
+        self.rows = {name: getattr(self, name).unbind(0) for name in ("decay", "inputs", "states", "grad")
+                     if getattr(self, name) is not None}
+
+    def views(self, tokens: int):
+        return self.decay[:tokens], self.inputs[:tokens], self.states[:tokens + 1]
+
+    def row_views(self, name: str, tokens: int):
+        return self.rows[name][:tokens]
 
 
-def _chunks(length: int) -> list[slice]:
-    return [slice(start, start + CHUNK_REFERENCE) for start in range(0, length, CHUNK_REFERENCE)]
+def _chunk_forward(u, delta, A, B, C, h0, buffers: _Buffers, *, outputs: bool = True):
+    """One chunk: ``u, delta: (T, batch, d)``, ``A: (state, d)``, ``B, C: (T, batch, state)``, ``h0: (batch,
+    state, d)`` -> ``(y: (T, batch, d) without skip and gate or None, h_T)`` (``h_T`` a view of the buffers).
+
+    The states are laid out ``(batch, state, d)``: the readout ``C_t . h_t`` and the backward's sums over
+    ``d`` and over the state are then batched matrix-vector products over contiguous rows."""
+    tokens = u.shape[0]
+    decay, inputs, states = buffers.views(tokens)
+    _chunk_inputs(u, delta, A, B, decay, inputs)
+    last = _run_states(buffers.row_views("decay", tokens), buffers.row_views("inputs", tokens), h0,
+                       buffers.row_views("states", tokens + 1))
+    y = torch.matmul(C.unsqueeze(-2), states[1:]).squeeze(-2) if outputs else None
+    return y, last
 
 
-def _chunks_per_saved_state(state: int) -> int:
-    """Chunks between the states the twin's forward keeps for its backward: ``state / 8``, so those
-    states take ``batch x d x length / 4`` numbers whatever the state size."""
-    return max(1, state // 8)
+def _chunk_backward(u, delta, A, B, C, h0, dy, g, buffers: _Buffers, du, ddelta):
+    """The gradients of :func:`_chunk_forward` for ``dy: (T, batch, d)`` and ``g = dL/dh_T: (batch, state, d)``:
+    writes ``du`` and ``ddelta`` (``(T, batch, d)``), adds dA's terms to ``buffers.d_log_delta``, returns
+    ``(dB, dC, dh0)``; the chunk's states recomputed from ``h0``.
+
+    With ``R_t = dL/dh_t`` (the adjoint recurrence ``R_t = C_t dy_t + exp(delta_{t+1} A) R_{t+1}``):
+    ``dL/d(delta_t u_t B_t) = R_t`` and ``dL/d(delta_t A) = R_t exp(delta_t A) h_{t-1}``."""
+    tokens = u.shape[0]
+    decay, inputs, states = buffers.views(tokens)
+    _chunk_inputs(u, delta, A, B, decay, inputs)
+    decays = buffers.row_views("decay", tokens)
+    _run_states(decays, buffers.row_views("inputs", tokens), h0, buffers.row_views("states", tokens + 1))
+    dC = torch.matmul(states[1:], dy.unsqueeze(-1)).squeeze(-1)  # sum_d dy h_t
+    adjoint = torch.mul(dy.unsqueeze(-2), C.unsqueeze(-1), out=buffers.grad[:tokens])
+    adjoint[-1] += g
+    slots = buffers.row_views("grad", tokens)
+    for t in range(tokens - 2, -1, -1):
+        slots[t].addcmul_(decays[t + 1], slots[t + 1])
+    dh0 = adjoint[0] * decay[0]
+    d_delta_u = torch.matmul(B.unsqueeze(-2), adjoint).squeeze(-2)  # sum_n R B
+    dB = torch.matmul(adjoint, (delta * u).unsqueeze(-1)).squeeze(-1)  # sum_d R delta u
+    d_log = decay.mul_(states[:-1]).mul_(adjoint)  # dL/d(delta_t A): (T, batch, state, d)
+    buffers.d_log_delta[:tokens].addcmul_(d_log, delta.unsqueeze(-2))
+    torch.sum(torch.mul(d_log, A, out=states[:-1]), -2, out=ddelta).addcmul_(d_delta_u, u)
+    torch.mul(d_delta_u, delta, out=du)
+    return dB, dC, dh0
 
 
-class _ChunkedScanFunction(torch.autograd.Function):
-    """The twin's scan ``(u, delta, A, B, C, h0) -> (y without skip and gate, last state)`` with a
-    closed-form backward: the forward keeps the state at the start of every ``state / 8`` chunks, the
-    backward recomputes the states in between (memory ``batch x d x length``, not ``x state``)."""
+def _chunks(length: int, tokens: int) -> list[slice]:
+    return [slice(start, start + tokens) for start in range(0, length, tokens)]
+
+
+def _chunks_per_saved_state(state: int, tokens: int) -> int:
+    """Chunks between the states the twin's forward keeps for its backward: one state per ``state``
+    tokens at least, so those states take at most ``batch x d x length`` numbers (as many as ``u``)
+    whatever the state."""
+    return max(1, -(-state // tokens))
+
+
+class _ScanFunction(torch.autograd.Function):
+    """The twin's scan ``(u, delta, A, B, C, h0) -> (y without skip and gate, last state)``, time-major:
+    ``u, delta: (length, batch, d)``, ``A: (state, d)``, ``B, C: (length, batch, state)``, ``h0`` and the
+    last state ``(batch, state, d)``.  The forward
+    keeps the state at the start of every few chunks; the backward recomputes the states in between
+    (memory ``batch x d x length``, not ``x state``) and runs the adjoint recurrence backwards."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, h0):
-        outputs, saved = [], []
-        h, every = h0, _chunks_per_saved_state(A.shape[1])
-        for i, part in enumerate(_chunks(u.shape[-1])):
+        length, batch, channels = u.shape
+        state = A.shape[0]
+        tokens = _chunk_length(batch, channels, state, length)
+        buffers = _Buffers(tokens, batch, channels, state, u, grad=False)
+        y, saved = torch.empty_like(u), []
+        h, every = h0, _chunks_per_saved_state(state, tokens)
+        for i, part in enumerate(_chunks(length, tokens)):
             if i % every == 0:
-                saved.append(h)
-            y, h = _closed_form_chunk(u[..., part], delta[..., part], A, B[..., part], C[..., part], h)
-            outputs.append(y)
+                saved.append(h.clone())
+            y[part], h = _chunk_forward(u[part], delta[part], A, B[part], C[part], h, buffers)
         ctx.save_for_backward(u, delta, A, B, C, *saved)
-        return torch.cat(outputs, -1), h
+        ctx.tokens = tokens
+        return y, h.clone()
 
     @staticmethod
     def backward(ctx, dy, dlast):
         u, delta, A, B, C, *saved = ctx.saved_tensors
+        length, batch, channels = u.shape
+        state, tokens = A.shape[0], ctx.tokens
         dy = torch.zeros_like(u) if dy is None else dy.contiguous()
-        g = torch.zeros_like(saved[0]) if dlast is None else dlast
+        g = torch.zeros_like(saved[0]) if dlast is None else dlast.contiguous()
+        buffers = _Buffers(tokens, batch, channels, state, u, grad=True)
         du, ddelta, dB, dC = (torch.empty_like(t) for t in (u, delta, B, C))
-        dA = torch.zeros_like(A)
-        chunks, every = _chunks(u.shape[-1]), _chunks_per_saved_state(A.shape[1])
+        chunks, every = _chunks(length, tokens), _chunks_per_saved_state(state, tokens)
         for group in reversed(range(len(saved))):
             parts = chunks[group * every:(group + 1) * every]
             starts = [saved[group]]
             for part in parts[:-1]:  # the states between two kept ones, again
-                starts.append(_closed_form_chunk(u[..., part], delta[..., part], A, B[..., part], C[..., part],
-                                                 starts[-1])[1])
+                starts.append(_chunk_forward(u[part], delta[part], A, B[part], C[part], starts[-1], buffers,
+                                             outputs=False)[1].clone())
             for part, h0 in reversed(list(zip(parts, starts, strict=True))):
-                grads = _closed_form_chunk_backward(u[..., part], delta[..., part], A, B[..., part], C[..., part],
-                                                    h0, dy[..., part], g)
-                du[..., part], ddelta[..., part], dB[..., part], dC[..., part] = grads[0], grads[1], grads[3], grads[4]
-                dA += grads[2]
-                g = grads[5]
-        return du, ddelta, dA, dB, dC, g
+                dB[part], dC[part], g = _chunk_backward(u[part], delta[part], A, B[part], C[part], h0, dy[part], g,
+                                                        buffers, du[part], ddelta[part])
+        return du, ddelta, buffers.d_log_delta.sum((0, 1)), dB, dC, g
 
 
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, initial_state=None):
@@ -180,22 +203,27 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, initial_state=No
     batch, channels, length = u.shape
     h = (u.new_zeros(batch, channels, A.shape[1], dtype=work) if initial_state is None
          else initial_state.to(work))
-    u_w, delta_w, A_w, B_w, C_w = (t.to(work).contiguous() for t in (u, delta, A, B, C))
     if length == 0:
-        y = u_w
-    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, initial_state)):
-        y, h = _ChunkedScanFunction.apply(u_w, delta_w, A_w, B_w, C_w, h)
+        return u.clone(), h
+    # time-major copies: every token's (batch, d) and (batch, state) slices contiguous
+    u_t, delta_t = (t.to(work).permute(2, 0, 1).contiguous() for t in (u, delta))
+    B_t, C_t = (t.to(work).permute(2, 0, 1).contiguous() for t in (B, C))
+    A_w, h = A.to(work).t().contiguous(), h.transpose(1, 2).contiguous()  # (state, d), (batch, state, d)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, initial_state)):
+        y, h = _ScanFunction.apply(u_t, delta_t, A_w, B_t, C_t, h)
     else:
-        outputs = []
-        for part in _chunks(length):
-            y, h = _closed_form_chunk(u_w[..., part], delta_w[..., part], A_w, B_w[..., part], C_w[..., part], h)
-            outputs.append(y)
-        y = torch.cat(outputs, -1)
+        tokens = _chunk_length(batch, channels, A.shape[1], length)
+        buffers = _Buffers(tokens, batch, channels, A.shape[1], u_t, grad=False)
+        y = torch.empty_like(u_t)
+        for part in _chunks(length, tokens):
+            y[part], h = _chunk_forward(u_t[part], delta_t[part], A_w, B_t[part], C_t[part], h, buffers)
+    h = h.transpose(1, 2).contiguous()
+    # the skip and the gate in the same time-major layout (mixing layouts costs several times more)
     if D is not None:
-        y = y + D.to(work)[:, None] * u_w
+        y = y + D.to(work) * u_t
     if z is not None:
-        y = y * F.silu(z.to(work))
-    return y.to(u.dtype), h
+        y = y * F.silu(z.to(work).permute(2, 0, 1).contiguous())
+    return y.permute(1, 2, 0).to(u.dtype), h
 
 
 def offtheshelf_selective_scan(u, delta, A, B, C, D=None, z=None, initial_state=None):

@@ -60,8 +60,9 @@ def test_twin_equals_the_recurrence(length):
     assert relative_rms(y32.double(), y_ref) < 1e-5
 
 
-def test_twin_splits_chunks_whose_decay_would_overflow():
-    """delta * |A| summed over a chunk far beyond exp's float32 range: the chunk is split, still exact."""
+def test_twin_is_exact_at_large_steps():
+    """delta * |A| summed over a chunk far beyond exp's float32 range: the twin runs the recurrence itself,
+    so nothing overflows and it stays exact."""
     args = inputs(1, 2, 100, 16, dtype=torch.float32, delta_scale=8.0)
     y, last = selective_scan_reference(**args)
     y_ref, last_ref = recurrence(**args)
@@ -72,8 +73,7 @@ def test_twin_splits_chunks_whose_decay_would_overflow():
 
 @pytest.mark.parametrize("delta_scale,state", [(0.2, 4), (60.0, 4), (0.2, 16)])
 def test_twin_gradients_equal_the_recurrence(delta_scale, state):
-    """The closed-form backward: whole chunks, chunks split in halves (large steps), and (state 16)
-    states kept every second chunk, the ones between recomputed."""
+    """The twin's custom backward against autograd through the float64 recurrence, small and large steps."""
     args = inputs(2, 3, 70, state, delta_scale=delta_scale)
     leaves = {k: v.clone().requires_grad_() for k, v in args.items()}
     ref = {k: v.clone().requires_grad_() for k, v in args.items()}
@@ -84,6 +84,37 @@ def test_twin_gradients_equal_the_recurrence(delta_scale, state):
     grads_ref = torch.autograd.grad((y_ref * dy).sum() + (last_ref * dlast).sum(), list(ref.values()))
     for name, got, want in zip(NAMES, grads, grads_ref, strict=True):
         assert torch.allclose(got, want, atol=1e-10, rtol=1e-8), name
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 64])
+def test_twin_chunking_and_kept_states_do_not_change_the_result(monkeypatch, tokens):
+    """Chunks of 1, 3 and 64 tokens (state 8: a state kept every 8, 3 and 1 chunks, the ones between
+    recomputed by the backward; 29 tokens leave a partial last chunk): outputs and every gradient equal
+    the float64 recurrence's."""
+    monkeypatch.setattr(op, "MAX_CHUNK_REFERENCE", tokens)
+    assert op._chunk_length(2, 3, 8) == tokens
+    args = inputs(2, 3, 29, 8)
+    leaves = {k: v.clone().requires_grad_() for k, v in args.items()}
+    ref = {k: v.clone().requires_grad_() for k, v in args.items()}
+    y, last = selective_scan_reference(**leaves)
+    y_ref, last_ref = recurrence(**ref)
+    assert torch.allclose(y, y_ref, atol=1e-12, rtol=1e-10)
+    dy, dlast = torch.randn_like(y), torch.randn_like(last)
+    grads = torch.autograd.grad((y * dy).sum() + (last * dlast).sum(), list(leaves.values()))
+    grads_ref = torch.autograd.grad((y_ref * dy).sum() + (last_ref * dlast).sum(), list(ref.values()))
+    for name, got, want in zip(NAMES, grads, grads_ref, strict=True):
+        assert torch.allclose(got, want, atol=1e-10, rtol=1e-8), name
+
+
+def test_twin_gradcheck(monkeypatch):
+    """torch.autograd.gradcheck of the custom backward in float64 (two-token chunks, kept states every
+    two chunks, a partial last chunk), with only some inputs requiring gradients."""
+    monkeypatch.setattr(op, "MAX_CHUNK_REFERENCE", 2)
+    args = inputs(1, 2, 5, 3)
+    leaves = [args[k].clone().requires_grad_(k != "C") for k in NAMES]
+    assert torch.autograd.gradcheck(lambda *a: selective_scan_reference(*a), leaves)
+    # an output whose gradient is not asked for (only the last state)
+    assert torch.autograd.gradcheck(lambda *a: selective_scan_reference(*a)[1], leaves)
 
 
 @pytest.mark.parametrize("length", [1, 7, 100, 129])

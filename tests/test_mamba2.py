@@ -169,3 +169,19 @@ def test_gated_rmsnorm():
     assert relative_rms(norm(x, z), expected) < 1e-12
     with pytest.raises(ValueError, match="group_size"):
         GatedRMSNorm(6, group_size=4)
+
+
+def test_step_decay_follows_parameter_updates_and_gradients():
+    """The step derives A = -exp(A_log) once per parameter version: an in-place update is seen by the
+    next step, and with autograd on the step's output reaches A_log."""
+    mixer = make(ngroups=2)
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    with torch.no_grad():
+        run_steps(mixer, x, mixer.init_state(2))  # fills the cache
+        mixer.A_log.add_(0.5)
+        stepped, _ = run_steps(mixer, x, mixer.init_state(2))
+        assert relative_rms(stepped, mixer(x)) < 1e-8
+    _, state = mixer.step(x[:, 0], mixer.init_state(2))
+    y, _ = mixer.step(x[:, 1], state)
+    y.sum().backward()
+    assert mixer.A_log.grad is not None and mixer.A_log.grad.abs().sum() > 0

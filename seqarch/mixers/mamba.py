@@ -109,17 +109,33 @@ class Mamba(Mixer):
     def _A(self, dtype: torch.dtype) -> torch.Tensor:
         return -torch.exp(self.A_log.to(compute_dtype(dtype)))
 
+    def _step_constants(self, work: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, D)`` in ``work`` for the recurrent step, derived once per parameter version (not per
+        token); fresh when autograd must see them."""
+        if torch.is_grad_enabled() and (self.A_log.requires_grad or self.D.requires_grad):
+            return self._A(work), self.D.to(work)
+        key = (work, self.A_log.device, self.A_log._version, self.D._version, self.A_log.data_ptr(), self.D.data_ptr())
+        cached = getattr(self, "_step_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, (self._A(work), self.D.to(work)))
+            self._step_cache = cached
+        return cached[1]
+
     def _mix(self, x: torch.Tensor, conv_history: torch.Tensor | None, ssm_state: torch.Tensor | None,
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x: (batch, length, d_model)`` from a state (``None``: fresh) -> ``(y, conv inputs with the
         history in front, last SSM state)``."""
-        xs, z = self.in_proj(x).transpose(1, 2).split(self.d_inner, dim=1)  # (batch, d_inner, length) views
+        xs, z = self.in_proj(x).split(self.d_inner, dim=-1)  # (batch, length, d_inner) views
+        xs = xs.transpose(1, 2)  # the conv reads (batch, d_inner, length)
         if conv_history is not None:  # the conv continues from the previous inputs: read them in front
             xs = torch.cat([conv_history.to(xs.dtype), xs], dim=-1)
-        u = F.silu(self.conv(xs))[..., xs.shape[-1] - x.shape[1]:]
-        delta, B, C = self._selection(u.transpose(1, 2))
-        y, last = selective_scan(u, delta.transpose(1, 2), self._A(u.dtype), B.transpose(1, 2), C.transpose(1, 2),
-                                 self.D, z, initial_state=ssm_state)
+        # Back to (batch, length, d_inner) in one copy before the SiLU: every elementwise op and its backward
+        # then runs on one contiguous layout (on a CPU, mixed layouts cost several times more).
+        u = F.silu(self.conv(xs)[..., xs.shape[-1] - x.shape[1]:].transpose(1, 2).contiguous())
+        delta, B, C = self._selection(u)
+        y, last = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), self._A(u.dtype), B.transpose(1, 2),
+                                 C.transpose(1, 2), self.D, z.transpose(1, 2), initial_state=ssm_state)
         return self.out_proj(y.transpose(1, 2)).to(x.dtype), xs, last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +146,10 @@ class Mamba(Mixer):
     # -- recurrent form -------------------------------------------------------------------
     def _init_state(self, batch_size: int, *, device: Any, dtype: torch.dtype, max_length: int | None) -> State:
         """``"conv"``: the convolution's last inputs ``(batch, d_inner, d_conv - 1)``; ``"ssm"``: the SSM
-        state ``(batch, d_inner, d_state)`` in ``compute_dtype(dtype)``."""
+        state ``(batch, d_inner, d_state)`` in ``compute_dtype(dtype)``.  Also derives the step's constants
+        (so the first step costs what every other does)."""
+        with torch.no_grad():
+            self._step_constants(compute_dtype(dtype))
         return {"conv": self.conv.init_state(batch_size, device=device, dtype=dtype),
                 "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=compute_dtype(dtype))}
 
@@ -141,15 +160,22 @@ class Mamba(Mixer):
         return state["conv"], state["ssm"]
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """One token at O(1) cost: the convolution's window and one update of the SSM state."""
+        """One token at O(1) cost: the convolution's window and one update of the SSM state, written out
+        (a one-token scan call would re-check and re-lay-out its inputs every token)."""
         history, ssm = self._states(state)
         xs, z = self.in_proj(x_t).split(self.d_inner, dim=-1)
         u, history = self.conv.step(xs, history.to(xs.dtype))
         u = F.silu(u)
         delta, B, C = self._selection(u)
-        y, ssm = selective_scan(u[..., None], delta[..., None], self._A(u.dtype), B[..., None], C[..., None],
-                                self.D, z[..., None], initial_state=ssm)
-        return self.out_proj(y[..., 0]).to(x_t.dtype), {**state, "conv": history.to(state["conv"].dtype), "ssm": ssm}
+        work = compute_dtype(u.dtype)
+        A, D = self._step_constants(work)
+        u_w, delta_w = u.to(work), delta.to(work)
+        # h = exp(delta A) h + delta u B;  y = (C . h + D u) * silu(z)
+        ssm = torch.addcmul((delta_w * u_w)[..., None] * B.to(work)[:, None, :], torch.exp(delta_w[..., None] * A),
+                            ssm.to(work))
+        y = torch.matmul(ssm, C.to(work)[..., None])[..., 0].addcmul_(D, u_w).mul_(F.silu(z.to(work)))
+        return (self.out_proj(y.to(x_t.dtype)).to(x_t.dtype),
+                {**state, "conv": history.to(state["conv"].dtype), "ssm": ssm.to(state["ssm"].dtype)})
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Run a prompt ``x: (batch, length, d_model)`` in the parallel form, from a fresh or a

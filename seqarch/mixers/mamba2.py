@@ -127,10 +127,12 @@ class Mamba2(Mixer):
         keep = self.conv_kernel - 1
         if history is not None and keep:
             xbc = torch.cat([history.to(xbc.dtype), xbc], dim=-1)
-        conv = F.silu(self.conv(xbc))
+        conv = self.conv(xbc)
         if history is not None and keep:
             conv = conv[..., keep:]
-        xs, b, c = self._heads(conv.transpose(1, 2))
+        # Back to (batch, length, channels) in one copy before the SiLU: the SiLU, the heads' views and their
+        # gradients then share one contiguous layout (on a CPU, mixed layouts cost several times more).
+        xs, b, c = self._heads(F.silu(conv.transpose(1, 2).contiguous()))
         A = -torch.exp(self.A_log.to(dt.dtype))
         y, final = ssd(xs, dt, A, b, c, chunk_size=self.chunk_size, initial_state=state)
         return self._output(y, xs, z), xbc, final
@@ -142,10 +144,26 @@ class Mamba2(Mixer):
     # -- recurrent form ---------------------------------------------------------------------
     def _init_state(self, batch_size, *, device, dtype, max_length) -> State:
         """``{"conv": (batch, conv_channels, conv_kernel - 1), "ssm": (batch, n_heads, head_dim, d_state)}``
-        (the SSM state in float32 or wider)."""
+        (the SSM state in float32 or wider).  Also derives the step's decay rates (so the first step costs
+        what every other does)."""
+        with torch.no_grad():
+            self._step_A(torch.promote_types(dtype, torch.float32))
         ssm = torch.zeros(batch_size, self.n_heads, self.head_dim, self.d_state, device=device,
                           dtype=torch.promote_types(dtype, torch.float32))
         return {"conv": self.conv.init_state(batch_size, device=device, dtype=dtype), "ssm": ssm}
+
+    def _step_A(self, work: torch.dtype) -> torch.Tensor:
+        """``A = -exp(A_log)`` in ``work`` for the recurrent step, derived once per parameter version (not
+        per token); fresh when autograd must see it."""
+        if torch.is_grad_enabled() and self.A_log.requires_grad:
+            return -torch.exp(self.A_log.to(work))
+        key = (work, self.A_log.device, self.A_log._version, self.A_log.data_ptr())
+        cached = getattr(self, "_step_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, -torch.exp(self.A_log.to(work)))
+            self._step_cache = cached
+        return cached[1]
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         z, xbc, dt = self._split(self.in_proj(x_t))
@@ -153,14 +171,17 @@ class Mamba2(Mixer):
         xs, b, c = self._heads(F.silu(conv))
         ssm = state["ssm"]
         work = ssm.dtype
-        rep = self.n_heads // self.ngroups
-        b = b.to(work).repeat_interleave(rep, dim=1)  # (batch, n_heads, d_state)
-        c = c.to(work).repeat_interleave(rep, dim=1)
+        batch, rep = xs.shape[0], self.n_heads // self.ngroups
         dt = dt.to(work)
-        decay = torch.exp(dt * -torch.exp(self.A_log.to(work)))  # (batch, n_heads)
-        ssm = decay[..., None, None] * ssm + (dt[..., None] * xs.to(work)).unsqueeze(-1) * b.unsqueeze(-2)
-        y = torch.einsum("bhpn,bhn->bhp", ssm, c).to(xs.dtype)
-        return self._output(y, xs, z), {**state, "conv": history, "ssm": ssm}
+        decay = torch.exp(dt * self._step_A(work))  # (batch, n_heads)
+        # grouped views, no copies: (batch, groups, heads per group, head_dim, d_state)
+        grouped = ssm.view(batch, self.ngroups, rep, self.head_dim, self.d_state)
+        inputs = (dt[..., None] * xs.to(work)).view(batch, self.ngroups, rep, self.head_dim, 1)
+        new = torch.addcmul(inputs * b.to(work)[:, :, None, None, :],
+                            decay.view(batch, self.ngroups, rep, 1, 1), grouped)
+        y = torch.matmul(new, c.to(work)[:, :, None, :, None])[..., 0].view(batch, self.n_heads, self.head_dim)
+        return (self._output(y.to(xs.dtype), xs, z),
+                {**state, "conv": history, "ssm": new.view(batch, self.n_heads, self.head_dim, self.d_state)})
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """The whole prompt in the parallel form, from a fresh or a non-empty state; returns the final state."""

@@ -20,7 +20,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import benchlib
 import torch
@@ -171,9 +170,7 @@ def main() -> None:
                         help="rounds of one timed generate per model, interleaved; the best of each is kept")
     parser.add_argument("--compile", nargs="*", default=[],
                         help="mixers also timed with generate(compile_step=True) (inductor)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="report folder (default: scripts/results/cpu or scripts/results/cuda)")
+    benchlib.add_device_and_out(parser)
     args = parser.parse_args()
     args.out = args.out or benchlib.default_out(args.device)
 

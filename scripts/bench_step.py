@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import benchlib
 import torch
@@ -42,9 +41,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per position (median)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="report folder (default: scripts/results/cpu or scripts/results/cuda)")
+    benchlib.add_device_and_out(parser)
     args = parser.parse_args()
     args.out = args.out or benchlib.default_out(args.device)
 

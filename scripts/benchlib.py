@@ -20,6 +20,13 @@ from pathlib import Path
 import torch
 
 
+def add_device_and_out(parser) -> None:
+    """``--device`` (CUDA where there is one) and ``--out`` (the report folder), as every benchmark takes them."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report folder (default: scripts/results/cpu or scripts/results/cuda)")
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

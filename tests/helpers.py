@@ -25,3 +25,22 @@ def run_steps(mixer, x: torch.Tensor, state) -> tuple[torch.Tensor, object]:
         y_t, state = mixer.step(x[:, t], state)
         outputs.append(y_t)
     return torch.stack(outputs, dim=1), state
+
+
+def check_step_follows_parameter_updates(mixer, x, update, params, tol: float) -> None:
+    """A mixer that derives step constants once per parameter version: after ``update()`` changes
+    parameters in place, stepping through ``x: (batch, length, d_model)`` still equals the forward
+    (within ``tol``), and with autograd on, two steps' output passes gradients to every one of ``params``."""
+    import torch
+
+    batch = x.shape[0]
+    with torch.no_grad():
+        run_steps(mixer, x, mixer.init_state(batch))  # fills the cache
+        update()
+        stepped, _ = run_steps(mixer, x, mixer.init_state(batch))
+        assert relative_rms(stepped, mixer(x)) < tol
+    _, state = mixer.step(x[:, 0], mixer.init_state(batch))
+    y, _ = mixer.step(x[:, 1], state)
+    y.sum().backward()
+    for param in params:
+        assert param.grad is not None and param.grad.abs().sum() > 0

@@ -15,7 +15,7 @@ from seqarch.mixers.mamba2 import Mamba2
 from seqarch.models.presets import build_preset
 from seqarch.modules import GatedRMSNorm
 
-from helpers import relative_rms, run_steps
+from helpers import check_step_follows_parameter_updates, relative_rms, run_steps
 
 
 def make(d_model=16, dtype=torch.float64, seed=0, **options):
@@ -175,13 +175,5 @@ def test_step_decay_follows_parameter_updates_and_gradients():
     """The step derives A = -exp(A_log) once per parameter version: an in-place update is seen by the
     next step, and with autograd on the step's output reaches A_log."""
     mixer = make(ngroups=2)
-    x = torch.randn(2, 5, 16, dtype=torch.float64)
-    with torch.no_grad():
-        run_steps(mixer, x, mixer.init_state(2))  # fills the cache
-        mixer.A_log.add_(0.5)
-        stepped, _ = run_steps(mixer, x, mixer.init_state(2))
-        assert relative_rms(stepped, mixer(x)) < 1e-8
-    _, state = mixer.step(x[:, 0], mixer.init_state(2))
-    y, _ = mixer.step(x[:, 1], state)
-    y.sum().backward()
-    assert mixer.A_log.grad is not None and mixer.A_log.grad.abs().sum() > 0
+    check_step_follows_parameter_updates(mixer, torch.randn(2, 5, 16, dtype=torch.float64),
+                                         lambda: mixer.A_log.add_(0.5), [mixer.A_log], 1e-8)

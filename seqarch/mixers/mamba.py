@@ -32,6 +32,7 @@ from torch import nn
 from ..checks import check_bool, check_nonnegative_int, check_positive_int, check_real
 from ..kernels.selective_scan import selective_scan
 from ..modules.kernel_generator import check_param_dtype, tag_optim
+from ..modules.parameter_cache import cached
 from ..modules.short_conv import ShortConv
 from ..modules.ssm import check_dt_range
 from ..precision import compute_dtype
@@ -111,16 +112,8 @@ class Mamba(Mixer):
 
     def _step_constants(self, work: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, D)`` in ``work`` for the recurrent step, derived once per parameter version (not per
-        token); fresh when autograd must see them."""
-        if torch.is_grad_enabled() and (self.A_log.requires_grad or self.D.requires_grad):
-            return self._A(work), self.D.to(work)
-        key = (work, self.A_log.device, self.A_log._version, self.D._version, self.A_log.data_ptr(), self.D.data_ptr())
-        cached = getattr(self, "_step_cache", None)
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = (key, (self._A(work), self.D.to(work)))
-            self._step_cache = cached
-        return cached[1]
+        token; :func:`~seqarch.modules.parameter_cache.cached`); fresh when autograd must see them."""
+        return cached(self, ("step_constants", work), lambda: (self._A(work), self.D.to(work)))
 
     def _mix(self, x: torch.Tensor, conv_history: torch.Tensor | None, ssm_state: torch.Tensor | None,
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -27,6 +27,7 @@ from ..checks import check_bool, check_divides, check_positive_int, check_range_
 from ..kernels.ssd import DEFAULT_CHUNK_SIZE, ssd, ssd_flops
 from ..modules.kernel_generator import tag_optim
 from ..modules.norm import GatedRMSNorm
+from ..modules.parameter_cache import cached
 from ..modules.short_conv import ShortConv
 from .base import Mixer, State, register_mixer
 
@@ -154,16 +155,8 @@ class Mamba2(Mixer):
 
     def _step_A(self, work: torch.dtype) -> torch.Tensor:
         """``A = -exp(A_log)`` in ``work`` for the recurrent step, derived once per parameter version (not
-        per token); fresh when autograd must see it."""
-        if torch.is_grad_enabled() and self.A_log.requires_grad:
-            return -torch.exp(self.A_log.to(work))
-        key = (work, self.A_log.device, self.A_log._version, self.A_log.data_ptr())
-        cached = getattr(self, "_step_cache", None)
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = (key, -torch.exp(self.A_log.to(work)))
-            self._step_cache = cached
-        return cached[1]
+        per token; :func:`~seqarch.modules.parameter_cache.cached`); fresh when autograd must see it."""
+        return cached(self, ("step_A", work), lambda: -torch.exp(self.A_log.to(work)))
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         z, xbc, dt = self._split(self.in_proj(x_t))

@@ -15,7 +15,7 @@ the same op as one extra value column of ones.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -147,6 +147,13 @@ class LinearAttention(MatrixStateMixer):
         eps: added to the normaliser.
         bias: biases in the projections.
     """
+
+    # The mixer is named: subclasses (Based's) inherit this attribute, and the preset must stay this layer.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "linear_attention": {"description": "linear attention (Katharopoulos et al. 2020): elu+1 features and "
+                                            "the normaliser, with a SwiGLU channel mixer",
+                             "mixer": "linear_attention", "channel_mixer": "glu"},
+    }
 
     def __init__(self, d_model: int, *, n_heads: int | None = None, feature_map: str = "elu",
                  key_dim: int | None = None, normalize: bool = True, eps: float = 1e-6, bias: bool = False,

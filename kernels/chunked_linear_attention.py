@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend import device_guard, select, triton_available
-from .tensor_checks import check_dtype, check_like, dtype_names
+from .tensor_checks import check_dtype, check_like, dtype_names, shape_error
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_TRITON_KEY_DIM = 128  # the whole key dimension sits in one tile (the state is BK x BV)
@@ -203,27 +203,23 @@ def triton_limits(q, k, v, log_decay=None, initial_state=None, *, chunk_size=DEF
     return None
 
 
-def _shape_error(name: str, expected: str, tensor) -> ValueError:
-    got = f"shape {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-    return ValueError(f"{name}: expected {expected}, got {got}")
-
 
 def _check_inputs(q, k, v, log_decay, initial_state, chunk_size) -> None:
     """Raise a ValueError naming the first bad argument."""
     if not isinstance(q, torch.Tensor) or q.dim() != 4:
-        raise _shape_error("q", "rank 4 (batch, heads, length, d_k)", q)
+        raise shape_error("q", "rank 4 (batch, heads, length, d_k)", q)
     check_dtype("q", q, DTYPES)
     batch, heads, length, d_k = q.shape
     if not isinstance(k, torch.Tensor) or k.shape != q.shape:
-        raise _shape_error("k", f"shape {tuple(q.shape)} (that of q)", k)
+        raise shape_error("k", f"shape {tuple(q.shape)} (that of q)", k)
     if not isinstance(v, torch.Tensor) or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise _shape_error("v", f"shape ({batch}, {heads}, {length}, d_v)", v)
+        raise shape_error("v", f"shape ({batch}, {heads}, {length}, d_v)", v)
     if log_decay is not None and (not isinstance(log_decay, torch.Tensor)
                                   or log_decay.shape not in (q.shape[:3], q.shape)):
-        raise _shape_error("log_decay", f"None, shape {tuple(q.shape[:3])} or {tuple(q.shape)}", log_decay)
+        raise shape_error("log_decay", f"None, shape {tuple(q.shape[:3])} or {tuple(q.shape)}", log_decay)
     if initial_state is not None and (not isinstance(initial_state, torch.Tensor)
                                       or initial_state.shape != (batch, heads, d_k, v.shape[-1])):
-        raise _shape_error("initial_state", f"None or shape {(batch, heads, d_k, v.shape[-1])}", initial_state)
+        raise shape_error("initial_state", f"None or shape {(batch, heads, d_k, v.shape[-1])}", initial_state)
     if (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 16
             or chunk_size & (chunk_size - 1)):
         raise ValueError(f"chunk_size: expected a power of two >= 16, got {chunk_size!r}")

@@ -30,7 +30,7 @@ import torch
 
 from .backend import device_guard, select, triton_available
 from .chunked_linear_attention import state_dtype
-from .tensor_checks import check_dtype, check_like, dtype_names
+from .tensor_checks import check_dtype, check_like, dtype_names, shape_error
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 DTYPES = (*TRITON_DTYPES, torch.float64)
@@ -144,28 +144,24 @@ def triton_limits(q, k, v, beta, log_decay=None, initial_state=None, *, chunk_si
     return None
 
 
-def _shape_error(name: str, expected: str, tensor) -> ValueError:
-    got = f"shape {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-    return ValueError(f"{name}: expected {expected}, got {got}")
-
 
 def _check_inputs(q, k, v, beta, log_decay, initial_state, chunk_size) -> None:
     """Raise a ValueError naming the first bad argument."""
     if not isinstance(q, torch.Tensor) or q.dim() != 4:
-        raise _shape_error("q", "rank 4 (batch, heads, length, d_k)", q)
+        raise shape_error("q", "rank 4 (batch, heads, length, d_k)", q)
     check_dtype("q", q, DTYPES)
     batch, heads, length, d_k = q.shape
     if not isinstance(k, torch.Tensor) or k.shape != q.shape:
-        raise _shape_error("k", f"shape {tuple(q.shape)} (that of q)", k)
+        raise shape_error("k", f"shape {tuple(q.shape)} (that of q)", k)
     if not isinstance(v, torch.Tensor) or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise _shape_error("v", f"shape ({batch}, {heads}, {length}, d_v)", v)
+        raise shape_error("v", f"shape ({batch}, {heads}, {length}, d_v)", v)
     if not isinstance(beta, torch.Tensor) or beta.shape != q.shape[:3]:
-        raise _shape_error("beta", f"shape {tuple(q.shape[:3])}", beta)
+        raise shape_error("beta", f"shape {tuple(q.shape[:3])}", beta)
     if log_decay is not None and (not isinstance(log_decay, torch.Tensor) or log_decay.shape != q.shape[:3]):
-        raise _shape_error("log_decay", f"None or shape {tuple(q.shape[:3])}", log_decay)
+        raise shape_error("log_decay", f"None or shape {tuple(q.shape[:3])}", log_decay)
     if initial_state is not None and (not isinstance(initial_state, torch.Tensor)
                                       or initial_state.shape != (batch, heads, d_k, v.shape[-1])):
-        raise _shape_error("initial_state", f"None or shape {(batch, heads, d_k, v.shape[-1])}", initial_state)
+        raise shape_error("initial_state", f"None or shape {(batch, heads, d_k, v.shape[-1])}", initial_state)
     if (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 16
             or chunk_size & (chunk_size - 1)):
         raise ValueError(f"chunk_size: expected a power of two >= 16, got {chunk_size!r}")

@@ -18,6 +18,12 @@ def dtype_names(dtypes: Iterable[torch.dtype]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
+def shape_error(name: str, expected: str, tensor) -> ValueError:
+    """The error for argument ``name`` whose shape (or type, for a non-tensor) is not ``expected``."""
+    got = f"shape {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+    return ValueError(f"{name}: expected {expected}, got {got}")
+
+
 def check_dtype(name: str, tensor: torch.Tensor, dtypes: Iterable[torch.dtype]) -> None:
     """Raise unless ``tensor.dtype`` is one of ``dtypes``."""
     dtypes = tuple(dtypes)

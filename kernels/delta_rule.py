@@ -144,7 +144,6 @@ def triton_limits(q, k, v, beta, log_decay=None, initial_state=None, *, chunk_si
     return None
 
 
-
 def _check_inputs(q, k, v, beta, log_decay, initial_state, chunk_size) -> None:
     """Raise a ValueError naming the first bad argument."""
     if not isinstance(q, torch.Tensor) or q.dim() != 4:

@@ -37,13 +37,6 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _per_channel(log_decay: torch.Tensor | None, d_k: int) -> torch.Tensor | None:
-    """``log_decay`` as ``(..., length, d_k)`` (a per-head decay is the same for every key channel)."""
-    if log_decay is None or log_decay.dim() == 4:
-        return log_decay
-    return log_decay.unsqueeze(-1).expand(*log_decay.shape, d_k)
-
-
 def linear_attention_step(q_t: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor,
                           log_decay_t: torch.Tensor | None, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One token of the recurrence: ``q_t, k_t: (batch, heads, d_k)``, ``v_t: (batch, heads, d_v)``,
@@ -79,7 +72,7 @@ def _initial(initial_state, batch, heads, d_k, d_v, like) -> torch.Tensor:
     return initial_state.to(work)
 
 
-SUB_CHUNK = 16  # the per-channel decay's in-chunk blocks (see _within_chunks)
+SUB_CHUNK = 16  # the exact per-channel form's in-chunk blocks (see _exact_within_chunks)
 
 
 def effective_chunk(length: int, chunk_size: int) -> int:
@@ -88,30 +81,47 @@ def effective_chunk(length: int, chunk_size: int) -> int:
     return min(chunk_size, max(16, 1 << max(0, length - 1).bit_length()))
 
 
-def twin_matmul_flops(length: int, heads: int, d_k: int, d_v: int, chunk_size: int, per_channel: bool) -> int:
+def twin_matmul_flops(length: int, heads: int, d_k: int, d_v: int, chunk_size: int) -> int:
     """Matrix-product FLOPs of the twin for one sequence (padded to whole chunks), as FlopCounterMode counts
-    them: in-chunk scores and their values (``2 C (d_k + d_v)`` a token; ``(C + 16) (d_k + d_v)`` with the
-    per-channel decay's blocks of 16), the state read and the state update (``4 d_k d_v``)."""
+    them: in-chunk scores and their values (``2 C (d_k + d_v)`` a token), the state read and the state
+    update (``4 d_k d_v``).  That is the factored form, taken whenever the decay allows it (see
+    :func:`factorable`); the exact blocked form of a very strong per-channel decay computes
+    ``(C + 16) (d_k + d_v)`` a token in its products instead."""
     chunk = effective_chunk(length, chunk_size)
     tokens = -(-length // chunk) * chunk
-    pairs = (chunk + min(SUB_CHUNK, chunk)) if per_channel else 2 * chunk
-    return tokens * heads * (pairs * (d_k + d_v) + 4 * d_k * d_v)
+    return tokens * heads * (2 * chunk * (d_k + d_v) + 4 * d_k * d_v)
 
 
-def _within_chunks(q, k, v, cum, per_head: bool) -> torch.Tensor:
-    """The in-chunk part of the output for every chunk at once: ``q, k, v: (batch, heads, chunks, C, d)``,
-    ``cum`` the in-chunk running sums of the log-decay ``(..., C, d_k)`` or None.
+# The largest in-chunk decay (minus the log) the factored form takes: exp(+-limit) stays a normal number
+# with room to spare in the work dtype, so the factored products lose nothing to overflow or underflow.
+FACTOR_LIMIT = {torch.float32: 40.0, torch.float64: 300.0}
 
-    A per-channel decay sits between q and k, so a pair of positions costs ``d_k`` exponentials: the
-    diagonal blocks of 16 take that ``(16, 16, d_k)`` product, and each block's queries meet the
-    earlier keys of their chunk through one matrix product, scaled about the position ``r`` just
-    before the block (``exp(b_t - b_r)`` and ``exp(b_r - b_s)`` are both ``<= 1``, as ``b`` never
-    increases)."""
+
+def factorable(cum: torch.Tensor) -> bool:
+    """Whether the in-chunk decays ``cum: (..., C, 1 or d_k)`` (running sums of log-decays, ``<= 0`` and falling)
+    are mild enough for the factored form: ``exp(-b_s)`` of every chunk stays below ``exp(limit)``."""
+    return bool(-cum[..., -1, :].min() <= FACTOR_LIMIT[cum.dtype])
+
+
+def _masked_chunk_products(q, k, v) -> torch.Tensor:
+    """``(q k^T masked causal) v`` within every chunk: ``q, k: (..., C, d_k)``, ``v: (..., C, d_v)``."""
     size = q.shape[-2]
     causal = torch.ones(size, size, dtype=torch.bool, device=q.device).tril()
-    if cum is None:
-        return (q @ k.transpose(-1, -2)).masked_fill(~causal, 0) @ v
-    if per_head:
+    return (q @ k.transpose(-1, -2)).masked_fill_(~causal, 0) @ v  # the scores are a fresh tensor
+
+
+def _exact_within_chunks(q, k, v, cum) -> torch.Tensor:
+    """The in-chunk part of the output under a decay too strong to factor (see :func:`factorable`), with
+    every factor ``<= 1``: ``q, k, v: (batch, heads, chunks, C, d)``, ``cum: (..., C, 1)`` (per head) or
+    ``(..., C, d_k)`` (per channel), the in-chunk running sums of the log-decay.
+    A per-head decay is the masked ``C x C`` matrix of ``exp(b_t - b_s)``.  A per-channel one sits
+    between q and k, so a pair of positions costs ``d_k`` exponentials: the diagonal blocks of 16 take
+    that ``(16, 16, d_k)`` product, and each block's queries meet the earlier keys of their chunk through
+    one matrix product, scaled about the position ``r`` just before the block (``exp(b_t - b_r)`` and
+    ``exp(b_r - b_s)`` are both ``<= 1``, as ``b`` never increases)."""
+    size = q.shape[-2]
+    causal = torch.ones(size, size, dtype=torch.bool, device=q.device).tril()
+    if cum.shape[-1] == 1:
         b = cum[..., 0]
         gap = (b.unsqueeze(-1) - b.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
         return ((q @ k.transpose(-1, -2)) * gap.exp()) @ v
@@ -133,8 +143,9 @@ def _within_chunks(q, k, v, cum, per_head: bool) -> torch.Tensor:
 
 def chunked_linear_attention_reference(q, k, v, log_decay=None, initial_state=None, chunk_size=DEFAULT_CHUNK):
     """The PyTorch twin of :func:`chunked_linear_attention` (the CPU path): the chunked form in the
-    state dtype (float32, float64 for float64 inputs), the in-chunk products of all chunks at once,
-    then one loop step per chunk for the state."""
+    state dtype (float32, float64 for float64 inputs); the in-chunk products and every chunk's
+    ``k^T v`` of all chunks at once, then one elementwise loop step per chunk for the state, and the
+    state read of all chunks as one product."""
     batch, heads, length, d_k = q.shape
     d_v = v.shape[-1]
     work = state_dtype(v.dtype)
@@ -146,21 +157,32 @@ def chunked_linear_attention_reference(q, k, v, log_decay=None, initial_state=No
     n_chunks = (length + pad) // chunk_size
 
     def chunked(t: torch.Tensor) -> torch.Tensor:
-        return F.pad(t.to(work), (0, 0, 0, pad)).view(batch, heads, n_chunks, chunk_size, t.shape[-1])
+        t = F.pad(t.to(work), (0, 0, 0, pad)) if pad else t.to(work)  # no copy of a whole-chunk input
+        return t.reshape(batch, heads, n_chunks, chunk_size, t.shape[-1])
 
     qc, kc, vc = chunked(q), chunked(k), chunked(v)
-    cum = None if log_decay is None else chunked(_per_channel(log_decay, d_k)).cumsum(3)  # padding: g = 0
-    out = _within_chunks(qc, kc, vc, cum, per_head=log_decay is not None and log_decay.dim() == 3)
-    if cum is not None:
-        last = cum[..., -1:, :]  # (batch, heads, chunks, 1, d_k)
-        qc, kc = qc * cum.exp(), kc * (last - cum).exp()
-    inter = []
+    if log_decay is None:
+        out = _masked_chunk_products(qc, kc, vc)
+    else:
+        # In-chunk running sums of the log-decay, (batch, heads, chunks, C, 1 or d_k); padding has g = 0.
+        cum = chunked(log_decay.unsqueeze(-1) if log_decay.dim() == 3 else log_decay).cumsum(3)
+        last = cum[..., -1:, :]  # (batch, heads, chunks, 1, 1 or d_k)
+        if factorable(cum):
+            # exp(b_t - b_s) = exp(b_t) exp(-b_s): into the queries and keys, one masked product per chunk;
+            # the same scaled queries read the state, and the keys scaled to the chunk's end update it.
+            qc, kc = qc * cum.exp(), kc * (-cum).exp()
+            out = _masked_chunk_products(qc, kc, vc)
+            kc = kc * last.exp()
+        else:
+            out = _exact_within_chunks(qc, kc, vc, cum)
+            qc, kc = qc * cum.exp(), kc * (last - cum).exp()
+        chunk_decay = last.transpose(-1, -2).exp()  # (batch, heads, chunks, 1 or d_k, 1)
+    updates = kc.transpose(-1, -2) @ vc  # (batch, heads, chunks, d_k, d_v): what each chunk adds
+    before = []  # the state entering each chunk
     for i in range(n_chunks):
-        inter.append(qc[:, :, i] @ state)
-        if cum is not None:
-            state = state * last[:, :, i].transpose(-1, -2).exp()
-        state = state + kc[:, :, i].transpose(-1, -2) @ vc[:, :, i]
-    out = out + torch.stack(inter, 2)
+        before.append(state)
+        state = (state if log_decay is None else state * chunk_decay[:, :, i]) + updates[:, :, i]
+    out = out + qc @ torch.stack(before, 2)
     return out.reshape(batch, heads, n_chunks * chunk_size, d_v)[:, :, :length].to(v.dtype), state
 
 

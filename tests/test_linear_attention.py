@@ -11,14 +11,17 @@ import torch
 
 import seqarch
 from seqarch.kernels.chunked_linear_attention import (
+    FACTOR_LIMIT,
     chunked_linear_attention,
     chunked_linear_attention_reference,
+    factorable,
     linear_attention_recurrence,
 )
 from seqarch.models.presets import all_presets
 from seqarch.modules.feature_maps import feature_dim, feature_map
 
 from conftest import D_MODEL, small_mixer
+from helpers import relative_rms
 
 HAS_FLA = importlib.util.find_spec("fla") is not None
 
@@ -50,6 +53,34 @@ def test_strong_decay_does_not_overflow_in_float32():
     expected, _ = linear_attention_recurrence(*(t.double() for t in (q, k, v, g, s0)))
     assert torch.isfinite(out).all() and torch.isfinite(state).all()
     assert (out.double() - expected).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("decay", ["head", "channel"])
+@pytest.mark.parametrize("per_step", [0.5, 1.0])  # chunk 64: in-chunk decays up to 32 (factored), 64 (exact)
+def test_both_in_chunk_forms_match_the_recurrence_in_float32(decay, per_step):
+    q, k, v, _, s0 = inputs(length=100, decay=None, dtype=torch.float32)
+    shape = q.shape[:3] if decay == "head" else q.shape
+    g = -per_step * torch.rand(shape, generator=torch.Generator().manual_seed(3)) * 2
+    cum = g[:, :, :64].cumsum(2)
+    assert factorable(cum if decay == "channel" else cum.unsqueeze(-1)) == (per_step == 0.5)
+    out, state = chunked_linear_attention(q, k, v, g, s0, chunk_size=64)
+    expected, expected_state = linear_attention_recurrence(*(t.double() for t in (q, k, v, g, s0)))
+    assert relative_rms(out.double(), expected) < 1e-5 and relative_rms(state.double(), expected_state) < 1e-5
+
+
+@pytest.mark.parametrize("decay", ["head", "channel"])
+def test_the_factored_and_exact_forms_agree_with_gradients(decay, monkeypatch):
+    def forward_backward():
+        leaves = [t.detach().clone().requires_grad_() for t in inputs(length=45, decay=decay)]
+        out, state = chunked_linear_attention(*leaves, chunk_size=16)
+        (out.sin().sum() + state.cos().sum()).backward()
+        return [out, state, *(t.grad for t in leaves)]
+
+    factored = forward_backward()
+    monkeypatch.setitem(FACTOR_LIMIT, torch.float64, -1.0)  # no decay is mild enough: the exact form
+    exact = forward_backward()
+    for a, b in zip(factored, exact):
+        assert (a - b).abs().max() < 1e-10
 
 
 def test_zero_length_returns_empty_output_and_the_initial_state():

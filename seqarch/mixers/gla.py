@@ -53,8 +53,6 @@ class GatedLinearAttention(MatrixStateMixer):
                 "channel_mixer": "glu"},
     }
 
-    per_channel_decay = True
-
     def __init__(self, d_model: int, *, n_heads: int | None = None, expand_k: float = 0.5, expand_v: float = 1.0,
                  gate_rank: int = 16, gate_normalizer: float = 16.0, bias: bool = False, causal: bool = True,
                  device: Any = None, dtype: torch.dtype | None = None, layer_idx: int | None = None) -> None:

@@ -112,13 +112,10 @@ class MatrixStateMixer(Mixer):
         return y, {**state, **extra, "S": matrix, "length": state["length"] + 1}
 
     # -- accounting -------------------------------------------------------------------
-    per_channel_decay = False  # GLA's decay, whose in-chunk products are blocked (twin_matmul_flops)
-
     def mixing_flops(self, length: int) -> int:
         """Matrix products of the chunked form, per sequence: in each chunk the in-chunk scores and their
         values (counted dense), the state read and the state update (the twin's count)."""
-        return twin_matmul_flops(length, self.n_heads, self.state_key_dim, self.state_value_dim, self.chunk_size,
-                                 self.per_channel_decay)
+        return twin_matmul_flops(length, self.n_heads, self.state_key_dim, self.state_value_dim, self.chunk_size)
 
     def state_size(self, length: int) -> int:
         """The ``d_k x d_v`` matrix of every head (plus short-convolution histories): the same at every length."""

@@ -36,6 +36,22 @@ def test_generate_with_recurrent_path_equals_full_recompute(mixer):
     assert torch.equal(sampled, recomputed)
 
 
+def test_unchecked_decoding_steps_equal_checked_ones_and_checks_still_name_a_bad_state():
+    torch.manual_seed(0)
+    model = seqarch.LanguageModel(small_config(["s4d", "attention"]), dtype=torch.float64).eval()
+    backbone = model.backbone
+    prompt = torch.randint(0, 40, (2, 5))
+    _, states = backbone.prefill(prompt, backbone.init_state(2, max_length=16))
+    token = torch.tensor([3, 7])
+    checked, checked_states = backbone.step(token, states)
+    _, states = backbone.prefill(prompt, backbone.init_state(2, max_length=16))
+    unchecked, unchecked_states = backbone.step(token, states, check=False)
+    assert torch.equal(checked, unchecked)
+    assert [s["length"] for s in checked_states[1:]] == [s["length"] for s in unchecked_states[1:]] == [6]
+    with pytest.raises(ValueError, match="state"):
+        backbone.step(torch.tensor([3, 7, 1]), checked_states)  # states made for a batch of 2
+
+
 def test_hybrid_config_builds_one_mixer_per_layer():
     model = seqarch.LanguageModel(small_config(["s4d", "s4d", "attention"]))
     kinds = [type(block.mixer).name for block in model.backbone.blocks]

@@ -43,8 +43,11 @@ class ResidualBlock(nn.Module):
         y, state = self.mixer.prefill(self.mixer_norm(x), state)
         return self._channel(x + self.dropout(y)), state
 
-    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        y, state = self.mixer.step(self.mixer_norm(x_t), state)
+    def step(self, x_t: torch.Tensor, state: State, *, check: bool = True) -> tuple[torch.Tensor, State]:
+        """One token ``x_t: (batch, d_model)``; ``check=False`` skips the mixer's input and state checks
+        (a decoding loop whose states came from ``init_state`` / ``prefill`` checks once, not every token)."""
+        x_mixer = self.mixer_norm(x_t)
+        y, state = self.mixer.step(x_mixer, state) if check else self.mixer._step(x_mixer, state)
         if self.training:  # dropout is the identity in eval: skip its module call on every token
             return self._channel(x_t + self.dropout(y)), state
         x_t = x_t + y

@@ -104,12 +104,15 @@ class LanguageModel(nn.Module):
             token = self._sample(logits, temperature, top_k, generator)
             new_tokens.append(token[:, None])
             if i + 1 < max_new_tokens:
-                logits, states = step(token, states)
+                # The states came from init_state and prefill, the tokens from _sample: nothing to check
+                # again on every token in every layer (those checks were a tenth of a decoding step).
+                logits, states = step(token, states, check=False)
         return torch.cat([tokens, *new_tokens], 1)
 
-    def decode_step(self, token: torch.Tensor, states: list) -> tuple[torch.Tensor, list]:
-        """One decoding step: ``token: (batch,)`` ids -> ``(logits: (batch, vocab_size), states)``."""
-        features, states = self.backbone.step(token, states)
+    def decode_step(self, token: torch.Tensor, states: list, *, check: bool = True) -> tuple[torch.Tensor, list]:
+        """One decoding step: ``token: (batch,)`` ids -> ``(logits: (batch, vocab_size), states)``;
+        ``check=False`` skips the layers' input and state checks (states made by this model)."""
+        features, states = self.backbone.step(token, states, check=check)
         return self.head(features), states
 
     def compiled_decode_step(self, backend: bool | str = True):

@@ -44,3 +44,28 @@ def check_step_follows_parameter_updates(mixer, x, update, params, tol: float) -
     y.sum().backward()
     for param in params:
         assert param.grad is not None and param.grad.abs().sum() > 0
+
+
+def mamba_ssm_module(name: str):
+    """``mamba_ssm.<name>`` from the authors' package on a CPU, or a skip when it is not installed or not
+    importable. Its CUDA extension is stubbed (only pure-PyTorch references run) and its package
+    ``__init__`` (which imports the CUDA kernels and ``transformers``) is bypassed."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    import pytest
+
+    if "mamba_ssm" not in sys.modules:
+        spec = importlib.util.find_spec("mamba_ssm")
+        if spec is None:
+            pytest.skip("mamba_ssm (optional oracle) is not installed")
+        package = types.ModuleType("mamba_ssm")
+        package.__path__, package.__spec__ = list(spec.submodule_search_locations), spec
+        sys.modules["mamba_ssm"] = package
+    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+    try:
+        return importlib.import_module(f"mamba_ssm.{name}")
+    except Exception as error:  # noqa: BLE001 - any failure to import the optional oracle is a skip
+        pytest.skip(f"mamba_ssm (optional oracle) is not importable here: {type(error).__name__}: {error}")

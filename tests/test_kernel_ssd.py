@@ -9,7 +9,7 @@ import torch
 from seqarch.kernels import backend, use_backend
 from seqarch.kernels.ssd import ssd, ssd_recurrence, ssd_reference
 
-from helpers import relative_rms
+from helpers import mamba_ssm_module, relative_rms
 
 
 def inputs(batch=1, length=7, heads=2, head_dim=4, groups=1, d_state=8, *, dtype=torch.float64, seed=0,
@@ -155,3 +155,16 @@ def test_float32_at_a_shared_memory_footprint_past_an_h100_takes_the_twin():
     assert triton_limits(x, dt, A, B, C, chunk_size=32) is None
     assert triton_limits(x.bfloat16(), dt, A, B.bfloat16(), C.bfloat16(), chunk_size=64) is None
     assert backend("ssd", x, dt, A, B, C, chunk_size=64) == "torch"
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_twin_equals_the_authors_minimal_ssd(with_state):
+    """The Mamba-2 paper's Listing 1 (``ssd_minimal_discrete`` in the authors' package) on the same inputs:
+    it takes the discretised ``x dt`` and ``A dt``, B and C per head, whole chunks only."""
+    ssd_minimal_discrete = mamba_ssm_module("modules.ssd_minimal").ssd_minimal_discrete
+    x, dt, A, B, C, state = inputs(2, 96, 4, 8, 2, 16)
+    y, final = ssd_reference(x, dt, A, B, C, chunk_size=32, initial_state=state if with_state else None)
+    per_head = {"B": B.repeat_interleave(2, dim=2), "C": C.repeat_interleave(2, dim=2)}  # group h // 2
+    y_ref, final_ref = ssd_minimal_discrete(x * dt[..., None], A * dt, per_head["B"], per_head["C"], 32,
+                                            initial_states=state[:, None] if with_state else None)
+    assert relative_rms(y, y_ref) < 1e-10 and relative_rms(final, final_ref) < 1e-10

@@ -16,7 +16,7 @@ from seqarch.kernels.backend import use_backend
 from seqarch.mixers.mamba import Mamba
 from seqarch.models.presets import build_preset
 
-from helpers import check_step_follows_parameter_updates, relative_rms, run_steps
+from helpers import check_step_follows_parameter_updates, mamba_ssm_module, relative_rms, run_steps
 
 
 def make(d_model=8, dtype=torch.float64, seed=0, **options):
@@ -165,26 +165,10 @@ def test_bad_state_names_the_argument():
 
 
 def _reference_mamba():
-    """``mamba_ssm`` (the authors' package) on a CPU, or a skip: its CUDA extension is stubbed (only the
-    pure-PyTorch ``selective_scan_ref`` runs), its package ``__init__`` (which imports ``transformers``)
-    is bypassed, and the block's slow path is pointed at ``selective_scan_ref``."""
-    import importlib.util
-    import sys
-    import types
-
-    spec = importlib.util.find_spec("mamba_ssm")
-    if spec is None:
-        pytest.skip("mamba_ssm (optional oracle) is not installed")
-    if "mamba_ssm" not in sys.modules:
-        package = types.ModuleType("mamba_ssm")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["mamba_ssm"] = package
-    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
-    try:
-        from mamba_ssm.modules import mamba_simple
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_ref
-    except Exception as error:  # noqa: BLE001 - any failure to import the optional oracle is a skip
-        pytest.skip(f"mamba_ssm (optional oracle) is not importable here: {type(error).__name__}: {error}")
+    """The authors' block and ``selective_scan_ref`` (or a skip), the block's slow path pointed at the
+    pure-PyTorch reference."""
+    mamba_simple = mamba_ssm_module("modules.mamba_simple")
+    selective_scan_ref = mamba_ssm_module("ops.selective_scan_interface").selective_scan_ref
     mamba_simple.selective_scan_fn = selective_scan_ref
     return mamba_simple.Mamba, selective_scan_ref
 

@@ -158,7 +158,7 @@ def summarise(runs: list[RunResult], metric: Metric) -> RunResult:
     The learning rate is chosen on validation: the best mean over seeds of the final model's validation
     metric (the test split, which the report gives, is measured on that final model and never chooses).
     The result is the chosen learning rate's first seed, with ``seed_runs`` holding every seed and, with
-    several seeds, ``final``, ``best``, ``test`` and ``train_final`` their means.
+    several seeds, ``final``, ``best``, ``test``, ``train_final`` and each length of ``test_lengths`` their means.
     """
     by_lr: dict[float, list[RunResult]] = {}
     for run in runs:
@@ -176,6 +176,8 @@ def summarise(runs: list[RunResult], metric: Metric) -> RunResult:
     if len(group) > 1 and ok:
         result.final, result.best = _mean([r.final for r in ok]), _mean([r.best for r in ok])
         result.test, result.train_final = _mean([r.test for r in ok]), _mean([r.train_final for r in ok])
+        result.test_lengths = {length: _mean([r.test_lengths.get(length) for r in ok])
+                               for length in dict.fromkeys(key for r in ok for key in r.test_lengths)}
     result.sweep = [LearningRateRun(lr, _mean([r.best for r in g if r.failure is None]), scores[lr],
                                     next((r.failure for r in g if r.failure), None) if scores[lr] is None else None)
                     for lr, g in by_lr.items()] if len(by_lr) > 1 else []

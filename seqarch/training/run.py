@@ -36,14 +36,44 @@ log = logging.getLogger(__name__)
 
 def model_config_for(config: RunConfig, bundle: DataBundle, architecture: Architecture | None = None) -> ModelConfig:
     """The ``ModelConfig`` of a run: the config's ``model`` section, then an architecture's preset
-    and overrides, then what the data fixes (vocabulary, classes, length)."""
+    and overrides, then what the data fixes (vocabulary, classes, length). Raises :class:`ConfigError`
+    when the model cannot take the data's longest test length (:func:`check_length_limit`)."""
     values = config.model.overrides()
     if architecture is not None:
         values = architecture.model_fields_over(values)
     values["vocab_size"] = bundle.vocab_size
     values["num_classes"] = bundle.num_classes
     values["max_length"] = max(int(values.get("max_length") or 0), bundle.seq_len)
-    return ModelConfig.from_dict(values)
+    model_config = ModelConfig.from_dict(values)
+    if bundle.length_tests:
+        check_length_limit(model_config, max(bundle.length_tests))
+    return model_config
+
+
+def check_length_limit(model_config: ModelConfig, length: int) -> None:
+    """Refuse, before anything trains, a test length longer than a layer's parallel form takes.
+
+    The limits are the kernel generators' ``max_length`` (S4's DPLR kernel, Hyena's and M2's implicit
+    filters), which is ``model.max_length``. It is not raised to the test length on the model's behalf:
+    no parameter count depends on it, but Hyena's filters place position ``t`` at ``t / max_length``, so a
+    longer one trains another model; the message says how to ask for it. Attention (rotary positions are
+    computed for any length; ``max_length`` only sizes the KV cache of the recurrent form), the diagonal
+    SSMs and the selective scans take any length.
+    """
+    from ..budget import build_meta_model
+    from ..modules.kernel_generator import KernelGenerator
+
+    for index, block in enumerate(build_meta_model(model_config).backbone.blocks):
+        limits = [module.max_length for module in block.mixer.modules()
+                  if isinstance(module, KernelGenerator) and module.max_length is not None]
+        if limits and min(limits) < length:
+            name = type(block.mixer).__name__
+            raise ConfigError(
+                f"data.test_lengths: expected lengths of at most {min(limits)}, the longest the {name} mixer of "
+                f"layer {index} takes (model.max_length={model_config.max_length}, which positions its kernel), "
+                f"got {length}; set model.max_length: {length} (or in the architecture's overrides) to build "
+                "it for that length (no extra parameters, but a different model), or drop the longer lengths"
+            )
 
 
 def _precision(train: TrainSection) -> str:
@@ -182,9 +212,12 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
                     weights_only=True)
         if not history.history or history.history[-1]["step"] != trainer.global_step:
             trainer.validate(module, datamodule=datamodule, verbose=False)
-        # The final model on the held-out test split: what a comparison reports (validation chose the lr).
+        # The final model on the held-out test split: what a comparison reports (validation chose the lr);
+        # then on the test sets at other lengths (data.test_lengths), each through the same loop.
         trainer.test(module, datamodule=datamodule, verbose=False)
     test_value = trainer.callback_metrics.get(split_metric(bundle.metric.name, "test"))
+    length_values = {str(length): trainer.callback_metrics.get(split_metric(bundle.metric.name, f"test@{length}"))
+                     for length in bundle.length_tests}
     wall = time.perf_counter() - start
     metric = bundle.metric
     train_name = split_metric(metric.name, "train_eval")
@@ -207,6 +240,7 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         device=str(trainer.strategy.root_device),
         history=history.history, model_config=model_config, folder=str(folder), seed=train.seed,
         test=None if test_value is None else float(test_value),
+        test_lengths={length: None if value is None else float(value) for length, value in length_values.items()},
         train_final=next((h[train_name] for h in reversed(history.history) if train_name in h), None),
         train_data="fresh" if bundle.fresh_train else "finite",
     )

@@ -29,7 +29,7 @@ from .config import RunConfig, TrainSection
 from .errors import ConfigError, NonFiniteLossError, nested
 from .module import run_fingerprint
 from .result import BudgetResult, LearningRateRun, RunResult, SeedRun
-from .run import model_config_for, prepare_run_folder, train_run
+from .run import check_length_limit, model_config_for, prepare_run_folder, train_run
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def match_architecture(config: RunConfig, bundle: DataBundle, model_config: Mode
 
 def plan_comparison(config: RunConfig, bundle: DataBundle) -> Plan:
     """Every architecture's matched ``ModelConfig``, solved before any training starts,
-    so an impossible budget fails at once."""
+    so an impossible budget (or a test length a model cannot take) fails at once."""
     plan = []
     for i, architecture in enumerate(config.architectures):
         try:
@@ -83,7 +83,12 @@ def plan_comparison(config: RunConfig, bundle: DataBundle) -> Plan:
         except ValueError as error:
             raise ConfigError(nested(f"architectures[{i}]", error)) from error
         match = match_architecture(config, bundle, model_config, architecture.name)
-        plan.append((architecture.name, match.config if match else model_config, match))
+        model_config = match.config if match else model_config
+        try:
+            check_length_limit(model_config, bundle)
+        except ValueError as error:
+            raise ConfigError(f"architectures[{i}] ({architecture.name}): {error}") from error
+        plan.append((architecture.name, model_config, match))
     return plan
 
 

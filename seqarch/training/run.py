@@ -36,33 +36,35 @@ log = logging.getLogger(__name__)
 
 def model_config_for(config: RunConfig, bundle: DataBundle, architecture: Architecture | None = None) -> ModelConfig:
     """The ``ModelConfig`` of a run: the config's ``model`` section, then an architecture's preset
-    and overrides, then what the data fixes (vocabulary, classes, length). Raises :class:`ConfigError`
-    when the model cannot take the data's longest test length (:func:`check_length_limit`)."""
+    and overrides, then what the data fixes (vocabulary, classes, length)."""
     values = config.model.overrides()
     if architecture is not None:
         values = architecture.model_fields_over(values)
     values["vocab_size"] = bundle.vocab_size
     values["num_classes"] = bundle.num_classes
     values["max_length"] = max(int(values.get("max_length") or 0), bundle.seq_len)
-    model_config = ModelConfig.from_dict(values)
-    if bundle.length_tests:
-        check_length_limit(model_config, max(bundle.length_tests))
-    return model_config
+    return ModelConfig.from_dict(values)
 
 
-def check_length_limit(model_config: ModelConfig, length: int) -> None:
-    """Refuse, before anything trains, a test length longer than a layer's parallel form takes.
+def check_length_limit(model_config: ModelConfig, bundle: DataBundle) -> None:
+    """Refuse, before anything trains, a test length (``bundle.length_tests``) longer than a layer's
+    parallel form takes (``seqarch compare`` checks every architecture's matched model before the first
+    trains; :func:`train_run` checks its own).
 
     The limits are the kernel generators' ``max_length`` (S4's DPLR kernel, Hyena's and M2's implicit
-    filters), which is ``model.max_length``. It is not raised to the test length on the model's behalf:
-    no parameter count depends on it, but Hyena's filters place position ``t`` at ``t / max_length``, so a
-    longer one trains another model; the message says how to ask for it. Attention (rotary positions are
+    filters), which is ``model.max_length`` (the training length unless set). It is not raised to the test
+    length on the model's behalf: no parameter count depends on it, but the function does (Hyena's filters
+    place position ``t`` at ``t / max_length``; S4's kernel is built for ``max_length`` taps), so a longer one
+    trains another model; the message says how to ask for it. Attention (rotary positions are
     computed for any length; ``max_length`` only sizes the KV cache of the recurrent form), the diagonal
     SSMs and the selective scans take any length.
     """
     from ..budget import build_meta_model
     from ..modules.kernel_generator import KernelGenerator
 
+    if not bundle.length_tests:
+        return
+    length = max(bundle.length_tests)
     for index, block in enumerate(build_meta_model(model_config).backbone.blocks):
         limits = [module.max_length for module in block.mixer.modules()
                   if isinstance(module, KernelGenerator) and module.max_length is not None]
@@ -70,7 +72,7 @@ def check_length_limit(model_config: ModelConfig, length: int) -> None:
             name = type(block.mixer).__name__
             raise ConfigError(
                 f"data.test_lengths: expected lengths of at most {min(limits)}, the longest the {name} mixer of "
-                f"layer {index} takes (model.max_length={model_config.max_length}, which positions its kernel), "
+                f"layer {index} takes (model.max_length={model_config.max_length}, the length its kernel is made for), "
                 f"got {length}; set model.max_length: {length} (or in the architecture's overrides) to build "
                 "it for that length (no extra parameters, but a different model), or drop the longer lengths"
             )
@@ -168,6 +170,7 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
     """
     train = config.train
     folder = Path(folder)
+    check_length_limit(model_config, bundle)
     ckpt_path, resumed_from = prepare_run_folder(
         folder, resume, run_fingerprint(model_config, bundle.kind, train, lr, bundle.seq_len))
     if resume and (done := finished_result(folder, train.steps, resumed_from)) is not None:

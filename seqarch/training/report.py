@@ -265,6 +265,7 @@ def plot_length_generalisation(results: list[RunResult], path: Path, metric: str
     ax.axvline(seq_len, color="grey", linestyle="--", linewidth=1, label=f"training length {seq_len}")
     if metric.endswith("accuracy"):
         _chance_line(ax, chance)
+        ax.set_ylim(-0.02, 1.05)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(xs), [str(x) for x in sorted(xs)])
     ax.set_xlabel("test sequence length")

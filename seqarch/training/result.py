@@ -77,7 +77,8 @@ class RunResult:
     ``training_flops``: forward and backward FLOPs of the steps trained (:mod:`seqarch.flops`);
     ``flops_per_token``: forward FLOPs per token of a training step; ``state_size`` is the
     recurrent state of the causal mixers at the training length; ``tokens_per_s`` counts
-    only the steps this process trained (not those before a resume).
+    only the steps this process trained (not those before a resume), over the time of training and its
+    validations (not the final test); ``wall_s`` is the whole run's, the final test included.
     """
 
     name: str

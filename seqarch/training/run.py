@@ -215,6 +215,9 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
                     weights_only=True)
         if not history.history or history.history[-1]["step"] != trainer.global_step:
             trainer.validate(module, datamodule=datamodule, verbose=False)
+        # tokens/s counts training (and its evaluations), not the final test: test sets at long lengths
+        # (data.test_lengths) can cost as much as a good share of training.
+        trained_s = time.perf_counter() - start
         # The final model on the held-out test split: what a comparison reports (validation chose the lr);
         # then on the test sets at other lengths (data.test_lengths), each through the same loop.
         trainer.test(module, datamodule=datamodule, verbose=False)
@@ -238,7 +241,7 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         training_flops=steps_done * tokens_per_step * training_flops_per_token, steps=steps_done,
         metric=metric.name, higher_is_better=metric.higher_is_better,
         final=values[-1] if values else None, best=best, state_size=state_size,
-        tokens_per_s=(steps_done - resumed_from) * tokens_per_step / wall if wall > 0 else None,
+        tokens_per_s=(steps_done - resumed_from) * tokens_per_step / trained_s if trained_s > 0 else None,
         wall_s=history.wall_before + wall, stopped_early=steps_done < train.steps, peak_memory_bytes=memory.peak_bytes,
         device=str(trainer.strategy.root_device),
         history=history.history, model_config=model_config, folder=str(folder), seed=train.seed,

@@ -134,6 +134,7 @@ def test_compare_reports_every_length_over_seeds_and_resume_keeps_them(tmp_path)
                            and line.count("|") == 5)
     assert transformer_row.count("±") == 3  # mean ± half-width over the two seeds, in every column
     assert "![test metric against sequence length](length_generalisation.png)" in report
+    assert "and on 16 held-out examples at each of the lengths 32, 64" in report
     assert (folder / "length_generalisation.png").read_bytes()[:4] == b"\x89PNG"
     # A resume of the finished comparison trains nothing and keeps every value.
     assert main(["compare", str(path), "--output", str(tmp_path), "--quiet", "--resume"]) == 0

@@ -295,7 +295,10 @@ def recipe_lines(config: RunConfig, bundle: DataBundle) -> list[str]:
     lines = [data, (f"- Evaluation: every {train.eval_every} steps on {read} of the {val} validation examples "
                     f"(train.eval_batches = {train.eval_batches}) and as many training examples; "
                     f"once at the end on all {len(test)} {'test' if bundle.test is not None else 'validation'} "
-                    "examples (the `test` column)")]
+                    "examples (the `test` column)"
+                    + (f", and on {len(next(iter(bundle.length_tests.values())))} held-out examples at each "
+                       f"of the lengths {', '.join(map(str, bundle.length_tests))} (the length generalisation table)"
+                       if bundle.length_tests else ""))]
     if len(train.learning_rates) > 1:
         lines.append("- Learning rate: chosen per architecture on validation (the best mean final "
                      f"{bundle.metric.name} over seeds); the test split never chooses")

@@ -38,6 +38,10 @@ class DataBundle:
     :class:`seqarch.data.fresh.FreshExamples` stream (no ``len``; example ``i`` fixed by the seed).
     ``val`` chooses learning rates and stops early; ``test`` is held out for the reported result
     (``None``: the task has no third split and reports fall back to validation).
+    ``length_tests``: held-out test sets at other sequence lengths than ``seq_len`` (``data.test_lengths`` of
+    the synthetic ``lm`` tasks; empty otherwise), by length ``L``: items as for ``test`` but of length ``L``
+    (``inputs``, ``targets``: ``LongTensor(L)``), for measuring length generalisation of a model trained at
+    ``seq_len``.
 
     ``kind == "lm"``: items are ``(inputs, targets)``, both ``LongTensor(seq_len)``; targets are -100
     where no loss is taken. ``kind == "classification"``: items are ``(tokens LongTensor(seq_len),
@@ -59,6 +63,7 @@ class DataBundle:
     metric: Metric = ACCURACY
     recall: bool = False
     test: Dataset | None = None
+    length_tests: dict[int, Dataset] = field(default_factory=dict)
 
     @property
     def fresh_train(self) -> bool:

@@ -74,17 +74,40 @@ SPLIT_SIZE_DOC = """Training examples: ``num_train: null`` (the default) draws f
 (:class:`FreshExamples`); an integer is a finite set of that many, read in epochs (a model can then
 memorise it; the report flags a train-validation gap). ``num_test``: examples in the held-out test split
 (the result reported); ``num_val``: in the validation split (learning rates are chosen on it, training
-stops early on it), ``null`` (the default): as many as ``num_test``."""
+stops early on it), ``null`` (the default): as many as ``num_test``. ``test_lengths`` (a list, default
+none): sequence lengths other than ``seq_len`` at which a model trained at ``seq_len`` is also tested, each
+its own held-out split of ``num_test`` examples (length generalisation: the Mamba paper trains induction
+heads at 256 and tests up to 1M)."""
 
-SPLIT_DEFAULTS: dict[str, Any] = {"num_train": None, "num_val": None, "num_test": 1000}
+SPLIT_DEFAULTS: dict[str, Any] = {"num_train": None, "num_val": None, "num_test": 1000, "test_lengths": None}
+
+
+def check_test_lengths(options: dict[str, Any], check_length: Callable[[str, Any], int]) -> list[int]:
+    """``options["test_lengths"]`` as a list of distinct lengths (``[]`` for none), each judged by the task's
+    own sequence-length rule ``check_length(argument, value)`` (the one ``data.seq_len`` is judged by)."""
+    lengths = options.get("test_lengths")
+    if lengths is None:
+        return []
+    if not isinstance(lengths, (list, tuple)):
+        raise ValueError(f"data.test_lengths: expected a list of sequence lengths, got {lengths!r}")
+    checked = [check_length(f"data.test_lengths[{i}]", length) for i, length in enumerate(lengths)]
+    if options["seq_len"] in checked:
+        raise ValueError(f"data.test_lengths[{checked.index(options['seq_len'])}]: expected lengths other than "
+                         f"data.seq_len={options['seq_len']} (the test split measures that one), got {checked}")
+    repeated = sorted({length for length in checked if checked.count(length) > 1})
+    if repeated:
+        raise ValueError(f"data.test_lengths: expected distinct lengths, got {repeated[0]} more than once in {checked}")
+    return checked
 
 
 def synthetic_bundle(task: str, generate: Callable[..., tuple[torch.Tensor, torch.Tensor]], shape: dict[str, Any],
-                     options: dict[str, Any], seed: int, **info: Any):
+                     options: dict[str, Any], seed: int, check_length: Callable[[str, Any], int], **info: Any):
     """The :class:`DataBundle` of a synthetic ``lm`` task: the training stream or set, validation and test.
 
-    ``options`` holds the task's resolved ``num_train``, ``num_val`` and ``num_test`` (see
-    :data:`SPLIT_SIZE_DOC`); the three splits come from disjoint seeded streams.
+    ``options`` holds the task's resolved ``num_train``, ``num_val``, ``num_test`` and ``test_lengths`` (see
+    :data:`SPLIT_SIZE_DOC`); ``check_length(argument, value)`` is the task's rule for a sequence length, which
+    each of ``test_lengths`` must pass. The splits come from disjoint seeded streams: the test set at length
+    ``L`` from ``split_seed(seed, f"test@{L}")``, with every other option of ``shape`` unchanged.
     """
     from torch.utils.data import TensorDataset
 
@@ -94,17 +117,21 @@ def synthetic_bundle(task: str, generate: Callable[..., tuple[torch.Tensor, torc
     num_train = check_optional_int(options, "num_train")
     num_test = check_int(options, "num_test")
     num_val = check_optional_int(options, "num_val") or num_test
+    test_lengths = check_test_lengths(options, check_length)
     if num_train is None:
         train = FreshExamples(generate, shape, seed)
     else:
         train = TensorDataset(*generate(**shape, num_examples=num_train, seed=split_seed(seed, "train")))
     val = generate(**shape, num_examples=num_val, seed=split_seed(seed, "val"))
     test = generate(**shape, num_examples=num_test, seed=split_seed(seed, "test"))
+    length_tests = {length: TensorDataset(*generate(**{**shape, "seq_len": length}, num_examples=num_test,
+                                                    seed=split_seed(seed, f"test@{length}")))
+                    for length in test_lengths}
     return DataBundle(
-        train=train, val=TensorDataset(*val), test=TensorDataset(*test), kind="lm",
+        train=train, val=TensorDataset(*val), test=TensorDataset(*test), length_tests=length_tests, kind="lm",
         vocab_size=shape["vocab_size"], seq_len=shape["seq_len"],
         info={"task": task, **shape, "train_data": "fresh" if num_train is None else "finite",
               "num_train": num_train if num_train is not None else "fresh every step", "num_val": num_val,
-              "num_test": num_test, **info},
+              "num_test": num_test, **({"test_lengths": test_lengths} if test_lengths else {}), **info},
         recall=True,
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .. import checks
 from ..losses import IGNORE_INDEX
 from .bundle import DataBundle
 from .fresh import SPLIT_DEFAULTS, synthetic_bundle
@@ -34,17 +35,20 @@ MQAR_DEFAULTS: dict[str, Any] = {
 }
 
 
-def check_mqar_shape(vocab_size: int, seq_len: int, num_kv_pairs: int, *, prefix: str = "") -> None:
+def check_mqar_shape(vocab_size: int, seq_len: int, num_kv_pairs: int, *, prefix: str = "",
+                     seq_len_name: str | None = None) -> None:
     """The exact constraints: ``seq_len >= 4 * num_kv_pairs`` (the ``(seq_len - 2 * num_kv_pairs) // 2``
     query slots hold every key once) and ``vocab_size // 2 - 1 >= num_kv_pairs`` (distinct keys from
     ids ``1 .. vocab_size // 2 - 1``; the values' half is at least as large).
 
     Zoology also asserts ``vocab_size > seq_len`` and an even ``seq_len``; neither is needed for a
-    well-formed example, so neither is required here.
+    well-formed example, so neither is required here. Errors name ``{prefix}seq_len`` and
+    ``{prefix}vocab_size`` (``seq_len_name``, where given, instead of the first).
     """
     if seq_len < 4 * num_kv_pairs:
+        seq_len_name = seq_len_name or f"{prefix}seq_len"
         raise ValueError(
-            f"{prefix}seq_len: expected >= 4 * num_kv_pairs = {4 * num_kv_pairs} (pairs plus one query slot "
+            f"{seq_len_name}: expected >= 4 * num_kv_pairs = {4 * num_kv_pairs} (pairs plus one query slot "
             f"per key), got {seq_len}"
         )
     if vocab_size // 2 - 1 < num_kv_pairs:
@@ -120,6 +124,13 @@ def build_mqar(spec: Mapping[str, Any], *, seed: int, cache_dir=None) -> DataBun
     if not isinstance(options["random_non_queries"], bool):
         raise ValueError(f"data.random_non_queries: expected true or false, got {options['random_non_queries']!r}")
     check_mqar_shape(vocab_size, seq_len, num_kv_pairs, prefix="data.")
+
+    def check_length(argument: str, value) -> int:
+        check_mqar_shape(vocab_size, checks.check_int(argument, value, minimum=4), num_kv_pairs, prefix="data.",
+                         seq_len_name=argument)
+        return value
+
     shape = {"vocab_size": vocab_size, "seq_len": seq_len, "num_kv_pairs": num_kv_pairs, "power_a": power_a,
              "random_non_queries": options["random_non_queries"]}
-    return synthetic_bundle("mqar", multiquery_ar, shape, options, seed, answers_per_example=num_kv_pairs)
+    return synthetic_bundle("mqar", multiquery_ar, shape, options, seed, check_length,
+                            answers_per_example=num_kv_pairs)

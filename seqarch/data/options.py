@@ -14,10 +14,19 @@ from typing import Any
 
 from .. import checks
 
+# Keys only some tasks take: a task without one says which do, not only that the key is unknown.
+ONLY_SOME_TASKS = {
+    "test_lengths": "only the synthetic lm tasks (mqar, selective_copy, induction) generate test sets at other "
+                    "sequence lengths",
+}
+
 
 def resolve_options(task: str, spec: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """``defaults`` updated by ``spec`` (less its ``task`` key); a key the task does not know is an error."""
     unknown = sorted(set(spec) - set(defaults) - {"task"})
+    for key in unknown:
+        if key in ONLY_SOME_TASKS:
+            raise ValueError(f"data.{key}: task {task!r} cannot take it; {ONLY_SOME_TASKS[key]}, got {spec[key]!r}")
     if unknown:
         raise ValueError(
             f"data.{unknown[0]}: unknown key for task {task!r}; expected one of {', '.join(sorted(defaults))}, "

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .. import checks
 from ..losses import IGNORE_INDEX
 from .bundle import DataBundle
 from .fresh import SPLIT_DEFAULTS, synthetic_bundle
@@ -99,13 +100,21 @@ def build_selective_copy(spec: Mapping[str, Any], *, seed: int, cache_dir=None) 
     options = resolve_options("selective_copy", spec, SELECTIVE_COPY_DEFAULTS)
     vocab_size = check_int(options, "vocab_size", minimum=FIRST_DATA_TOKEN + 1)
     num_tokens = check_int(options, "num_tokens")
-    seq_len = check_int(options, "seq_len", minimum=2 * num_tokens)
-    shape = {"vocab_size": vocab_size, "seq_len": seq_len, "num_tokens": num_tokens}
-    return synthetic_bundle("selective_copy", selective_copy, shape, options, seed)
+
+    def check_length(argument: str, value) -> int:  # a context at least as long as the tokens it holds
+        return checks.check_int(argument, value, minimum=2 * num_tokens)
+
+    shape = {"vocab_size": vocab_size, "seq_len": check_length("data.seq_len", options["seq_len"]),
+             "num_tokens": num_tokens}
+    return synthetic_bundle("selective_copy", selective_copy, shape, options, seed, check_length)
 
 
 def build_induction(spec: Mapping[str, Any], *, seed: int, cache_dir=None) -> DataBundle:
     options = resolve_options("induction", spec, INDUCTION_DEFAULTS)
+
+    def check_length(argument: str, value) -> int:  # a trigger, its answer and the final trigger
+        return checks.check_int(argument, value, minimum=3)
+
     shape = {"vocab_size": check_int(options, "vocab_size", minimum=3),
-             "seq_len": check_int(options, "seq_len", minimum=3)}
-    return synthetic_bundle("induction", induction_heads, shape, options, seed)
+             "seq_len": check_length("data.seq_len", options["seq_len"])}
+    return synthetic_bundle("induction", induction_heads, shape, options, seed, check_length)

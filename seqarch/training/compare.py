@@ -29,7 +29,7 @@ from .config import RunConfig, TrainSection
 from .errors import ConfigError, NonFiniteLossError, nested
 from .module import run_fingerprint
 from .result import BudgetResult, LearningRateRun, RunResult, SeedRun
-from .run import model_config_for, prepare_run_folder, train_run
+from .run import check_length_limit, model_config_for, prepare_run_folder, train_run
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def match_architecture(config: RunConfig, bundle: DataBundle, model_config: Mode
 
 def plan_comparison(config: RunConfig, bundle: DataBundle) -> Plan:
     """Every architecture's matched ``ModelConfig``, solved before any training starts,
-    so an impossible budget fails at once."""
+    so an impossible budget (or a test length a model cannot take) fails at once."""
     plan = []
     for i, architecture in enumerate(config.architectures):
         try:
@@ -83,7 +83,12 @@ def plan_comparison(config: RunConfig, bundle: DataBundle) -> Plan:
         except ValueError as error:
             raise ConfigError(nested(f"architectures[{i}]", error)) from error
         match = match_architecture(config, bundle, model_config, architecture.name)
-        plan.append((architecture.name, match.config if match else model_config, match))
+        model_config = match.config if match else model_config
+        try:
+            check_length_limit(model_config, bundle)
+        except ValueError as error:
+            raise ConfigError(f"architectures[{i}] ({architecture.name}): {error}") from error
+        plan.append((architecture.name, model_config, match))
     return plan
 
 
@@ -158,7 +163,7 @@ def summarise(runs: list[RunResult], metric: Metric) -> RunResult:
     The learning rate is chosen on validation: the best mean over seeds of the final model's validation
     metric (the test split, which the report gives, is measured on that final model and never chooses).
     The result is the chosen learning rate's first seed, with ``seed_runs`` holding every seed and, with
-    several seeds, ``final``, ``best``, ``test`` and ``train_final`` their means.
+    several seeds, ``final``, ``best``, ``test``, ``train_final`` and each length of ``test_lengths`` their means.
     """
     by_lr: dict[float, list[RunResult]] = {}
     for run in runs:
@@ -176,6 +181,8 @@ def summarise(runs: list[RunResult], metric: Metric) -> RunResult:
     if len(group) > 1 and ok:
         result.final, result.best = _mean([r.final for r in ok]), _mean([r.best for r in ok])
         result.test, result.train_final = _mean([r.test for r in ok]), _mean([r.train_final for r in ok])
+        result.test_lengths = {length: _mean([r.test_lengths.get(length) for r in ok])
+                               for length in dict.fromkeys(key for r in ok for key in r.test_lengths)}
     result.sweep = [LearningRateRun(lr, _mean([r.best for r in g if r.failure is None]), scores[lr],
                                     next((r.failure for r in g if r.failure), None) if scores[lr] is None else None)
                     for lr, g in by_lr.items()] if len(by_lr) > 1 else []

@@ -127,7 +127,10 @@ class DataSection(BaseModel):
     For mqar, selective_copy and induction:
     num_train null (the default) draws fresh training examples every step, never repeated; an integer is a
     finite training set of that many (read in epochs: a model can memorise it); num_test sizes the held-out
-    test split (the reported result) and num_val the validation split (null: as many as num_test)"""
+    test split (the reported result) and num_val the validation split (null: as many as num_test);
+    test_lengths (a list of sequence lengths, default none) adds a held-out test set of num_test examples at
+    each length, on which the final model is also tested (length generalisation; the report's table and
+    length_generalisation.png)"""
 
     def spec(self) -> dict[str, Any]:
         """The spec as a plain dict."""

@@ -97,10 +97,16 @@ class SeqarchDataModule(L.LightningDataModule):
         )
         return self._loader(dataset, batch_sampler=sampler)
 
-    def _evaluation_loader(self, dataset: Dataset, limit: int | None) -> DataLoader:
-        """``dataset``'s first ``limit`` batches (all of it when ``None``), this rank's share, in order."""
+    def _evaluation_loader(self, dataset: Dataset, limit: int | None, length: int | None = None) -> DataLoader:
+        """``dataset``'s first ``limit`` batches (all of it when ``None``), this rank's share, in order.
+
+        ``length``: the sequence length of a test set at another length than the training one; its
+        batches hold at most as many tokens as a training batch (at least one sequence), so memory stays
+        that of training (a quadratic layer's attention matrix grows with the length all the same)."""
         trainer = self.trainer
         per_rank = max(1, self.train_options.batch_size // trainer.world_size)
+        if length is not None:
+            per_rank = max(1, per_rank * self.bundle.seq_len // length)
         if isinstance(dataset, FreshExamples):  # endless: read as many as a validation would
             limit = limit or self.evaluation_batches()
             size = limit * per_rank
@@ -123,6 +129,16 @@ class SeqarchDataModule(L.LightningDataModule):
         return [self._evaluation_loader(self.bundle.val, limit),
                 self._evaluation_loader(self._train_dataset(), self.evaluation_batches())]
 
-    def test_dataloader(self) -> DataLoader:
-        """The whole held-out test split (validation where the task has none)."""
-        return self._evaluation_loader(self.bundle.test if self.bundle.test is not None else self.bundle.val, None)
+    def test_splits(self) -> list[str]:
+        """The metric prefix of each loader of :meth:`test_dataloader`: ``test``, then ``test@<length>``."""
+        return ["test", *(f"test@{length}" for length in self.bundle.length_tests)]
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The whole held-out test split (validation where the task has none), then, where the data has
+        test sets at other lengths (``bundle.length_tests``), each of them whole, in the order of
+        :meth:`test_splits`."""
+        test = self._evaluation_loader(self.bundle.test if self.bundle.test is not None else self.bundle.val, None)
+        if not self.bundle.length_tests:
+            return test
+        return [test, *(self._evaluation_loader(dataset, None, length)
+                        for length, dataset in self.bundle.length_tests.items())]

@@ -3,7 +3,8 @@
 Metrics: ``train/loss``, ``val/loss``, ``val/accuracy`` (answer positions for the
 synthetic tasks, every next token for text, the label for classification), the same on
 examples the run trained on (``train_eval/*``, beside each validation, to show memorisation)
-and on the held-out test split once training ends (``test/*``),
+and on the held-out test split once training ends (``test/*``; ``test@<length>/*`` on the test sets at
+other sequence lengths, ``data.test_lengths``),
 ``val/ppl`` for text, ``train/tokens_per_s`` and, on GPUs with a known peak,
 ``train/mfu`` (model FLOPs utilisation, PaLM appendix B: achieved training FLOP/s
 over the device's peak).
@@ -167,12 +168,15 @@ class SeqarchModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._val_totals = {}
 
-    def test_step(self, batch, batch_idx):
-        self.validation_step(batch, batch_idx)
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        # Loader 0 is the test split; the others (where the data has them) the test sets at other lengths.
+        self.validation_step(batch, batch_idx, dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
-        if self._val_totals.get(0):
-            self._log_totals("test", self._val_totals[0])
+        test_splits = getattr(self.trainer.datamodule, "test_splits", lambda: ["test"])()
+        for index, prefix in enumerate(test_splits):
+            if self._val_totals.get(index):
+                self._log_totals(prefix, self._val_totals[index])
 
     def configure_optimizers(self):
         optimizer, schedule = build_optimizer(self.model, self.train_options, self.lr)

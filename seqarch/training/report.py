@@ -1,9 +1,10 @@
 """Comparison reports: ``results.json``, ``report.md`` and PNG plots.
 
 Plots: the metric against training FLOPs, one line per architecture (the
-Chinchilla/Zoology way of reading a comparison at matched compute), and, for recall
+Chinchilla/Zoology way of reading a comparison at matched compute), for recall
 tasks, accuracy against recurrent state size (Zoology, figure 2: recall is bought
-with state).
+with state), and, with ``data.test_lengths``, the test metric against sequence length
+(length generalisation: the Mamba paper's induction-heads extrapolation).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .config import RunConfig
 from .durable import write_atomic
 from .optim import describe_learning_rates
 from .result import RunResult, split_metric
-from .stats import MEMORISATION_GAP, history_band, memorisation_gap, seed_interval
+from .stats import MEMORISATION_GAP, Interval, history_band, mean_interval, memorisation_gap, seed_interval
 
 TABLE_COLUMNS = ("architecture", "d_model", "layers", "params", "budget error", "FLOPs/token", "training FLOPs",
                  "steps", "lr", "seeds", "train", "final", "best", "test", "state size", "tokens/s", "peak memory")
@@ -126,6 +127,26 @@ def sweep_table(results: list[RunResult]) -> str | None:
     return "\n".join(lines)
 
 
+def length_intervals(r: RunResult, lengths: list[int]) -> list[Interval | None]:
+    """``r``'s test metric at each of ``lengths`` (``str`` keys of ``test_lengths``), mean ± 95% over seeds."""
+    runs = [run for run in (r.seed_runs or [r]) if run.failure is None]
+    values = [[run.test_lengths.get(str(length)) for run in runs] for length in lengths]
+    return [mean_interval([v for v in column if v is not None]) if any(v is not None for v in column) else None
+            for column in values]
+
+
+def length_table(results: list[RunResult], seq_len: int, lengths: list[int]) -> str | None:
+    """Architecture x test length (the training length's ``test`` first); ``None`` without test lengths."""
+    if not lengths:
+        return None
+    head = ["architecture", f"{seq_len} (trained)", *map(str, lengths)]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in results:
+        cells = [_over_seeds(r, "test"), *("-" if i is None else str(i) for i in length_intervals(r, lengths))]
+        lines.append("| " + " | ".join([r.name, *cells]) + " |")
+    return "\n".join(lines)
+
+
 def environment() -> dict:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
     # The load average says how busy the machine was while tokens/s were measured (other jobs slow them).
@@ -225,6 +246,37 @@ def plot_accuracy_vs_state(results: list[RunResult], path: Path, chance: float |
     plt.close(fig)
 
 
+def plot_length_generalisation(results: list[RunResult], path: Path, metric: str, seq_len: int,
+                               lengths: list[int], chance: float | None = None) -> None:
+    """The test metric against sequence length (log2 axis; the training length marked), a line per
+    architecture, with 95% error bars over seeds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [seq_len, *lengths]
+    for r in results:
+        intervals = [seed_interval(r, "test"), *length_intervals(r, lengths)]
+        points = sorted(((x, i) for x, i in zip(xs, intervals) if i is not None), key=lambda point: point[0])
+        if not points:
+            continue
+        seeds = max(i.n for _, i in points)
+        ax.errorbar([x for x, _ in points], [i.mean for _, i in points],
+                    yerr=[i.half_width or 0.0 for _, i in points] if seeds > 1 else None, marker="o", markersize=4,
+                    capsize=2, label=f"{r.name}" + (f" (mean ± 95% over {seeds} seeds)" if seeds > 1 else ""))
+    ax.axvline(seq_len, color="grey", linestyle="--", linewidth=1, label=f"training length {seq_len}")
+    if metric.endswith("accuracy"):
+        _chance_line(ax, chance)
+        ax.set_ylim(-0.02, 1.05)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(xs), [str(x) for x in sorted(xs)])
+    ax.set_xlabel("test sequence length")
+    ax.set_ylabel(split_metric(metric, "test").replace("/", " "))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
 def recipe_lines(config: RunConfig, bundle: DataBundle) -> list[str]:
     """What the reader must know to trust the numbers: fresh or repeated training data, how much each
     evaluation reads, what chose the learning rate and what the result is measured on."""
@@ -243,7 +295,10 @@ def recipe_lines(config: RunConfig, bundle: DataBundle) -> list[str]:
     lines = [data, (f"- Evaluation: every {train.eval_every} steps on {read} of the {val} validation examples "
                     f"(train.eval_batches = {train.eval_batches}) and as many training examples; "
                     f"once at the end on all {len(test)} {'test' if bundle.test is not None else 'validation'} "
-                    "examples (the `test` column)")]
+                    "examples (the `test` column)"
+                    + (f", and on {len(next(iter(bundle.length_tests.values())))} held-out examples at each "
+                       f"of the lengths {', '.join(map(str, bundle.length_tests))} (the length generalisation table)"
+                       if bundle.length_tests else ""))]
     if len(train.learning_rates) > 1:
         lines.append("- Learning rate: chosen per architecture on validation (the best mean final "
                      f"{bundle.metric.name} over seeds); the test split never chooses")
@@ -268,6 +323,10 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
     if bundle.recall:
         paths["state_plot"] = folder / "accuracy_vs_state.png"
         plot_accuracy_vs_state(results, paths["state_plot"], chance)
+    lengths = list(bundle.length_tests)
+    if lengths:
+        paths["length_plot"] = folder / "length_generalisation.png"
+        plot_length_generalisation(results, paths["length_plot"], metric, bundle.seq_len, lengths, chance)
     payload = {"command": command, "wall_s": wall_s, "environment": environment(), "config": config.to_dict(),
                "data": data_info, "metric": metric, "higher_is_better": bundle.metric.higher_is_better,
                "results": [r.to_dict() for r in results], "resumes": list(resumes)}
@@ -302,6 +361,11 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
         "",
         *(lines_of_notes + [""] if (lines_of_notes := notes(results, metric)) else []),
         *([f"Best {metric} by sweep point and width:", "", sweep, ""] if (sweep := sweep_table(results)) else []),
+        *([(f"Length generalisation: {split_metric(metric, 'test')} of the final model, trained at length "
+            f"{bundle.seq_len}, on a test set of {bundle.info.get('num_test', '-')} examples at each length "
+            "(mean ± 95% Student-t half-width over seeds):"), "", table, "",
+           f"![test metric against sequence length]({paths['length_plot'].name})", ""]
+          if (table := length_table(results, bundle.seq_len, lengths)) else []),
         (f"`final`/`best`: {metric} at the last / best evaluation; `test`: "
          f"{split_metric(metric, 'test')} of the final model; `train`: the same metric on examples the run "
          f"trained on, at the last evaluation "

@@ -55,11 +55,12 @@ class SeedRun:
     folder: str
     failure: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    test_lengths: dict[str, float | None] = field(default_factory=dict)
 
     @classmethod
     def of(cls, run: RunResult) -> SeedRun:
         return cls(run.seed, run.final, run.best, run.test, run.train_final, run.steps, run.folder, run.failure,
-                   run.history)
+                   run.history, dict(run.test_lengths))
 
 
 @dataclass
@@ -70,11 +71,14 @@ class RunResult:
     better); ``final`` and ``best`` are its last and best values over ``history`` (one
     entry per validation: step, tokens, training FLOPs and the ``val/*`` metrics).
     ``test`` is the metric of the final model on the held-out test split and ``train_final`` on
-    examples it trained on (a gap to ``final`` is memorisation).
+    examples it trained on (a gap to ``final`` is memorisation). ``test_lengths``: the same metric of the
+    final model on the test set at each other sequence length (``data.test_lengths``), keyed by the length
+    as a string (JSON keys are strings); empty without them (and in result files written before them).
     ``training_flops``: forward and backward FLOPs of the steps trained (:mod:`seqarch.flops`);
     ``flops_per_token``: forward FLOPs per token of a training step; ``state_size`` is the
     recurrent state of the causal mixers at the training length; ``tokens_per_s`` counts
-    only the steps this process trained (not those before a resume).
+    only the steps this process trained (not those before a resume), over the time of training and its
+    validations (not the final test); ``wall_s`` is the whole run's, the final test included.
     """
 
     name: str
@@ -115,6 +119,7 @@ class RunResult:
     train_data: str = ""
     # Filled by seqarch compare: every seed at the chosen learning rate (this run is the first of them).
     seed_runs: list[SeedRun] = field(default_factory=list)
+    test_lengths: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (the model config as its fields)."""

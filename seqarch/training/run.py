@@ -46,6 +46,38 @@ def model_config_for(config: RunConfig, bundle: DataBundle, architecture: Archit
     return ModelConfig.from_dict(values)
 
 
+def check_length_limit(model_config: ModelConfig, bundle: DataBundle) -> None:
+    """Refuse, before anything trains, a test length (``bundle.length_tests``) longer than a layer's
+    parallel form takes (``seqarch compare`` checks every architecture's matched model before the first
+    trains; :func:`train_run` checks its own).
+
+    The limits are the kernel generators' ``max_length`` (S4's DPLR kernel, Hyena's and M2's implicit
+    filters), which is ``model.max_length`` (the training length unless set). It is not raised to the test
+    length on the model's behalf: no parameter count depends on it, but the function does (Hyena's filters
+    place position ``t`` at ``t / max_length``; S4's kernel is built for ``max_length`` taps), so a longer one
+    trains another model; the message says how to ask for it. Attention (rotary positions are
+    computed for any length; ``max_length`` only sizes the KV cache of the recurrent form), the diagonal
+    SSMs and the selective scans take any length.
+    """
+    from ..budget import build_meta_model
+    from ..modules.kernel_generator import KernelGenerator
+
+    if not bundle.length_tests:
+        return
+    length = max(bundle.length_tests)
+    for index, block in enumerate(build_meta_model(model_config).backbone.blocks):
+        limits = [module.max_length for module in block.mixer.modules()
+                  if isinstance(module, KernelGenerator) and module.max_length is not None]
+        if limits and min(limits) < length:
+            name = type(block.mixer).__name__
+            raise ConfigError(
+                f"data.test_lengths: expected lengths of at most {min(limits)}, the longest the {name} mixer of "
+                f"layer {index} takes (model.max_length={model_config.max_length}, the length its kernel is made for), "
+                f"got {length}; set model.max_length: {length} (or in the architecture's overrides) to build "
+                "it for that length (no extra parameters, but a different model), or drop the longer lengths"
+            )
+
+
 def _precision(train: TrainSection) -> str:
     if train.precision == "auto":
         return "bf16-mixed" if torch.cuda.is_available() else "32"
@@ -138,6 +170,7 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
     """
     train = config.train
     folder = Path(folder)
+    check_length_limit(model_config, bundle)
     ckpt_path, resumed_from = prepare_run_folder(
         folder, resume, run_fingerprint(model_config, bundle.kind, train, lr, bundle.seq_len))
     if resume and (done := finished_result(folder, train.steps, resumed_from)) is not None:
@@ -182,9 +215,15 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
                     weights_only=True)
         if not history.history or history.history[-1]["step"] != trainer.global_step:
             trainer.validate(module, datamodule=datamodule, verbose=False)
-        # The final model on the held-out test split: what a comparison reports (validation chose the lr).
+        # tokens/s counts training (and its evaluations), not the final test: test sets at long lengths
+        # (data.test_lengths) can cost as much as a good share of training.
+        trained_s = time.perf_counter() - start
+        # The final model on the held-out test split: what a comparison reports (validation chose the lr);
+        # then on the test sets at other lengths (data.test_lengths), each through the same loop.
         trainer.test(module, datamodule=datamodule, verbose=False)
     test_value = trainer.callback_metrics.get(split_metric(bundle.metric.name, "test"))
+    length_values = {str(length): trainer.callback_metrics.get(split_metric(bundle.metric.name, f"test@{length}"))
+                     for length in bundle.length_tests}
     wall = time.perf_counter() - start
     metric = bundle.metric
     train_name = split_metric(metric.name, "train_eval")
@@ -202,11 +241,12 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         training_flops=steps_done * tokens_per_step * training_flops_per_token, steps=steps_done,
         metric=metric.name, higher_is_better=metric.higher_is_better,
         final=values[-1] if values else None, best=best, state_size=state_size,
-        tokens_per_s=(steps_done - resumed_from) * tokens_per_step / wall if wall > 0 else None,
+        tokens_per_s=(steps_done - resumed_from) * tokens_per_step / trained_s if trained_s > 0 else None,
         wall_s=history.wall_before + wall, stopped_early=steps_done < train.steps, peak_memory_bytes=memory.peak_bytes,
         device=str(trainer.strategy.root_device),
         history=history.history, model_config=model_config, folder=str(folder), seed=train.seed,
         test=None if test_value is None else float(test_value),
+        test_lengths={length: None if value is None else float(value) for length, value in length_values.items()},
         train_final=next((h[train_name] for h in reversed(history.history) if train_name in h), None),
         train_data="fresh" if bundle.fresh_train else "finite",
     )

@@ -35,7 +35,7 @@ def test_each_length_gets_its_own_seeded_test_set_that_the_task_solver_solves(ta
     options, solver = TASKS[task]
     spec = {"task": task, **options, "num_test": 24, "test_lengths": [64, 32]}
     bundle = build_data(spec, seed=3)
-    assert list(bundle.length_tests) == [64, 32] and bundle.info["test_lengths"] == [64, 32]
+    assert list(bundle.length_tests) == [32, 64] and bundle.info["test_lengths"] == [32, 64]  # sorted
     again = build_data(spec, seed=3)
     for length, dataset in bundle.length_tests.items():
         inputs, targets = dataset.tensors
@@ -76,9 +76,9 @@ def test_long_test_batches_hold_no_more_tokens_than_a_training_batch():
     bundle = build_data({"task": "induction", "seq_len": 16, "num_test": 10, "test_lengths": [64, 8]}, seed=0)
     datamodule = SeqarchDataModule(bundle, TrainSection(steps=2, batch_size=8))
     datamodule.trainer = SimpleNamespace(global_rank=0, world_size=1)
-    assert datamodule.test_splits() == ["test", "test@64", "test@8"]
+    assert datamodule.test_splits() == ["test", "test@8", "test@64"]
     loaders = datamodule.test_dataloader()
-    assert [loader.batch_size for loader in loaders] == [8, 2, 16]
+    assert [loader.batch_size for loader in loaders] == [8, 16, 2]
     assert [len(loader.dataset) for loader in loaders] == [10, 10, 10]
 
 
@@ -139,6 +139,18 @@ def test_compare_reports_every_length_over_seeds_and_resume_keeps_them(tmp_path)
     # A resume of the finished comparison trains nothing and keeps every value.
     assert main(["compare", str(path), "--output", str(tmp_path), "--quiet", "--resume"]) == 0
     assert json.loads((folder / "results.json").read_text())["results"] == results
+    # A resume with a test length added tests the finished runs' final models there, training nothing.
+    checkpoints = sorted(p.name for p in folder.rglob("*.ckpt"))
+    assert main(["compare", str(path), "--output", str(tmp_path), "--quiet", "--resume",
+                 "data.test_lengths=[32, 64, 48]"]) == 0
+    extended = json.loads((folder / "results.json").read_text())["results"]
+    for before, after in zip(results, extended):
+        assert after["history"] == before["history"] and after["steps"] == before["steps"]
+        for old_run, new_run in zip(before["seed_runs"], after["seed_runs"]):
+            assert {k: new_run["test_lengths"][k] for k in ("32", "64")} == old_run["test_lengths"]
+            assert 0 <= new_run["test_lengths"]["48"] <= 1
+    assert sorted(p.name for p in folder.rglob("*.ckpt")) == checkpoints
+    assert "| architecture | 16 (trained) | 32 | 48 | 64 |" in (folder / "report.md").read_text()
     # A result.json written before test lengths existed still reads (no values).
     old = {k: v for k, v in json.loads((folder / "mamba" / "run" / "seed-0" / "result.json").read_text()).items()
            if k != "test_lengths"}

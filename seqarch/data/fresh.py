@@ -83,8 +83,9 @@ SPLIT_DEFAULTS: dict[str, Any] = {"num_train": None, "num_val": None, "num_test"
 
 
 def check_test_lengths(options: dict[str, Any], check_length: Callable[[str, Any], int]) -> list[int]:
-    """``options["test_lengths"]`` as a list of distinct lengths (``[]`` for none), each judged by the task's
-    own sequence-length rule ``check_length(argument, value)`` (the one ``data.seq_len`` is judged by)."""
+    """``options["test_lengths"]`` as a sorted list of distinct lengths (``[]`` for none; reports and plots
+    read them in this order), each judged by the task's own sequence-length rule
+    ``check_length(argument, value)`` (the one ``data.seq_len`` is judged by)."""
     lengths = options.get("test_lengths")
     if lengths is None:
         return []
@@ -97,7 +98,7 @@ def check_test_lengths(options: dict[str, Any], check_length: Callable[[str, Any
     repeated = sorted({length for length in checked if checked.count(length) > 1})
     if repeated:
         raise ValueError(f"data.test_lengths: expected distinct lengths, got {repeated[0]} more than once in {checked}")
-    return checked
+    return sorted(checked)
 
 
 def synthetic_bundle(task: str, generate: Callable[..., tuple[torch.Tensor, torch.Tensor]], shape: dict[str, Any],

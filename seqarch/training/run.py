@@ -157,6 +157,38 @@ def finished_result(folder: Path, steps: int, resumed_from: int) -> RunResult | 
     return None
 
 
+def _test_metrics(trainer: L.Trainer, metric_name: str, bundle: DataBundle) -> tuple[float | None, dict]:
+    """The test split's metric and each test length's, from a ``trainer.test`` just run."""
+    def value(split: str) -> float | None:
+        found = trainer.callback_metrics.get(split_metric(metric_name, split))
+        return None if found is None else float(found)
+
+    return value("test"), {str(length): value(f"test@{length}") for length in bundle.length_tests}
+
+
+def test_finished_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, done: RunResult,
+                      ckpt_path: Path, *, lr: float, folder: Path) -> RunResult:
+    """A finished run's final model (its newest checkpoint, ``ckpt_path``) tested at test lengths its
+    ``result.json`` lacks (``data.test_lengths`` added after it trained); nothing is trained and the
+    checkpoints stay as they were. The lengths it has keep their values; ``result.json`` is rewritten."""
+    options = config.trainer
+    module = SeqarchModule(model_config, bundle.kind, config.train, lr, bundle.seq_len, config.budget.attention_flops)
+    trainer = L.Trainer(precision=_precision(config.train), accelerator=options.accelerator, devices=options.devices,
+                        strategy=options.strategy, num_nodes=options.num_nodes, logger=False,
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                        default_root_dir=str(folder))
+    with warnings.catch_warnings():
+        # Only the weights are read: the training callbacks whose state the checkpoint holds are not needed.
+        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used")
+        trainer.test(module, datamodule=SeqarchDataModule(bundle, config.train), ckpt_path=str(ckpt_path),
+                     weights_only=True, verbose=False)
+    _, lengths = _test_metrics(trainer, bundle.metric.name, bundle)
+    done.test_lengths = {**lengths, **done.test_lengths}
+    if trainer.is_global_zero:
+        write_atomic(RunPaths(folder).result, json.dumps(done.to_dict(), indent=2))
+    return done
+
+
 def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, *, lr: float, folder: Path,
               resume: bool = False, label: str | None = None, callbacks: list | None = None,
               position: tuple[int, int] = (1, 1), progress_label: str | None = None) -> RunResult:
@@ -174,8 +206,12 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
     ckpt_path, resumed_from = prepare_run_folder(
         folder, resume, run_fingerprint(model_config, bundle.kind, train, lr, bundle.seq_len))
     if resume and (done := finished_result(folder, train.steps, resumed_from)) is not None:
-        log.info("%s: finished before (step %d); its result is kept as it was", label or folder.name, done.steps)
-        return done
+        if all(str(length) in done.test_lengths for length in bundle.length_tests):
+            log.info("%s: finished before (step %d); its result is kept as it was", label or folder.name, done.steps)
+            return done
+        log.info("%s: finished before (step %d); its final model is tested at the new test lengths",
+                 label or folder.name, done.steps)
+        return test_finished_run(config, bundle, model_config, done, ckpt_path, lr=lr, folder=folder)
     L.seed_everything(train.seed, workers=True, verbose=False)
     module = SeqarchModule(model_config, bundle.kind, train, lr, bundle.seq_len, config.budget.attention_flops)
     if train.compile:
@@ -221,9 +257,7 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         # The final model on the held-out test split: what a comparison reports (validation chose the lr);
         # then on the test sets at other lengths (data.test_lengths), each through the same loop.
         trainer.test(module, datamodule=datamodule, verbose=False)
-    test_value = trainer.callback_metrics.get(split_metric(bundle.metric.name, "test"))
-    length_values = {str(length): trainer.callback_metrics.get(split_metric(bundle.metric.name, f"test@{length}"))
-                     for length in bundle.length_tests}
+    test_value, length_values = _test_metrics(trainer, bundle.metric.name, bundle)
     wall = time.perf_counter() - start
     metric = bundle.metric
     train_name = split_metric(metric.name, "train_eval")
@@ -245,8 +279,7 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         wall_s=history.wall_before + wall, stopped_early=steps_done < train.steps, peak_memory_bytes=memory.peak_bytes,
         device=str(trainer.strategy.root_device),
         history=history.history, model_config=model_config, folder=str(folder), seed=train.seed,
-        test=None if test_value is None else float(test_value),
-        test_lengths={length: None if value is None else float(value) for length, value in length_values.items()},
+        test=test_value, test_lengths=length_values,
         train_final=next((h[train_name] for h in reversed(history.history) if train_name in h), None),
         train_data="fresh" if bundle.fresh_train else "finite",
     )

@@ -26,6 +26,9 @@ RESUMABLE_KEYS = (
     "train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.stop_at", "train.num_workers", "train.seeds", "train.eval_batches", "trainer.", "logger", "wandb.",
     "output", "imports", "slurm.",
+    # Test sets at other lengths are read only after training: a finished run resumed with new ones is
+    # tested there from its final checkpoint (seqarch.training.run.test_finished_run).
+    "data.test_lengths",
 )
 RESUME_LOG = "resumes.jsonl"
 

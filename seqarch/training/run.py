@@ -84,6 +84,12 @@ def _precision(train: TrainSection) -> str:
     return train.precision
 
 
+def placement(options: TrainerSection) -> dict:
+    """The ``L.Trainer`` arguments of the config's ``trainer`` section: where and on how many devices."""
+    return {"accelerator": options.accelerator, "devices": options.devices, "strategy": options.strategy,
+            "num_nodes": options.num_nodes}
+
+
 def check_trainer_options(options: TrainerSection) -> None:
     """Let Lightning judge the ``trainer`` section before anything trains (``accelerator: gpu`` on a
     machine without one, ``devices: abc``); raises :class:`ConfigError` with its reason."""
@@ -91,8 +97,7 @@ def check_trainer_options(options: TrainerSection) -> None:
     level = lightning_log.level
     lightning_log.setLevel(logging.ERROR)  # its device lines come once, from the real trainer
     try:
-        L.Trainer(accelerator=options.accelerator, devices=options.devices, strategy=options.strategy,
-                  num_nodes=options.num_nodes, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        L.Trainer(**placement(options), logger=False, enable_checkpointing=False, enable_progress_bar=False,
                   enable_model_summary=False)
     except (MisconfigurationException, ValueError, RuntimeError, TypeError) as error:
         values = options.model_dump(exclude={"enable_progress_bar"})
@@ -171,10 +176,8 @@ def test_finished_run(config: RunConfig, bundle: DataBundle, model_config: Model
     """A finished run's final model (its newest checkpoint, ``ckpt_path``) tested at test lengths its
     ``result.json`` lacks (``data.test_lengths`` added after it trained); nothing is trained and the
     checkpoints stay as they were. The lengths it has keep their values; ``result.json`` is rewritten."""
-    options = config.trainer
     module = SeqarchModule(model_config, bundle.kind, config.train, lr, bundle.seq_len, config.budget.attention_flops)
-    trainer = L.Trainer(precision=_precision(config.train), accelerator=options.accelerator, devices=options.devices,
-                        strategy=options.strategy, num_nodes=options.num_nodes, logger=False,
+    trainer = L.Trainer(precision=_precision(config.train), **placement(config.trainer), logger=False,
                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
                         default_root_dir=str(folder))
     with warnings.catch_warnings():
@@ -224,9 +227,8 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         max_steps=train.steps, max_epochs=-1,
         val_check_interval=train.eval_every, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, log_every_n_steps=train.log_every,
-        gradient_clip_val=train.grad_clip, precision=_precision(train),
-        accelerator=options.accelerator, devices=options.devices, strategy=options.strategy,
-        num_nodes=options.num_nodes, enable_progress_bar=False,  # ProgressLine instead of Lightning's bar
+        gradient_clip_val=train.grad_clip, precision=_precision(train), **placement(options),
+        enable_progress_bar=False,  # ProgressLine instead of Lightning's bar
         use_distributed_sampler=False, enable_checkpointing=True,  # StepCheckpoint is the only one
         enable_model_summary=False,
         logger=build_loggers(config.logger, folder, label or folder.name, config.wandb.model_dump(),

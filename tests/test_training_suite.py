@@ -105,6 +105,14 @@ def test_scale_config_errors():
         validate({"scale": {"flops_min": 1e9, "flops_max": 1e8}})
 
 
+def test_scale_points_keep_the_config_budget_options_and_set_only_the_flops():
+    config = validate({"architectures": ["transformer"], "scale": {"flops": [1e9, 4e9]},
+                       "budget": {"width_multiple": 4, "attention_flops": "dense", "params_count": "non_embedding"}})
+    budgets = [point.config.budget for point in scale_points(config)]
+    assert [b.flops for b in budgets] == [1e9, 4e9]
+    assert {(b.width_multiple, b.attention_flops, b.params_count) for b in budgets} == {(4, "dense", "non_embedding")}
+
+
 def test_crossing_text_within_the_measured_range():
     from seqarch.scaling import PowerLawFit
 

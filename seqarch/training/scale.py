@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ..scaling import PowerLawFit, crossings, fit_power_law
-from .config import BudgetSection, RunConfig
+from .config import RunConfig
 from .durable import write_atomic
 from .errors import ConfigError
 from .report import _pyplot, _save, _si, environment
@@ -39,9 +39,11 @@ def scale_points(config: RunConfig) -> list[SuitePoint]:
     if config.budget.params is not None:
         raise ConfigError(f"budget.params: seqarch scale sets a FLOP budget per point; expected none, got "
                           f"{config.budget.params:g}")
-    budget = config.budget.match_by
+    # Only the FLOP target changes per point: the config's other budget options (width step, what counts as
+    # parameters, attention's FLOP convention, width or depth) hold at every budget.
     return [SuitePoint(f"flops-{flops:.4g}", config.model_copy(
-        update={"budget": BudgetSection(flops=flops, match_by=budget)}, deep=True)) for flops in config.scale.grid]
+        update={"budget": config.budget.model_copy(update={"flops": flops})}, deep=True))
+        for flops in config.scale.grid]
 
 
 def final_loss(result) -> float | None:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend import device_guard, interpreting, select, triton_available
-from .tensor_checks import check_dtype, check_like, dtype_names, empty_result
+from .tensor_checks import check_dtype, check_like, dot_precision, dtype_names, empty_result
 
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -168,11 +168,6 @@ def _launch_configs(head_dim: int, dtype: torch.dtype, device: torch.device) -> 
             _Launch(64 if wide else 128, 32, warps, 3))
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # GPU fp32 dots default to tf32; ask for exact fp32 so fp32 results match the twin.
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _strides(tensor: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(tensor.stride())
 
@@ -188,7 +183,7 @@ def _forward(q, k, v, causal: bool, scale: float) -> tuple[torch.Tensor, torch.T
         q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         n_heads // k.shape[1], length_q, k.shape[2], scale * LOG2_E,
         CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
-        PRECISION=_precision(q.dtype), num_warps=tile.num_warps, num_stages=tile.num_stages,
+        PRECISION=dot_precision(q.dtype), num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return out, lse
 
@@ -202,7 +197,7 @@ def _backward(grad_out, q, k, v, out, lse, causal: bool, scale: float):
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    precision = _precision(q.dtype)
+    precision = dot_precision(q.dtype)
     rows_per_program = 64
     _attention_delta_kernel[(triton.cdiv(length_q, rows_per_program), n_heads, batch)](
         out, grad_out, delta, *_strides(out), *_strides(grad_out), length_q,

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend import device_guard, select, triton_available
-from .tensor_checks import check_dtype, check_like, dtype_names, shape_error
+from .tensor_checks import check_dtype, check_like, dot_precision, dtype_names, shape_error
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_TRITON_KEY_DIM = 128  # the whole key dimension sits in one tile (the state is BK x BV)
@@ -270,11 +270,6 @@ def _tiles(q: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int]:
     return block_k, block_v, triton.cdiv(v.shape[-1], block_v)
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # GPU fp32 dots default to tf32; ask for exact fp32 so fp32 results match the twin.
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _forward(q, k, v, log_decay, initial_state):
     batch, heads, length, d_k = q.shape
     d_v = v.shape[-1]
@@ -287,7 +282,7 @@ def _forward(q, k, v, log_decay, initial_state):
         *q.stride(), *k.stride(), *v.stride(), *_decay_strides(log_decay), *s0.stride(), *out.stride(),
         heads, length, d_k, d_v,
         DECAY=_decay_kind(log_decay), HAS_INITIAL=initial_state is not None, CHUNK=TRITON_CHUNK,
-        BK=block_k, BV=block_v, PRECISION=_precision(q.dtype), num_warps=4,
+        BK=block_k, BV=block_v, PRECISION=dot_precision(q.dtype), num_warps=4,
     )
     return out, final
 
@@ -305,7 +300,7 @@ def _backward(q, k, v, log_decay, initial_state, grad_out, grad_final):
     g = q if log_decay is None else log_decay
     dsf = d_initial if grad_final is None else grad_final
     common = {"DECAY": _decay_kind(log_decay), "CHUNK": TRITON_CHUNK, "BK": block_k, "BV": block_v,
-              "PRECISION": _precision(q.dtype), "num_warps": 4}
+              "PRECISION": dot_precision(q.dtype), "num_warps": 4}
     _dq_kernel[(n_v, batch * heads)](
         q, k, v, g, s0, grad_out, dq_part,
         *q.stride(), *k.stride(), *v.stride(), *_decay_strides(log_decay), *s0.stride(), *grad_out.stride(),

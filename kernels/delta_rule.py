@@ -30,7 +30,7 @@ import torch
 
 from .backend import device_guard, select, triton_available
 from .chunked_linear_attention import state_dtype
-from .tensor_checks import check_dtype, check_like, dtype_names, shape_error
+from .tensor_checks import check_dtype, check_like, dot_precision, dtype_names, shape_error
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 DTYPES = (*TRITON_DTYPES, torch.float64)
@@ -179,11 +179,6 @@ def _tiles(q: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int]:
     return block_k, block_v, triton.cdiv(v.shape[-1], block_v)
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # GPU fp32 dots default to tf32; ask for exact fp32 so fp32 results match the twin.
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _decay_strides(log_decay, q):
     return (0, 0, 0) if log_decay is None else log_decay.stride()
 
@@ -203,7 +198,7 @@ def _forward(q, k, v, beta, log_decay, initial_state):
         *q.stride(), *k.stride(), *v.stride(), *beta.stride(), *_decay_strides(log_decay, q), *s0.stride(),
         *out.stride(), heads, length, d_k, d_v,
         GATED=log_decay is not None, HAS_INITIAL=initial_state is not None, CHUNK=TRITON_CHUNK,
-        BK=block_k, BV=block_v, PRECISION=_precision(q.dtype), num_warps=4,
+        BK=block_k, BV=block_v, PRECISION=dot_precision(q.dtype), num_warps=4,
     )
     return out, final, starts
 
@@ -226,7 +221,7 @@ def _backward(q, k, v, beta, log_decay, starts, grad_out, grad_final):
         *q.stride(), *k.stride(), *v.stride(), *beta.stride(), *_decay_strides(log_decay, q), *dsf.stride(),
         *grad_out.stride(), *dv.stride(), heads, length, d_k, d_v,
         GATED=log_decay is not None, HAS_FINAL_GRAD=grad_final is not None, CHUNK=TRITON_CHUNK,
-        BK=block_k, BV=block_v, PRECISION=_precision(q.dtype), num_warps=4,
+        BK=block_k, BV=block_v, PRECISION=dot_precision(q.dtype), num_warps=4,
     )
     dg = dg_part.sum(0) if log_decay is not None else None
     return dq_part.sum(0), dk_part.sum(0), dv, dbeta_part.sum(0), dg, d_initial

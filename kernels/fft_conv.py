@@ -36,7 +36,7 @@ import math
 import torch
 
 from .backend import device_guard, select, triton_available
-from .tensor_checks import check_like, dtype_names, empty_result
+from .tensor_checks import check_like, dot_precision, dtype_names, empty_result
 
 MIN_LENGTH = 256  # the smallest DFT factor a GPU tl.dot takes is 16, and 16 * 16 = 256
 MAX_LENGTH = 65536  # the outer DFT factor N1 stays <= 128 up to N = 2 * 65536
@@ -367,8 +367,7 @@ class FFTConvFunction(torch.autograd.Function):
         n = 2 * length if causal else length
         plan = fft_plan(n)
         spectrum = _filter_spectrum(k, n, plan)
-        # fp32 inputs get exact fp32 products; half-precision ones tf32 tensor cores (10-bit mantissa)
-        precision = "ieee" if u.dtype == torch.float32 else "tf32"
+        precision = dot_precision(u.dtype)
         y = torch.empty_like(u)
         # grad_post_gate = grad_y * conv(pre_gate * u, k): keep the ungated convolution when it will be needed
         z = torch.empty(u.shape, device=u.device, dtype=torch.float32) if keep_conv else None
@@ -427,6 +426,8 @@ def _check_inputs(u, k, pre_gate, post_gate, causal) -> None:
         raise ValueError(f"k: expected a floating tensor of rank 2 (channels, length), got {got}")
     if k.shape[0] != u.shape[1]:
         raise ValueError(f"k: expected {u.shape[1]} channels to match u, got {k.shape[0]}")
+    if u.shape[2] == 0:
+        raise ValueError("u: expected a length of at least 1, got 0 (an FFT convolution of no positions is undefined)")
     if not 1 <= k.shape[1] <= u.shape[2]:
         raise ValueError(f"k: expected a filter length in [1, {u.shape[2]}], got {k.shape[1]}")
     for name, gate in (("pre_gate", pre_gate), ("post_gate", post_gate)):

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 
 from .backend import device_guard, interpreting, select, triton_available
-from .tensor_checks import check_dtype, check_like, dtype_names, empty_result
+from .tensor_checks import check_dtype, check_like, dot_precision, dtype_names, empty_result
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 DTYPES = (*TRITON_DTYPES, torch.float64)
@@ -165,11 +165,6 @@ def _tiles(nb: int, in_block: int, mid_block: int, out_block: int, device: torch
     return _Tiles(block_t, nb_pad, s_pad, group, block_i, block_o, num_warps)
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # GPU fp32 dots default to tf32; ask for exact fp32 so fp32 results match the twin.
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _forward(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> torch.Tensor:
     """``x: (tokens, in)`` -> ``(tokens, out)``."""
     tokens = x.shape[0]
@@ -182,7 +177,7 @@ def _forward(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) ->
         x, blkdiag1, blkdiag2, y, *x.stride(), *blkdiag1.stride(), *blkdiag2.stride(), *y.stride(),
         tokens, nb, in_block, mid_block, out_block,
         NB_P=tiles.nb_pad, S_P=tiles.s_pad, GROUP=tiles.group, BLOCK_T=tiles.block_t,
-        BLOCK_I=tiles.block_i, BLOCK_O=tiles.block_o, PRECISION=_precision(x.dtype), num_warps=tiles.num_warps,
+        BLOCK_I=tiles.block_i, BLOCK_O=tiles.block_o, PRECISION=dot_precision(x.dtype), num_warps=tiles.num_warps,
     )
     return y
 
@@ -208,7 +203,7 @@ def _blockdiag_weight_grad(grads: torch.Tensor, acts: torch.Tensor, nb: int, lik
     grid = (triton.cdiv(rows, block_m), triton.cdiv(cols, block_n), nb * splits)
     _blockdiag_weight_grad_kernel[grid](
         grads, acts, partial, *grads.stride(), *acts.stride(), tokens, nb, rows, cols, tokens_per_split,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_T=block_t, PRECISION=_precision(grads.dtype),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_T=block_t, PRECISION=dot_precision(grads.dtype),
         num_warps=4 if on_gpu else 1,
     )
     return partial.sum(0).to(like.dtype)
@@ -233,7 +228,7 @@ def _backward(grad_out, x, blkdiag1, blkdiag2):
         *x.stride(), *blkdiag1.stride(), *blkdiag2.stride(), *grad_out.stride(),
         tokens, nb, in_block, mid_block, out_block,
         NB_P=tiles.nb_pad, S_P=tiles.s_pad, GROUP=tiles.group, BLOCK_T=tiles.block_t,
-        BLOCK_I=tiles.block_i, BLOCK_O=tiles.block_o, PRECISION=_precision(x.dtype), num_warps=tiles.num_warps,
+        BLOCK_I=tiles.block_i, BLOCK_O=tiles.block_o, PRECISION=dot_precision(x.dtype), num_warps=tiles.num_warps,
     )
     dx = dx_part[0] if groups == 1 else dx_part.sum(0).to(x.dtype)
     dblkdiag2 = _blockdiag_weight_grad(grad_out, hidden, nb, blkdiag2)

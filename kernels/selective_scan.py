@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from ..precision import compute_dtype
 from .backend import device_guard, interpreting, select, triton_available
-from .tensor_checks import check_dtype, check_like, dtype_names, empty_result
+from .tensor_checks import check_dtype, check_like, dtype_names, empty_result, shape_error
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 DTYPES = (*TRITON_DTYPES, torch.float64)
@@ -290,19 +290,14 @@ def triton_limits(u, delta, A, B, C, D=None, z=None, initial_state=None) -> str 
     return None
 
 
-def _shape_error(name: str, tensor, expected: str) -> ValueError:
-    got = f"shape {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-    return ValueError(f"{name}: expected shape {expected}, got {got}")
-
-
 def _check_inputs(u, delta, A, B, C, D, z, initial_state) -> None:
     """Raise a ValueError naming the first bad argument."""
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
-        raise _shape_error("u", u, "(batch, channels, length)")
+        raise shape_error("u", "shape (batch, channels, length)", u)
     check_dtype("u", u, DTYPES)
     batch, channels, length = u.shape
     if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != channels:
-        raise _shape_error("A", A, f"({channels}, state)")
+        raise shape_error("A", f"shape ({channels}, state)", A)
     state = A.shape[1]
     if state < 1:
         raise ValueError(f"A: expected a state size of at least 1, got shape {tuple(A.shape)}")
@@ -310,10 +305,10 @@ def _check_inputs(u, delta, A, B, C, D, z, initial_state) -> None:
                 "C": (C, (batch, state, length)), "z": (z, (batch, channels, length))}
     for name, (tensor, shape) in expected.items():
         if (tensor is not None or name != "z") and (not isinstance(tensor, torch.Tensor) or tensor.shape != shape):
-            raise _shape_error(name, tensor, str(shape))
+            raise shape_error(name, f"shape {shape}", tensor)
     for name, tensor, shape in (("D", D, (channels,)), ("initial_state", initial_state, (batch, channels, state))):
         if tensor is not None and (not isinstance(tensor, torch.Tensor) or tensor.shape != shape):
-            raise _shape_error(name, tensor, f"{shape} or None")
+            raise shape_error(name, f"shape {shape} or None", tensor)
     check_like("u", u, {"delta": delta, "B": B, "C": C, "z": z})
     check_like("u", u, {"A": A, "D": D, "initial_state": initial_state}, dtype=False)
     for name, tensor in (("A", A), ("D", D), ("initial_state", initial_state)):

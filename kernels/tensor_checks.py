@@ -24,6 +24,12 @@ def shape_error(name: str, expected: str, tensor) -> ValueError:
     return ValueError(f"{name}: expected {expected}, got {got}")
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """The ``input_precision`` of a kernel's ``tl.dot`` for inputs of ``dtype``: GPU float32 dots default to
+    tf32, so float32 asks for exact ``"ieee"`` products (float32 results then match the twin)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def check_dtype(name: str, tensor: torch.Tensor, dtypes: Iterable[torch.dtype]) -> None:
     """Raise unless ``tensor.dtype`` is one of ``dtypes``."""
     dtypes = tuple(dtypes)

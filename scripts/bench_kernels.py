@@ -11,7 +11,7 @@ public kernel function ("ours") and the off-the-shelf alternative: the time
 formula of each op is stated in ``OPS`` and in the report), the speed-up
 ``off-the-shelf time / our time``, the share of the device's peak (from
 ``seqarch.devices.DEVICE_PEAKS``; '-' for an unknown device), the peak memory of both
-(``torch.cuda.max_memory_allocated``) and whether the issue's target is met.
+(``torch.cuda.max_memory_allocated``) and whether the op's speed target is met.
 
 On a CPU (no CUDA) ``do_bench`` cannot run and every public function dispatches
 to its PyTorch twin, so the script times the twins against the off-the-shelf
@@ -439,7 +439,7 @@ def output_probe(op: Op, inputs: dict) -> torch.Tensor:
 
 
 def check_targets(op: Op, row: dict, on_gpu: bool) -> tuple[bool | None, str]:
-    """``(met, text)`` for the issue's targets of this op and mode; None when not checkable."""
+    """``(met, text)`` for the speed targets of this op and mode; None when not checkable."""
     if not on_gpu:
         return None, "n/a (CPU: twins, no Triton)"
     if not op.targets[row["mode"]]:

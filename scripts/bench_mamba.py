@@ -1,6 +1,6 @@
 """Mamba's CPU path side by side in one run: speed, memory scaling and step cost.
 
-    nice python scripts/bench_mamba.py --threads 1          # the issue's shapes (a few minutes)
+    nice python scripts/bench_mamba.py --threads 1          # the target shapes (a few minutes)
     python scripts/bench_mamba.py --batch 2 --length 1024   # smaller
 
 Three questions, each measured in fresh worker processes (the CPU's peak-RSS measure only grows):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -55,26 +54,14 @@ def median_time(fn: Callable[[], object], device: torch.device, *, repeats: int 
     return statistics.median(times)
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Bytes of memory ``fn`` needs at its peak beyond what was held before it ran
+    (:class:`seqarch.memory.PeakMemory`'s ``growth_bytes``, the one peak-memory measure)."""
+    from seqarch.memory import PeakMemory
 
-
-def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
-    """Bytes of memory ``fn`` needs at its peak beyond what was held before it ran.
-
-    Call this first in a fresh process on the CPU: the peak RSS only grows.
-    """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
+    with PeakMemory(device) as memory:
         fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    before = peak_rss_bytes()
-    fn()
-    return max(0, peak_rss_bytes() - before)
+    return memory.growth_bytes
 
 
 def run_worker(script: str, args: list[str], timeout: float) -> dict:

@@ -18,10 +18,11 @@ if TYPE_CHECKING:  # typing.Self exists from Python 3.11; annotations are not ev
     from typing import Self
 
 
-def _read_hwm() -> int | None:
+def _read_status(field: str) -> int | None:
+    """Bytes of a ``/proc/self/status`` field (``VmHWM``: peak resident set, ``VmRSS``: current)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
@@ -36,31 +37,48 @@ def _reset_hwm() -> bool:
         return False
 
 
-class PeakMemory:
-    """``with PeakMemory(device) as m: ...`` then ``m.peak_bytes`` (``None`` where unmeasurable).
+def _lifetime_peak_rss() -> int:
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
-    On CPUs this is the whole process's peak RSS during the block (model, data,
-    activations and the Python runtime), when the kernel lets us reset it; else the
-    process's lifetime peak (``getrusage``), which can only over-state.
+
+class PeakMemory:
+    """``with PeakMemory(device) as m: ...`` then ``m.peak_bytes`` and ``m.growth_bytes``
+    (``None`` where unmeasurable).
+
+    ``peak_bytes``: on GPUs the CUDA allocator's peak during the block; on CPUs the whole
+    process's peak RSS during the block (model, data, activations and the Python runtime),
+    when the kernel lets us reset it, else the process's lifetime peak (``getrusage``),
+    which can only over-state. ``growth_bytes``: that peak less what was held when the
+    block began (allocated CUDA memory, or the resident set): the memory the block's work
+    itself needed, comparable between models on a CPU where the runtime dominates the RSS.
+    Without a resettable peak, the baseline is the lifetime peak so far, so call it early
+    in a fresh process.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = torch.device(device)
         self.peak_bytes: int | None = None
+        self.growth_bytes: int | None = None
+        self._baseline: int | None = None
 
     def __enter__(self) -> Self:
         if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self._baseline = torch.cuda.memory_allocated(self.device)
+        elif _reset_hwm():
+            self._baseline = _read_status("VmRSS")
         else:
-            _reset_hwm()
+            self._baseline = _lifetime_peak_rss()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
-            return
-        peak = _read_hwm()
-        if peak is None:
-            scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = _read_status("VmHWM")
+            peak = _lifetime_peak_rss() if peak is None else peak
         self.peak_bytes = peak
+        self.growth_bytes = None if self._baseline is None else max(0, peak - self._baseline)

@@ -71,11 +71,11 @@ class CausalEMA(Mixer):
 
     def forward(self, x):
         self.check_sequence(x)
-        h, outputs = torch.zeros_like(x[:, 0]), []
+        h, outputs = x.new_zeros(x.shape[0], x.shape[2]), []
         for t in range(x.shape[1]):
             h = self.decay * h + (1 - self.decay) * x[:, t]
             outputs.append(h)
-        return self.out(torch.stack(outputs, 1))
+        return self.out(torch.stack(outputs, 1) if outputs else x)
 
     def _init_state(self, batch_size, *, device, dtype, max_length):
         return {"h": torch.zeros(batch_size, self.d_model, device=device, dtype=dtype)}

@@ -323,3 +323,9 @@ class TestGpu:
         with use_backend("auto"):
             fft_conv(u, k)
         assert calls == [1]
+
+
+def test_zero_length_is_an_error_naming_u():
+    u, k = torch.randn(2, 3, 0), torch.randn(3, 1)
+    with pytest.raises(ValueError, match="u: expected a length of at least 1, got 0"):
+        fft_conv(u, k)

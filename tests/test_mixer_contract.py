@@ -248,6 +248,22 @@ def test_bad_input_names_the_argument(mixer_name):
         mixer.step(torch.randn(3, D_MODEL), mixer.init_state(2))
 
 
+def test_zero_size_inputs_give_an_empty_result_or_name_x(mixer_mode):
+    """An empty batch is an empty answer; no positions is an empty answer or an error naming ``x``
+    (a long convolution needs a position), never a crash inside a reshape or a kernel."""
+    mixer_name, causal = mixer_mode
+    mixer = small_mixer(mixer_name, causal=causal)
+    empty_batch = torch.randn(0, 9, D_MODEL, requires_grad=True)
+    y = mixer(empty_batch)
+    assert y.shape == empty_batch.shape
+    try:
+        y = mixer(torch.randn(2, 0, D_MODEL))
+    except ValueError as error:
+        assert str(error).startswith("x: expected a length of at least 1"), error
+    else:
+        assert y.shape == (2, 0, D_MODEL)
+
+
 def test_accounting_is_positive_and_state_size_is_sensible(mixer_name):
     mixer = small_mixer(mixer_name)
     parts = mixer.flops_breakdown(128)

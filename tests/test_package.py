@@ -110,6 +110,28 @@ def test_ci_runs_the_readme_test_command_verbatim():
     assert setup_and_test[0] in ci_lines
 
 
+def test_the_project_stands_alone_citing_no_outside_notes_or_issue_tracker():
+    """Code, configs and docs name nothing a user of the repository cannot read (design notes kept outside
+    it, the tracker's issues): whatever a reader needs is written here."""
+    import pathlib
+    import re
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout
+    outside = re.compile(r"(?-i:DESIGN\.md|REFERENCES\.md)|\bthe issue'?s?\b|\bissue #?\d+", re.IGNORECASE)
+    this_file = pathlib.Path(__file__).resolve()
+    hits = []
+    for name in tracked.split():
+        path = root / name
+        if path.suffix not in {".py", ".md", ".yaml", ".toml", ".sh", ".txt"} or path.resolve() == this_file:
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if outside.search(line):
+                hits.append(f"{name}:{number}: {line.strip()}")
+    assert not hits, "\n".join(hits)
+
+
 def test_help_and_import_do_not_load_torch_or_lightning():
     # `seqarch --help` must answer at once: torch and Lightning take seconds to import.
     import subprocess

@@ -125,6 +125,8 @@ class Attention(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_sequence(x)
+        if x.shape[1] == 0:  # no queries: the empty answer is well defined, the kernel takes no empty call
+            return self.out(x)
         q, k, v = self._project(x, 0)
         return self._attend(q, k, v)
 
@@ -134,14 +136,10 @@ class Attention(Mixer):
 
         ``step`` and ``prefill`` write new keys and values into these tensors in place.
         """
-        if not self.causal:
-            return super().init_state(batch_size)
-        check_positive_int("batch_size", batch_size)
-        capacity = self.max_length if max_length is None else check_positive_int("max_length", max_length)
-        device, dtype = self._state_like(device, dtype)
+        # init_state has checked the arguments and filled in device and dtype.
+        capacity = self.max_length if max_length is None else max_length
         shape = (batch_size, self.n_kv_heads, capacity, self.head_dim)
         return {
-            "batch_size": batch_size,
             "k": torch.zeros(shape, device=device, dtype=dtype),
             "v": torch.zeros(shape, device=device, dtype=dtype),
             "length": 0,

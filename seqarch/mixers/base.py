@@ -290,7 +290,8 @@ class Mixer(nn.Module):
             its kernels compute (each query with the keys it sees);
         ``"conv"``
             short (direct, not FFT) convolutions, as ``torch.utils.flop_counter`` counts
-            them, biases excluded; present only in mixers that have one;
+            them, biases excluded; a mixer without any leaves the key out or gives 0 (a family whose
+            configurations differ, such as the long-convolution shell, keeps its keys fixed);
         ``"fft"``
             FFTs by the ``5 n log2 n`` formula (half that for a real FFT); 0 for a mixer
             without any;

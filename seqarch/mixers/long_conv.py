@@ -150,7 +150,8 @@ class LongConv(Mixer):
         if self.head_dim == 1:
             return gate * v
         p, batch, rest = self.head_dim, gate.shape[0], gate.shape[2:]
-        outer = gate.reshape(batch, -1, p, 1, *rest) * v.to(gate.dtype).reshape(batch, -1, 1, p, *rest)
+        heads = gate.shape[1] // p  # explicit, not -1: a reshape cannot infer it from an empty batch
+        outer = gate.reshape(batch, heads, p, 1, *rest) * v.to(gate.dtype).reshape(batch, heads, 1, p, *rest)
         return outer.movedim(1, 3).reshape(batch * p * p, self.conv_width, *rest)
 
     def _gate_out(self, gate: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
@@ -214,6 +215,8 @@ class LongConv(Mixer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (batch, length, d_model)`` -> same shape in ``x.dtype``; ``length <= max_length``."""
         self.check_sequence(x)
+        if x.shape[1] == 0:
+            raise ValueError("x: expected a length of at least 1 (a long convolution needs a position), got 0")
         self.kernel.check_length(x.shape[1], "x")
         _, v, pre_gates, post_gate = self._streams(x)
         return self._output(self._long_convs(v, pre_gates, post_gate)[0], x.dtype)

@@ -39,33 +39,39 @@ def test_one_job_per_architecture_lr_and_seed(tmp_path):
 
 
 def test_local_jobs_run_as_subprocesses_and_a_preempted_job_resumes(tmp_path):
-    config = tiny(tmp_path)
+    config = tiny(tmp_path, lr=1e-3)  # one job: the requeue is what this test proves, not the sweep
     executor = submitit.LocalExecutor(folder=tmp_path / "logs")
     executor.update_parameters(timeout_min=10)
-    jobs = launch(config, "local", executor=executor)
-    assert len(jobs) == 2
-    checkpoints = tmp_path / "launched" / "s4d" / "lr-0.001" / "checkpoints"
+    [job] = launch(config, "local", executor=executor)
+    run = config.folder / "s4d" / "run"
     deadline = time.time() + 240
-    while not list(checkpoints.glob("step-*.ckpt")) and time.time() < deadline and not jobs[0].done():
+    while not list((run / "checkpoints").glob("step-*.ckpt")) and time.time() < deadline and not job.done():
         time.sleep(0.2)
-    assert not jobs[0].done(), "the job finished before it could be interrupted"
+    assert not job.done(), "the job finished before it could be interrupted"
     # The preemption / time-out signal, to the training process itself (submitit's local controller
     # does not forward it): submitit checkpoints the submission, the process exits, the controller requeues.
-    controller = jobs[0]._process.pid
+    controller = job._process.pid
     [task] = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
     os.kill(int(task), LocalJobEnvironment._usr_sig())
-    wait_for(jobs)
-    log = jobs[0].paths.stderr.read_text() + jobs[0].paths.stdout.read_text()
-    assert "Requeued" in log or "requeue" in log.lower()
-    for job in jobs:
-        assert job.result()["steps"] == 24
-    # Same command again: nothing left to submit; --collect writes the report.
-    assert launch(config, "local", executor=executor) == []
-    assert main(["compare", "--collect", str(config.folder)]) == 0
+    wait_for([job])
+    log = job.paths.stderr.read_text() + job.paths.stdout.read_text()
+    assert "Requeued" in log
+    assert job.result()["steps"] == 24
+    # The requeued job continued from its checkpoint (a restart from scratch writes no resumed log):
+    # its CSV log starts at the checkpoint's step, which is past 0 and short of the end.
+    [resumed] = run.glob("logs-resumed-*")
+    assert 0 < int(resumed.name.rsplit("-", 1)[1]) < 24
+    # The same command line again (build_executor's local executor, wait, collect): nothing left to submit,
+    # and the report is written.
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(config.to_dict()))
+    assert main(["compare", str(path), "--launcher", "local"]) == 0
+    assert not list((config.folder / "submitit").glob("*_submission.pkl"))
     results = json.loads((config.folder / "results.json").read_text())
     [best] = results["results"]
-    assert best["name"] == "s4d" and len(best["sweep"]) == 2
+    assert best["name"] == "s4d" and best["steps"] == 24
     assert (config.folder / "report.md").is_file()
+    assert main(["compare", "--collect", str(config.folder)]) == 0
 
 
 def test_collect_lists_unfinished_jobs(tmp_path):

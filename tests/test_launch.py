@@ -117,3 +117,17 @@ def test_slurm_options_come_from_the_config_unless_the_command_line_gives_them(t
     assert parameters["slurm_partition"] == "h100" and parameters["timeout_min"] == 90
     with pytest.raises(ValueError, match="slurm.gpus"):
         validate({**tiny(tmp_path).to_dict(), "slurm": {"gpus": 0}}, command="compare")
+
+
+def test_bad_seeds_and_a_machine_without_slurm_are_named_on_the_command_line(tmp_path, caplog, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(tiny(tmp_path).to_dict()))
+    assert main(["compare", str(path), "--launcher", "local", "--seeds", "a,b"]) == 2
+    assert "--seeds: expected a valid integer" in caplog.text and "'a'" in caplog.text
+    assert main(["compare", str(path), "--launcher", "local", "--seeds", "1,1"]) == 2
+    assert "--seeds: expected distinct seeds" in caplog.text
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))  # neither sbatch nor srun
+    caplog.clear()
+    assert main(["compare", str(path), "--launcher", "slurm"]) == 2
+    assert "--launcher slurm: SLURM's sbatch and srun not found on PATH" in caplog.text
+    assert not (tmp_path / "launched").exists()  # nothing written

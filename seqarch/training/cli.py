@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from .config import config_schema, load_config, sections_help, shipped_experiments
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, option_error
 from .plugins import PluginError, import_modules, load_entry_points
 
 log = logging.getLogger("seqarch")
@@ -155,6 +155,18 @@ def slurm_options(args: argparse.Namespace, config):
                         account=args.account if args.account is not None else section.account)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2``, checked by the rule of the config's ``train.seeds`` (integers >= 0, distinct)."""
+    from pydantic import ValidationError
+
+    from .config import TrainSection
+
+    try:
+        return TrainSection.model_validate({"seeds": text.split(",")}).seeds
+    except ValidationError as error:
+        raise ValueError(f"{option_error('--seeds', error)} (as in --seeds 0,1,2)") from None
+
+
 def run_launch_command(args: argparse.Namespace, config=None) -> int:
     """``--collect`` (no config), or submit the config's jobs (waiting for local ones, then collecting)."""
     from .launch import collect, launch, wait_for
@@ -165,7 +177,7 @@ def run_launch_command(args: argparse.Namespace, config=None) -> int:
                  "".join(f"\n  {m}" for m in missing))
         return 0 if results else 1
     options = slurm_options(args, config)
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     jobs = launch(config, args.launcher, seeds=seeds, options=options, cache_dir=args.cache_dir)
     if args.launcher == "local" and not args.no_wait:
         wait_for(jobs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -144,6 +145,10 @@ def build_executor(launcher: str, folder: Path, config: RunConfig, options: Slur
         executor.update_parameters(timeout_min=options.time_min)
         return executor
     parameters = slurm_parameters(options, config, logs)
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:  # submitit's own check is a RuntimeError deep inside it, and names srun only
+        raise ValueError(f"--launcher slurm: SLURM's {' and '.join(missing)} not found on PATH; expected a machine "
+                         "that submits SLURM jobs (a cluster's login node), or use --launcher local")
     executor = submitit.AutoExecutor(folder=logs, cluster="slurm")
     executor.update_parameters(**parameters)
     return executor

@@ -131,3 +131,15 @@ def test_bad_seeds_and_a_machine_without_slurm_are_named_on_the_command_line(tmp
     assert main(["compare", str(path), "--launcher", "slurm"]) == 2
     assert "--launcher slurm: SLURM's sbatch and srun not found on PATH" in caplog.text
     assert not (tmp_path / "launched").exists()  # nothing written
+
+
+@pytest.mark.parametrize("option, value, message", [("--gpus", "-1", "--gpus: expected a positive integer, got -1"),
+                                                     ("--gpus", "0", "--gpus: expected a positive integer, got 0"),
+                                                     ("--time", "0", "--time: expected a positive integer, got 0"),
+                                                     ("--time", "-5", "--time: expected a positive integer, got -5")])
+def test_command_line_slurm_values_follow_the_config_rules(tmp_path, caplog, option, value, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(tiny(tmp_path).to_dict()))
+    assert main(["compare", str(path), "--launcher", "slurm", option, value]) == 2
+    assert message in caplog.text
+    assert not (tmp_path / "launched").exists()

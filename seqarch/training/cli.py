@@ -145,14 +145,27 @@ def add_launcher_options(compare: argparse.ArgumentParser) -> None:
 
 
 def slurm_options(args: argparse.Namespace, config):
-    """The scheduler options: the command line's, else the config's ``slurm:`` section."""
+    """The scheduler options: the command line's, else the config's ``slurm:`` section; a command-line
+    value is checked by the rule of the config key it stands for (``--time 0`` as ``slurm.time: 0``)."""
+    from pydantic import ValidationError
+
+    from .config import SlurmSection
     from .launch import SlurmOptions
 
-    section = config.slurm
-    return SlurmOptions(partition=args.partition if args.partition is not None else section.partition,
-                        gpus_per_node=args.gpus if args.gpus is not None else section.gpus,
-                        time_min=args.time if args.time is not None else section.time,
-                        account=args.account if args.account is not None else section.account)
+    values = config.slurm.model_dump()
+    given = {"partition": ("--partition", args.partition), "gpus": ("--gpus", args.gpus),
+             "time": ("--time", args.time), "account": ("--account", args.account)}
+    for key, (option, value) in given.items():
+        if value is None:
+            continue
+        try:
+            SlurmSection.model_validate({key: value})
+        except ValidationError as error:
+            raise ValueError(option_error(option, error)) from None
+        values[key] = value
+    section = SlurmSection.model_validate(values)
+    return SlurmOptions(partition=section.partition, gpus_per_node=section.gpus, time_min=section.time,
+                        account=section.account)
 
 
 def parse_seeds(text: str) -> list[int]:

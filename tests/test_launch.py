@@ -143,3 +143,33 @@ def test_command_line_slurm_values_follow_the_config_rules(tmp_path, caplog, opt
     assert main(["compare", str(path), "--launcher", "slurm", option, value]) == 2
     assert message in caplog.text
     assert not (tmp_path / "launched").exists()
+
+
+def test_a_job_writes_its_result_atomically_and_on_global_rank_zero_only(tmp_path, monkeypatch):
+    from lightning.pytorch.utilities import rank_zero_only
+
+    import seqarch.training.launch as launch_module
+    import seqarch.training.run as run_module
+    from seqarch.training.launch import run_job
+    from seqarch.training.result import RunResult
+
+    def train_run(config, bundle, model_config, *, lr, folder, resume, label):  # the training itself is not tested
+        return RunResult(name=label, mixer=model_config.mixer, lr=lr, d_model=model_config.d_model,
+                         n_layers=model_config.n_layers, params=1, flops_per_token=1.0, training_flops=1.0, steps=24,
+                         metric="accuracy", higher_is_better=True, final=0.5, best=0.5, state_size=1,
+                         tokens_per_s=1.0, wall_s=1.0, peak_memory_bytes=None, device="cpu", history=[],
+                         model_config=model_config, folder=str(folder))
+
+    monkeypatch.setattr(run_module, "train_run", train_run)
+    written = []
+    write_atomic = launch_module.write_atomic
+    monkeypatch.setattr(launch_module, "write_atomic",
+                        lambda path, text: (written.append(path), write_atomic(path, text)))
+    [spec] = job_specs(tiny(tmp_path, lr=1e-3), [0])
+    Path(spec.folder).mkdir(parents=True)
+    result = Path(spec.folder) / "result.json"
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert run_job(spec)["steps"] == 24 and not result.exists() and written == []
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    values = run_job(spec)
+    assert written == [result] and json.loads(result.read_text()) == values

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SAVED_CONFIG, RunConfig, parse_yaml, validate
+from .durable import write_atomic
 from .result import BudgetResult, RunResult
 
 log = logging.getLogger("seqarch")
@@ -74,6 +75,8 @@ def job_specs(config: RunConfig, seeds: list[int], *, cache_dir: str | None = No
 
 def run_job(spec: JobSpec) -> dict[str, Any]:
     """Train one job (resuming from its checkpoints if any); writes and returns its ``result.json``."""
+    from lightning.pytorch.utilities import rank_zero_only
+
     from ..data import build_data
     from .compare import plan_comparison
     from .plugins import import_modules
@@ -88,7 +91,9 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
     result = train_run(config, bundle, model_config, lr=spec.lr, folder=folder, resume=True, label=name)
     result.budget = BudgetResult.of(match)
     values = result.to_dict()
-    RunPaths(folder).result.write_text(json.dumps(values, indent=2))
+    # Every rank of a multi-GPU job returns the result; one writes it, whole or not at all.
+    if rank_zero_only.rank == 0:
+        write_atomic(RunPaths(folder).result, json.dumps(values, indent=2))
     return values
 
 

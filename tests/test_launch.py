@@ -32,7 +32,11 @@ def tiny(tmp_path, **train):
 
 
 def test_one_job_per_architecture_lr_and_seed(tmp_path):
-    specs = job_specs(tiny(tmp_path), [0, 1])
+    from seqarch.data import build_data
+    from seqarch.training.compare import plan_comparison
+
+    config = tiny(tmp_path, seeds=[0, 1])
+    specs = job_specs(config, plan_comparison(config, build_data(config.data.spec(), seed=0)))
     assert [(s.name, s.lr, s.seed) for s in specs] == [("s4d", 1e-3, 0), ("s4d", 1e-3, 1), ("s4d", 3e-3, 0),
                                                        ("s4d", 3e-3, 1)]
     assert specs[1].folder.endswith("launched/s4d/lr-0.001/seed-1")
@@ -61,26 +65,37 @@ def test_local_jobs_run_as_subprocesses_and_a_preempted_job_resumes(tmp_path):
     # its CSV log starts at the checkpoint's step, which is past 0 and short of the end.
     [resumed] = run.glob("logs-resumed-*")
     assert 0 < int(resumed.name.rsplit("-", 1)[1]) < 24
-    # The same command line again (build_executor's local executor, wait, collect): nothing left to submit,
-    # and the report is written.
+    # The same command line again (build_executor's local executor, wait, collect): refused without --resume;
+    # with it nothing is left to submit, and the report is written.
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps(config.to_dict()))
-    assert main(["compare", str(path), "--launcher", "local"]) == 0
+    assert main(["compare", str(path), "--launcher", "local"]) == 2
+    assert main(["compare", str(path), "--launcher", "local", "--resume"]) == 0
     assert not list((config.folder / "submitit").glob("*_submission.pkl"))
     results = json.loads((config.folder / "results.json").read_text())
     [best] = results["results"]
     assert best["name"] == "s4d" and best["steps"] == 24
     assert (config.folder / "report.md").is_file()
     assert main(["compare", "--collect", str(config.folder)]) == 0
+    # A slurm re-run that finds every job finished collects (it needs no sbatch: nothing is submitted).
+    (config.folder / "report.md").unlink()
+    assert main(["compare", str(path), "--launcher", "slurm", "--resume"]) == 0
+    assert (config.folder / "report.md").is_file()
+
+
+class Never:
+    """An executor that accepts jobs and never runs them; its job ids are ``ids`` in turn."""
+
+    def __init__(self, *ids):
+        self.ids, self.submitted = list(ids), []
+
+    def submit(self, fn, spec):
+        self.submitted.append(spec.folder)
+        return type("Job", (), {"job_id": self.ids.pop(0) if self.ids else "0"})()
 
 
 def test_collect_lists_unfinished_jobs(tmp_path):
     config = tiny(tmp_path)
-
-    class Never:  # an executor that accepts jobs and never runs them
-        def submit(self, fn, spec):
-            return type("Job", (), {"job_id": "0"})()
-
     launch(config, "local", executor=Never())
     results, missing = collect(config.folder)
     assert results == [] and len(missing) == 2
@@ -150,7 +165,7 @@ def test_a_job_writes_its_result_atomically_and_on_global_rank_zero_only(tmp_pat
 
     import seqarch.training.launch as launch_module
     import seqarch.training.run as run_module
-    from seqarch.training.launch import run_job
+    from seqarch.training.launch import JobSpec, run_job
     from seqarch.training.result import RunResult
 
     def train_run(config, bundle, model_config, *, lr, folder, resume, label):  # the training itself is not tested
@@ -165,7 +180,7 @@ def test_a_job_writes_its_result_atomically_and_on_global_rank_zero_only(tmp_pat
     write_atomic = launch_module.write_atomic
     monkeypatch.setattr(launch_module, "write_atomic",
                         lambda path, text: (written.append(path), write_atomic(path, text)))
-    [spec] = job_specs(tiny(tmp_path, lr=1e-3), [0])
+    spec = JobSpec(tiny(tmp_path, lr=1e-3).to_dict(), 0, "s4d", 1e-3, 0, str(tmp_path / "launched" / "s4d" / "run"))
     Path(spec.folder).mkdir(parents=True)
     result = Path(spec.folder) / "result.json"
     monkeypatch.setattr(rank_zero_only, "rank", 1)
@@ -173,3 +188,72 @@ def test_a_job_writes_its_result_atomically_and_on_global_rank_zero_only(tmp_pat
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     values = run_job(spec)
     assert written == [result] and json.loads(result.read_text()) == values
+
+
+def test_a_second_launch_follows_the_run_folder_rule_and_skips_jobs_still_running(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import seqarch.training.launch as launch_module
+    from seqarch.training.run_folder import RunFolderError
+
+    config = tiny(tmp_path)
+    # A live stand-in for submitit's local controller (its command line names submitit), and a finished one.
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "submitit.local._local"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    try:
+        first = Never(str(alive.pid), str(gone.pid))
+        launch(config, "local", executor=first)
+        saved = {name: (config.folder / name).read_text() for name in ("config.yaml", "jobs.json")}
+        assert [e["job_id"] for e in json.loads(saved["jobs.json"])] == [str(alive.pid), str(gone.pid)]
+        with pytest.raises(RunFolderError, match="already holds a run; pass --resume"):
+            launch(config, "local", executor=Never())
+        other = tiny(tmp_path, batch_size=4)
+        with pytest.raises(RunFolderError, match="train.batch_size was 8, now 4"):
+            launch(other, "local", executor=Never(), resume=True)
+        assert {name: (config.folder / name).read_text() for name in saved} == saved  # nothing written over
+        # --resume: the job whose controller still runs is not submitted again, the other one is.
+        again = Never("7")
+        launch(config, "local", executor=again, resume=True)
+        assert again.submitted == [first.submitted[1]]
+        assert [e["job_id"] for e in json.loads((config.folder / "jobs.json").read_text())] == [str(alive.pid), "7"]
+    finally:
+        alive.kill()
+        alive.wait()
+    # SLURM jobs: submitit's state (sacct) says which are still pending or running.
+    slurm = tiny(tmp_path, lr=1e-3, seeds=[0, 1, 2])
+    launch(slurm.model_copy(update={"name": "on-slurm"}), "local", executor=Never())  # a folder to resume
+    folder = tmp_path / "on-slurm"
+    entries = json.loads((folder / "jobs.json").read_text())
+    for entry, job_id in zip(entries, ("11", "12", "13")):
+        entry.update(launcher="slurm", job_id=job_id)
+    (folder / "jobs.json").write_text(json.dumps(entries))
+    states = {"11": "PENDING", "12": "COMPLETED", "13": "CANCELLED by 1000"}
+    monkeypatch.setattr(launch_module, "slurm_job_state", lambda job_id, logs: states[job_id])
+    resumed = Never("21", "22")
+    launch(slurm.model_copy(update={"name": "on-slurm"}), "slurm", executor=resumed, resume=True)
+    assert resumed.submitted == [entries[1]["folder"], entries[2]["folder"]]
+
+
+def test_a_job_is_finished_when_its_result_reached_the_steps(tmp_path):
+    from seqarch.training.launch import JobSpec, finished
+
+    spec = JobSpec(tiny(tmp_path).to_dict(), 0, "s4d", 1e-3, 0, str(tmp_path / "run"))
+    result = tmp_path / "run" / "result.json"
+    assert not finished(spec)
+    result.parent.mkdir()
+    for values, done in (({"steps": 24}, True), ({"steps": 12}, False), ({"steps": 12, "stopped_early": True}, True)):
+        result.write_text(json.dumps(values))
+        assert finished(spec) == done, values
+    result.write_text("{not json")
+    assert not finished(spec)
+    # A resume that raises train.steps submits the finished jobs again (they continue from their checkpoints).
+    config = tiny(tmp_path)
+    launch(config, "local", executor=Never())
+    for entry in json.loads((config.folder / "jobs.json").read_text()):
+        Path(entry["folder"]).mkdir(parents=True)
+        (Path(entry["folder"]) / "result.json").write_text(json.dumps({"steps": 24}))
+    assert launch(config, "local", executor=Never(), resume=True) == []
+    longer = Never()
+    assert len(launch(tiny(tmp_path, steps=30), "local", executor=longer, resume=True)) == 2

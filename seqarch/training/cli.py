@@ -181,23 +181,25 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run_launch_command(args: argparse.Namespace, config=None) -> int:
-    """``--collect`` (no config), or submit the config's jobs (waiting for local ones, then collecting)."""
+    """``--collect`` (no config), or submit the config's jobs: local ones are waited for, then collected;
+    a run whose jobs are all finished (or still running elsewhere) is collected at once."""
     from .launch import collect, launch, wait_for
 
-    if args.collect is not None:
-        results, missing = collect(args.collect, cache_dir=args.cache_dir)
-        log.info("collected %d result(s) into %s; %d job(s) unfinished%s", len(results), args.collect, len(missing),
-                 "".join(f"\n  {m}" for m in missing))
-        return 0 if results else 1
-    options = slurm_options(args, config)
-    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-    jobs = launch(config, args.launcher, seeds=seeds, options=options, cache_dir=args.cache_dir)
-    if args.launcher == "local" and not args.no_wait:
+    folder = args.collect
+    if folder is None:
+        options = slurm_options(args, config)
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+        jobs = launch(config, args.launcher, seeds=seeds, options=options, cache_dir=args.cache_dir,
+                      resume=args.resume)
+        if jobs and (args.launcher != "local" or args.no_wait):
+            log.info("%d job(s) submitted; gather them with: seqarch compare --collect %s", len(jobs), config.folder)
+            return 0
         wait_for(jobs)
-        collect(config.folder, cache_dir=args.cache_dir)
-    else:
-        log.info("%d job(s) submitted; gather them with: seqarch compare --collect %s", len(jobs), config.folder)
-    return 0
+        folder = config.folder
+    results, missing = collect(folder, cache_dir=args.cache_dir)
+    log.info("collected %d result(s) into %s; %d job(s) unfinished%s", len(results), folder, len(missing),
+             "".join(f"\n  {m}" for m in missing))
+    return 0 if results else 1
 
 
 def add_hf_commands(commands) -> None:

@@ -107,7 +107,7 @@ def test_bad_launcher_and_rejected_slurm_options_are_named(tmp_path):
     assert main(["compare", str(path), "--launcher", "pbs"]) == 2
     with pytest.raises(ValueError, match="--launcher: expected one of local, slurm, got 'pbs'"):
         launch(tiny(tmp_path), "pbs")
-    with pytest.raises(ValueError, match=r"slurm: submitit rejects option\(s\) \['bogus'\]"):
+    with pytest.raises(ValueError, match="SlurmOptions.extra.bogus: submitit's SLURM executor has no such option"):
         slurm_parameters(SlurmOptions(extra={"bogus": 1}), tiny(tmp_path), tmp_path)
     parameters = slurm_parameters(SlurmOptions(partition="gpu", gpus_per_node=4, time_min=30, account="lab"),
                                   tiny(tmp_path), tmp_path)
@@ -257,3 +257,32 @@ def test_a_job_is_finished_when_its_result_reached_the_steps(tmp_path):
     assert launch(config, "local", executor=Never(), resume=True) == []
     longer = Never()
     assert len(launch(tiny(tmp_path, steps=30), "local", executor=longer, resume=True)) == 2
+
+
+def test_extra_slurm_options_from_the_config_and_the_command_line(tmp_path, caplog):
+    import argparse
+
+    from seqarch.training.cli import slurm_options
+
+    config = validate({**tiny(tmp_path).to_dict(), "slurm": {"extra": {"constraint": "a100", "qos": "low"}}},
+                      command="compare")
+    given = argparse.Namespace(partition=None, gpus=None, time=None, account=None, launcher="slurm",
+                               slurm_options=["qos=high", "cpus_per_task=8", "setup=[module load cuda]"])
+    parameters = slurm_parameters(slurm_options(given, config), config, tmp_path)
+    assert parameters["slurm_constraint"] == "a100" and parameters["slurm_qos"] == "high"
+    assert parameters["slurm_cpus_per_task"] == 8 and parameters["slurm_setup"] == ["module load cuda"]
+    # A parameter submitit rejects, named where it was given; nothing written.
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(tiny(tmp_path).to_dict()))
+    for option, message in (("bogus=1", "--slurm-option bogus: submitit's SLURM executor has no such option"),
+                            ("partition=gpu", "--slurm-option partition: set by --partition or slurm.partition"),
+                            ("nodes=2", "--slurm-option nodes: set by trainer.num_nodes"),
+                            ("qos", "--slurm-option: expected KEY=VALUE")):
+        caplog.clear()
+        assert main(["compare", str(path), "--launcher", "slurm", "--slurm-option", option]) == 2
+        assert message in caplog.text, option
+    path.write_text(json.dumps({**tiny(tmp_path).to_dict(), "slurm": {"extra": {"mem_gigs": 64}}}))
+    caplog.clear()
+    assert main(["compare", str(path), "--launcher", "slurm"]) == 2
+    assert "slurm.extra.mem_gigs: submitit's SLURM executor has no such option; expected one of" in caplog.text
+    assert not (tmp_path / "launched").exists()

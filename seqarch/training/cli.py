@@ -141,6 +141,9 @@ def add_launcher_options(compare: argparse.ArgumentParser) -> None:
     group.add_argument("--time", type=int, default=None,
                        help="time limit per job in minutes (default: the config's slurm.time, 60)")
     group.add_argument("--account", default=None, help="SLURM account")
+    group.add_argument("--slurm-option", dest="slurm_options", action="append", default=[], metavar="KEY=VALUE",
+                       help="a further submitit SLURM parameter, value parsed as YAML (repeatable: --slurm-option "
+                       "qos=high --slurm-option mem=64G); over the config's slurm.extra")
     group.add_argument("--no-wait", action="store_true", help="local launcher: return once the jobs are started")
 
 
@@ -149,8 +152,8 @@ def slurm_options(args: argparse.Namespace, config):
     value is checked by the rule of the config key it stands for (``--time 0`` as ``slurm.time: 0``)."""
     from pydantic import ValidationError
 
-    from .config import SlurmSection
-    from .launch import SlurmOptions
+    from .config import SlurmSection, parse_yaml
+    from .launch import SlurmOptions, check_slurm_extra
 
     values = config.slurm.model_dump()
     given = {"partition": ("--partition", args.partition), "gpus": ("--gpus", args.gpus),
@@ -163,9 +166,19 @@ def slurm_options(args: argparse.Namespace, config):
         except ValidationError as error:
             raise ValueError(option_error(option, error)) from None
         values[key] = value
+    given_extra = {}
+    for item in getattr(args, "slurm_options", None) or []:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise ValueError(f"--slurm-option: expected KEY=VALUE (a submitit SLURM parameter, as in qos=high), "
+                             f"got {item!r}")
+        given_extra[key] = parse_yaml(value, where=f"--slurm-option {key}")
     section = SlurmSection.model_validate(values)
+    if getattr(args, "launcher", None) == "slurm":  # the options are SLURM's: a local launch leaves them be
+        check_slurm_extra(section.extra, "slurm.extra")
+        check_slurm_extra(given_extra, "--slurm-option")
     return SlurmOptions(partition=section.partition, gpus_per_node=section.gpus, time_min=section.time,
-                        account=section.account)
+                        account=section.account, extra={**section.extra, **given_extra})
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -285,11 +298,15 @@ def list_architectures() -> str:
     return "\n".join(lines)
 
 
+KEY_VALUE_OPTIONS = ("--slurm-option",)  # options whose value is KEY=VALUE itself, not an override
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # KEY=VALUE overrides may come before or after options; argparse cannot mix a
     # variadic positional with options under subcommands, so they are taken out first.
-    is_override = [("=" in a and not a.startswith("-")) for a in argv]
+    is_override = [("=" in a and not a.startswith("-") and (i == 0 or argv[i - 1] not in KEY_VALUE_OPTIONS))
+                   for i, a in enumerate(argv)]
     args = build_parser().parse_args([a for a, o in zip(argv, is_override) if not o])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command in ("export", "eval"):

@@ -118,20 +118,50 @@ def check_launcher(launcher: str) -> str:
     return launcher
 
 
+# submitit SLURM parameters that have an option of their own (or come from the trainer: section).
+SLURM_OWN_OPTIONS = {"partition": "--partition or slurm.partition", "gpus_per_node": "--gpus or slurm.gpus",
+                     "time": "--time or slurm.time", "account": "--account or slurm.account",
+                     "nodes": "trainer.num_nodes", "ntasks_per_node": "trainer.devices"}
+
+
+def _submitit_slurm():
+    try:
+        from submitit.slurm import slurm
+    except ImportError as error:
+        raise ValueError("--launcher: needs the cluster extra (pip install -e '.[cluster]')") from error
+    return slurm
+
+
+def check_slurm_extra(extra: dict[str, Any], source: str) -> dict[str, Any]:
+    """``extra``'s submitit SLURM parameters (``source``: where they were given, ``slurm.extra`` or
+    ``--slurm-option``), each checked by submitit's SlurmExecutor and sbatch writer; returns ``extra``."""
+    slurm = _submitit_slurm()
+    valid = set(slurm.SlurmExecutor._valid_parameters()) - set(SLURM_OWN_OPTIONS)
+    for key, value in extra.items():
+        where = f"{source} {key}" if source.startswith("-") else f"{source}.{key}"
+        if key in SLURM_OWN_OPTIONS:
+            raise ValueError(f"{where}: set by {SLURM_OWN_OPTIONS[key]}; expected another submitit SLURM option")
+        if key not in valid:
+            raise ValueError(f"{where}: submitit's SLURM executor has no such option; expected one of "
+                             f"{', '.join(sorted(valid))}")
+        try:
+            slurm._make_sbatch_string(command="true", folder="submitit", **{key: value})
+        except (TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"{where}: submitit rejects the value {value!r}: {error}") from error
+    return extra
+
+
 def slurm_parameters(options: SlurmOptions, config: RunConfig, folder: Path) -> dict[str, Any]:
     """submitit's ``slurm_*`` parameters; every option goes through submitit's own sbatch writer first,
     so one it rejects is a ValueError naming it (before anything is submitted)."""
-    from submitit.slurm.slurm import SlurmExecutor, _make_sbatch_string
-
+    slurm = _submitit_slurm()
     devices = config.trainer.devices if isinstance(config.trainer.devices, int) else None
     values: dict[str, Any] = {"partition": options.partition, "gpus_per_node": options.gpus_per_node,
                               "time": options.time_min, "account": options.account,
-                              "nodes": config.trainer.num_nodes, "ntasks_per_node": devices, **options.extra}
+                              "nodes": config.trainer.num_nodes, "ntasks_per_node": devices,
+                              **check_slurm_extra(options.extra, "SlurmOptions.extra")}
     values = {k: v for k, v in values.items() if v is not None}
-    valid = SlurmExecutor._valid_parameters()
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        raise ValueError(f"slurm: submitit rejects option(s) {unknown}; expected some of {', '.join(sorted(valid))}")
+    _make_sbatch_string = slurm._make_sbatch_string
     try:
         _make_sbatch_string(command="true", folder=folder, **values)
     except (TypeError, ValueError) as error:

@@ -147,3 +147,65 @@ def test_lm_eval_runs_through_seqarch_eval_and_plain_lm_eval(trained, tmp_path):
                                     task_manager=TaskManager(include_path=str(tasks), include_defaults=False))
     assert plain["results"]["seqarch_test_loglik"]["acc,none"] == 1.0
     assert main(["eval", str(tmp_path), "--tasks", "seqarch_test_loglik"]) == 2  # not an exported folder
+
+
+def word_tokenizer(path, specials):
+    """A tiny WordLevel ``tokenizer.json`` over the words of ``WORDS`` (``specials`` first)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(WORDS, trainers.WordLevelTrainer(special_tokens=specials))
+    tokenizer.save(str(path))
+    return path
+
+
+WORDS = ["the cat sat on the mat", "a dog ran in the park", "the bird flew over the tree"]
+
+
+def test_export_of_a_run_trained_with_its_own_tokenizer(tmp_path):
+    from seqarch.data.tokenizers import HFTokenizer
+
+    # No end-of-document token in the vocabulary: seqarch appends one id after it; the export must agree.
+    path = word_tokenizer(tmp_path / "tokenizer.json", ["[UNK]"])
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, doc in enumerate(WORDS * 4):
+        (corpus / f"d{i}.txt").write_text(doc + "\n")
+    config = {"name": "words", "data": {"task": "text", "source": "files", "path": str(corpus), "seq_len": 8,
+                                        "tokenizer": str(path), "val_fraction": 0.3},
+              "model": {"d_model": 16, "n_layers": 1, "mixer": "s4d"},
+              "train": {"steps": 2, "batch_size": 2, "eval_every": 2, "checkpoint_every": 2, "warmup_steps": 1},
+              "trainer": {"accelerator": "cpu"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(tmp_path / "c.yaml"), "--output", str(tmp_path / "runs"), "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = tmp_path / "out"
+    assert main(["export", str(tmp_path / "runs" / "words-train"), str(out)]) == 0
+    ours = HFTokenizer(path)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    text = "the cat ran over the park"
+    assert tokenizer(text)["input_ids"] == ours.encode(text)
+    assert tokenizer.eos_token_id == tokenizer.pad_token_id == model.config.eos_token_id == ours.eod_id
+    assert len(tokenizer) == ours.vocab_size == model.config.vocab_size
+    assert tokenizer.decode(ours.encode(text)) == text
+    # A vocabulary with an end-of-document token of its own, found by name or named by data.eod_token.
+    from seqarch.hf.export import file_tokenizer
+
+    named = word_tokenizer(tmp_path / "named.json", ["[UNK]", "</s>"])
+    for eod_token in (None, "[UNK]"):
+        ours = HFTokenizer(named, eod_token=eod_token)
+        wrapped = file_tokenizer(str(named), eod_token, tmp_path)
+        assert wrapped.eos_token_id == ours.eod_id and wrapped(text)["input_ids"] == ours.encode(text)
+
+
+def test_export_without_the_runs_config_is_an_error(trained, tmp_path):
+    run, _ = trained
+    moved = tmp_path / "run"  # the checkpoints alone: which tokenizer the run used is unknown
+    (moved / "checkpoints").mkdir(parents=True)
+    for ckpt in (run / "checkpoints").iterdir():
+        (moved / "checkpoints" / ckpt.name).symlink_to(ckpt)
+    with pytest.raises(ValueError, match="RUN_FOLDER: no config.yaml"):
+        export_run(moved, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))

@@ -75,11 +75,11 @@ def file_tokenizer(path: str, eod_token: str | None, run_folder: Path):
 
 def saved_data_section(run_folder: Path) -> dict[str, Any] | None:
     """The ``data:`` section of the config saved in the run folder or a folder above it (a compare
-    run's per-architecture folders sit under the config's folder)."""
+    run's per-architecture folders sit under the config's folder); ``None`` when there is no saved config."""
     for folder in [run_folder, *run_folder.parents][:4]:
         saved = folder / SAVED_CONFIG
         if saved.is_file():
-            return (yaml.safe_load(saved.read_text()) or {}).get("data")
+            return (yaml.safe_load(saved.read_text()) or {}).get("data") or {}
     return None
 
 
@@ -110,7 +110,11 @@ def export_run(run_folder: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
         raise ValueError(f"OUT_DIR: {str(out_dir)!r} exists and is not an empty folder; expected a new or empty "
                          "folder (nothing was written)")
     model, _ = load_run_model(run_folder)
-    data = saved_data_section(run_folder) or {}
+    data = saved_data_section(run_folder)
+    if data is None:  # without it the tokenizer the run was trained with is unknown: never export without one
+        raise ValueError(f"RUN_FOLDER: no {SAVED_CONFIG} in {str(run_folder)!r} or the folders above it; expected "
+                         f"the run folder seqarch wrote (its {SAVED_CONFIG} names the run's tokenizer); nothing "
+                         "was written")
     tokenizer = None
     if data.get("task") == "text":
         name = data.get("tokenizer", "bytes")

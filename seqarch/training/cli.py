@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from .config import config_schema, load_config, sections_help, shipped_experiments
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, option_error
 from .plugins import PluginError, import_modules, load_entry_points
 
 log = logging.getLogger("seqarch")
@@ -141,38 +141,78 @@ def add_launcher_options(compare: argparse.ArgumentParser) -> None:
     group.add_argument("--time", type=int, default=None,
                        help="time limit per job in minutes (default: the config's slurm.time, 60)")
     group.add_argument("--account", default=None, help="SLURM account")
+    group.add_argument("--slurm-option", dest="slurm_options", action="append", default=[], metavar="KEY=VALUE",
+                       help="a further submitit SLURM parameter, value parsed as YAML (repeatable: --slurm-option "
+                       "qos=high --slurm-option mem=64G); over the config's slurm.extra")
     group.add_argument("--no-wait", action="store_true", help="local launcher: return once the jobs are started")
 
 
 def slurm_options(args: argparse.Namespace, config):
-    """The scheduler options: the command line's, else the config's ``slurm:`` section."""
-    from .launch import SlurmOptions
+    """The scheduler options: the command line's, else the config's ``slurm:`` section; a command-line
+    value is checked by the rule of the config key it stands for (``--time 0`` as ``slurm.time: 0``)."""
+    from pydantic import ValidationError
 
-    section = config.slurm
-    return SlurmOptions(partition=args.partition if args.partition is not None else section.partition,
-                        gpus_per_node=args.gpus if args.gpus is not None else section.gpus,
-                        time_min=args.time if args.time is not None else section.time,
-                        account=args.account if args.account is not None else section.account)
+    from .config import SlurmSection, parse_yaml
+    from .launch import SlurmOptions, check_slurm_extra
+
+    values = config.slurm.model_dump()
+    given = {"partition": ("--partition", args.partition), "gpus": ("--gpus", args.gpus),
+             "time": ("--time", args.time), "account": ("--account", args.account)}
+    for key, (option, value) in given.items():
+        if value is None:
+            continue
+        try:
+            SlurmSection.model_validate({key: value})
+        except ValidationError as error:
+            raise ValueError(option_error(option, error)) from None
+        values[key] = value
+    given_extra = {}
+    for item in getattr(args, "slurm_options", None) or []:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise ValueError(f"--slurm-option: expected KEY=VALUE (a submitit SLURM parameter, as in qos=high), "
+                             f"got {item!r}")
+        given_extra[key] = parse_yaml(value, where=f"--slurm-option {key}")
+    section = SlurmSection.model_validate(values)
+    if getattr(args, "launcher", None) == "slurm":  # the options are SLURM's: a local launch leaves them be
+        check_slurm_extra(section.extra, "slurm.extra")
+        check_slurm_extra(given_extra, "--slurm-option")
+    return SlurmOptions(partition=section.partition, gpus_per_node=section.gpus, time_min=section.time,
+                        account=section.account, extra={**section.extra, **given_extra})
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2``, checked by the rule of the config's ``train.seeds`` (integers >= 0, distinct)."""
+    from pydantic import ValidationError
+
+    from .config import TrainSection
+
+    try:
+        return TrainSection.model_validate({"seeds": text.split(",")}).seeds
+    except ValidationError as error:
+        raise ValueError(f"{option_error('--seeds', error)} (as in --seeds 0,1,2)") from None
 
 
 def run_launch_command(args: argparse.Namespace, config=None) -> int:
-    """``--collect`` (no config), or submit the config's jobs (waiting for local ones, then collecting)."""
+    """``--collect`` (no config), or submit the config's jobs: local ones are waited for, then collected;
+    a run whose jobs are all finished (or still running elsewhere) is collected at once."""
     from .launch import collect, launch, wait_for
 
-    if args.collect is not None:
-        results, missing = collect(args.collect, cache_dir=args.cache_dir)
-        log.info("collected %d result(s) into %s; %d job(s) unfinished%s", len(results), args.collect, len(missing),
-                 "".join(f"\n  {m}" for m in missing))
-        return 0 if results else 1
-    options = slurm_options(args, config)
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    jobs = launch(config, args.launcher, seeds=seeds, options=options, cache_dir=args.cache_dir)
-    if args.launcher == "local" and not args.no_wait:
+    folder = args.collect
+    if folder is None:
+        options = slurm_options(args, config)
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+        jobs = launch(config, args.launcher, seeds=seeds, options=options, cache_dir=args.cache_dir,
+                      resume=args.resume)
+        if jobs and (args.launcher != "local" or args.no_wait):
+            log.info("%d job(s) submitted; gather them with: seqarch compare --collect %s", len(jobs), config.folder)
+            return 0
         wait_for(jobs)
-        collect(config.folder, cache_dir=args.cache_dir)
-    else:
-        log.info("%d job(s) submitted; gather them with: seqarch compare --collect %s", len(jobs), config.folder)
-    return 0
+        folder = config.folder
+    results, missing = collect(folder, cache_dir=args.cache_dir)
+    log.info("collected %d result(s) into %s; %d job(s) unfinished%s", len(results), folder, len(missing),
+             "".join(f"\n  {m}" for m in missing))
+    return 0 if results else 1
 
 
 def add_hf_commands(commands) -> None:
@@ -258,11 +298,15 @@ def list_architectures() -> str:
     return "\n".join(lines)
 
 
+KEY_VALUE_OPTIONS = ("--slurm-option",)  # options whose value is KEY=VALUE itself, not an override
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # KEY=VALUE overrides may come before or after options; argparse cannot mix a
     # variadic positional with options under subcommands, so they are taken out first.
-    is_override = [("=" in a and not a.startswith("-")) for a in argv]
+    is_override = [("=" in a and not a.startswith("-") and (i == 0 or argv[i - 1] not in KEY_VALUE_OPTIONS))
+                   for i, a in enumerate(argv)]
     args = build_parser().parse_args([a for a, o in zip(argv, is_override) if not o])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command in ("export", "eval"):

@@ -376,6 +376,9 @@ class SlurmSection(Section):
     """time limit per job, minutes"""
     account: str | None = None
     """SLURM account"""
+    extra: dict[str, Any] = {}
+    """further submitit SLURM parameters by their submitit names, e.g. {qos: high, constraint: a100, mem: 64G}
+    (--slurm-option KEY=VALUE adds or overrides one)"""
 
 
 class SweepSection(Section):

@@ -54,6 +54,13 @@ def _describe(error: dict) -> str:
     return "expected " + error["msg"].removeprefix("Input should be ").removeprefix("Value error, ") + got
 
 
+def option_error(option: str, error: ValidationError) -> str:
+    """A command-line option's value refused by the config field that holds the same setting:
+    ``--gpus: expected a positive integer, got -1`` (the field's own rule, under the option's name)."""
+    message = _describe(error.errors(include_url=False)[0])
+    return f"{option}: {_STARTS_WITH_FIELD.sub('', message, count=1)}"
+
+
 def nested(path: str, error: Exception | str) -> str:
     """``error``'s message under ``path``: ``model.d_model: ...`` for a check naming its field, else ``path: ...``."""
     message = str(error)  # a ValueError or already a message

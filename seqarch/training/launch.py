@@ -4,21 +4,26 @@ Each job is the same Lightning run as ``seqarch compare`` trains in-process (``t
 multi-node inside it through the config's ``trainer:``), always started with ``resume``, so a job that
 is preempted or times out is requeued by submitit (``Checkpointable``) and continues from its own
 checkpoints. ``--launcher local`` runs the same jobs as local subprocesses (submitit's local executor);
-``slurm`` submits them with ``sbatch``. ``seqarch compare --collect RUN_FOLDER`` (or the same launch
-command again, which submits only unfinished jobs) gathers every finished job's ``result.json`` into the
-run folder's report.
+``slurm`` submits them with ``sbatch``. ``seqarch compare --collect RUN_FOLDER`` gathers every finished
+job's ``result.json`` into the run folder's report. The run folder follows ``seqarch compare``'s rule:
+launching into an existing one needs ``--resume`` (and the model, data and recipe it was started with);
+a resumed launch submits only the jobs that are neither finished nor still pending or running (their ids
+are in ``jobs.json``), and collects at once when none is left to submit.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import SAVED_CONFIG, RunConfig, parse_yaml, validate
+from .durable import write_atomic
 from .result import BudgetResult, RunResult
 
 log = logging.getLogger("seqarch")
@@ -53,26 +58,26 @@ class SlurmOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def job_specs(config: RunConfig, seeds: list[int], *, cache_dir: str | None = None) -> list[JobSpec]:
-    """Every (architecture, learning rate, seed) of ``config``'s comparison, with its run folder."""
+def job_specs(config: RunConfig, plan: list, *, cache_dir: str | None = None) -> list[JobSpec]:
+    """Every (architecture, learning rate, seed) of ``config``'s comparison (``plan``: its
+    :func:`~seqarch.training.compare.plan_comparison`), in the run folders ``seqarch compare`` trains."""
+    from .compare import planned_runs
+
+    check_no_sweep(config)
+    return [JobSpec(config.to_dict(), run.index, run.name, run.lr, run.seed, str(run.folder), cache_dir,
+                    list(config.imports)) for run in planned_runs(config, plan, config.folder)]
+
+
+def check_no_sweep(config: RunConfig) -> None:
     if config.sweep.is_set:
         raise ValueError("launcher: a config with a sweep: section is run in-process (seqarch compare without "
                          "--launcher); expected a config without sweep")
-    lrs = config.train.learning_rates
-    specs = []
-    for index, architecture in enumerate(config.architectures):
-        for lr in lrs:
-            for seed in seeds:
-                parts = [architecture.name, f"lr-{lr:g}" if len(lrs) > 1 else "run"]
-                if len(seeds) > 1:
-                    parts.append(f"seed-{seed}")
-                specs.append(JobSpec(config.to_dict(), index, architecture.name, lr, seed,
-                                     str(config.folder.joinpath(*parts)), cache_dir, list(config.imports)))
-    return specs
 
 
 def run_job(spec: JobSpec) -> dict[str, Any]:
     """Train one job (resuming from its checkpoints if any); writes and returns its ``result.json``."""
+    from lightning.pytorch.utilities import rank_zero_only
+
     from ..data import build_data
     from .compare import plan_comparison
     from .plugins import import_modules
@@ -87,7 +92,9 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
     result = train_run(config, bundle, model_config, lr=spec.lr, folder=folder, resume=True, label=name)
     result.budget = BudgetResult.of(match)
     values = result.to_dict()
-    RunPaths(folder).result.write_text(json.dumps(values, indent=2))
+    # Every rank of a multi-GPU job returns the result; one writes it, whole or not at all.
+    if rank_zero_only.rank == 0:
+        write_atomic(RunPaths(folder).result, json.dumps(values, indent=2))
     return values
 
 
@@ -111,20 +118,50 @@ def check_launcher(launcher: str) -> str:
     return launcher
 
 
+# submitit SLURM parameters that have an option of their own (or come from the trainer: section).
+SLURM_OWN_OPTIONS = {"partition": "--partition or slurm.partition", "gpus_per_node": "--gpus or slurm.gpus",
+                     "time": "--time or slurm.time", "account": "--account or slurm.account",
+                     "nodes": "trainer.num_nodes", "ntasks_per_node": "trainer.devices"}
+
+
+def _submitit_slurm():
+    try:
+        from submitit.slurm import slurm
+    except ImportError as error:
+        raise ValueError("--launcher: needs the cluster extra (pip install -e '.[cluster]')") from error
+    return slurm
+
+
+def check_slurm_extra(extra: dict[str, Any], source: str) -> dict[str, Any]:
+    """``extra``'s submitit SLURM parameters (``source``: where they were given, ``slurm.extra`` or
+    ``--slurm-option``), each checked by submitit's SlurmExecutor and sbatch writer; returns ``extra``."""
+    slurm = _submitit_slurm()
+    valid = set(slurm.SlurmExecutor._valid_parameters()) - set(SLURM_OWN_OPTIONS)
+    for key, value in extra.items():
+        where = f"{source} {key}" if source.startswith("-") else f"{source}.{key}"
+        if key in SLURM_OWN_OPTIONS:
+            raise ValueError(f"{where}: set by {SLURM_OWN_OPTIONS[key]}; expected another submitit SLURM option")
+        if key not in valid:
+            raise ValueError(f"{where}: submitit's SLURM executor has no such option; expected one of "
+                             f"{', '.join(sorted(valid))}")
+        try:
+            slurm._make_sbatch_string(command="true", folder="submitit", **{key: value})
+        except (TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"{where}: submitit rejects the value {value!r}: {error}") from error
+    return extra
+
+
 def slurm_parameters(options: SlurmOptions, config: RunConfig, folder: Path) -> dict[str, Any]:
     """submitit's ``slurm_*`` parameters; every option goes through submitit's own sbatch writer first,
     so one it rejects is a ValueError naming it (before anything is submitted)."""
-    from submitit.slurm.slurm import SlurmExecutor, _make_sbatch_string
-
+    slurm = _submitit_slurm()
     devices = config.trainer.devices if isinstance(config.trainer.devices, int) else None
     values: dict[str, Any] = {"partition": options.partition, "gpus_per_node": options.gpus_per_node,
                               "time": options.time_min, "account": options.account,
-                              "nodes": config.trainer.num_nodes, "ntasks_per_node": devices, **options.extra}
+                              "nodes": config.trainer.num_nodes, "ntasks_per_node": devices,
+                              **check_slurm_extra(options.extra, "SlurmOptions.extra")}
     values = {k: v for k, v in values.items() if v is not None}
-    valid = SlurmExecutor._valid_parameters()
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        raise ValueError(f"slurm: submitit rejects option(s) {unknown}; expected some of {', '.join(sorted(valid))}")
+    _make_sbatch_string = slurm._make_sbatch_string
     try:
         _make_sbatch_string(command="true", folder=folder, **values)
     except (TypeError, ValueError) as error:
@@ -144,34 +181,137 @@ def build_executor(launcher: str, folder: Path, config: RunConfig, options: Slur
         executor.update_parameters(timeout_min=options.time_min)
         return executor
     parameters = slurm_parameters(options, config, logs)
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:  # submitit's own check is a RuntimeError deep inside it, and names srun only
+        raise ValueError(f"--launcher slurm: SLURM's {' and '.join(missing)} not found on PATH; expected a machine "
+                         "that submits SLURM jobs (a cluster's login node), or use --launcher local")
     executor = submitit.AutoExecutor(folder=logs, cluster="slurm")
     executor.update_parameters(**parameters)
     return executor
 
 
 def finished(spec: JobSpec) -> bool:
-    return (Path(spec.folder) / "result.json").is_file()
+    """Whether the job's ``result.json`` says it trained its steps (or stopped early): a resume that
+    raised ``train.steps`` submits it again, to continue from its checkpoint."""
+    path = Path(spec.folder) / "result.json"
+    try:
+        values = json.loads(path.read_text())
+        return values["steps"] >= spec.config["train"]["steps"] or bool(values.get("stopped_early"))
+    except (OSError, ValueError, KeyError, TypeError):  # absent or unreadable: the job trains (on) again
+        return False
+
+
+# SLURM states (sacct) of a job that is waiting, running or about to run again.
+SLURM_ACTIVE_STATES = ("READY", "PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "PREEMPTED",
+                       "RESIZING", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
+
+
+def local_job_alive(job_id: str) -> bool:
+    """Whether submitit's local controller process ``job_id`` (its pid) still runs (a pid taken since by
+    another program, or a finished controller not yet reaped, is not the job)."""
+    try:
+        pid = int(job_id)
+        if pid <= 0:  # os.kill(0, ...) would ask about this process group
+            return False
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError, PermissionError):
+        return False
+    proc = Path(f"/proc/{pid}")
+    if proc.is_dir():  # Linux: the controller's command line and that it is no zombie
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            command = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            return False
+        return state != "Z" and b"submitit" in command
+    return True
+
+
+def slurm_job_state(job_id: str, logs: Path) -> str:
+    """SLURM's state of ``job_id`` (sacct through submitit); ``UNKNOWN`` when sacct does not say."""
+    from submitit.slurm.slurm import SlurmJob
+
+    return SlurmJob(folder=logs, job_id=job_id).get_info(mode="force").get("State") or "UNKNOWN"
+
+
+def job_active(entry: dict[str, Any], logs: Path) -> bool:
+    """Whether the job ``entry`` of ``jobs.json`` (its launcher and id) is still pending or running."""
+    job_id = entry.get("job_id")
+    if not job_id:
+        return False
+    if entry.get("launcher") == "local":
+        return local_job_alive(job_id)
+    state = slurm_job_state(job_id, logs)
+    if state.split()[0] == "UNKNOWN":
+        log.warning("job %s (%s): sacct does not know its state; it is submitted again", job_id, entry["folder"])
+    return state.split()[0] in SLURM_ACTIVE_STATES
+
+
+def read_jobs(folder: Path) -> dict[str, dict[str, Any]]:
+    """The entries of ``folder``'s ``jobs.json`` by run folder (none when there is no readable one)."""
+    try:
+        return {entry["folder"]: entry for entry in json.loads((folder / JOBS_FILE).read_text())}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def write_jobs(folder: Path, specs: list[JobSpec], entries: dict[str, dict[str, Any]]) -> None:
+    """``jobs.json``: every job's spec (without the config, saved beside it) and its launcher and job id."""
+    rows = [asdict(spec) | {"config": None, "launcher": entries.get(spec.folder, {}).get("launcher"),
+                            "job_id": entries.get(spec.folder, {}).get("job_id")} for spec in specs]
+    write_atomic(folder / JOBS_FILE, json.dumps(rows, indent=2))
 
 
 def launch(config: RunConfig, launcher: str, *, seeds: list[int] | None = None,
-           options: SlurmOptions | None = None, cache_dir: str | None = None, executor=None) -> list:
-    """Submit every unfinished job of ``config``'s comparison; returns the submitit jobs.
+           options: SlurmOptions | None = None, cache_dir: str | None = None, executor=None,
+           resume: bool = False) -> list:
+    """Submit every job of ``config``'s comparison that is neither finished nor still pending or
+    running; returns the submitted submitit jobs.
 
-    Writes the resolved config and ``jobs.json`` (every job's spec) into the run folder first.
+    The run folder follows ``seqarch compare``'s rule, checked before anything is written: an existing
+    one only with ``resume``, and then only with the model, data and recipe it was started with (its
+    ``config.yaml``, and each job's checkpoints). The resolved config and ``jobs.json`` (every job's
+    spec, launcher and job id) are written into it. ``seeds``: ``train.seeds`` for this launch.
     """
+    from ..data import build_data
+    from .compare import check_run_folders, plan_comparison
+    from .run_folder import check_run_folder, record_resume
     from .session import save_config
 
     check_launcher(launcher)
+    check_no_sweep(config)
     options = options or SlurmOptions()
-    seeds = seeds or config.train.run_seeds
-    specs = job_specs(config, seeds, cache_dir=cache_dir)
+    if seeds is not None:
+        config = config.model_copy(update={"train": config.train.model_copy(update={"seeds": list(seeds)})})
     folder = config.folder
-    executor = executor or build_executor(launcher, folder, config, options)
+    changes = check_run_folder(folder, config, "compare", resume=resume)
+    bundle = build_data(config.data.spec(), seed=config.train.seed, cache_dir=cache_dir)
+    plan = plan_comparison(config, bundle)
+    check_run_folders(config, bundle, folder, plan, resume=resume)
+    specs = job_specs(config, plan, cache_dir=cache_dir)
+    entries = read_jobs(folder) if resume else {}
+    logs = folder / "submitit"
+    todo = []
+    for spec in specs:
+        if finished(spec):
+            continue
+        if job_active(entries.get(spec.folder, {}), logs):
+            log.info("%s lr=%g seed=%d: job %s is still pending or running; not submitted again", spec.name,
+                     spec.lr, spec.seed, entries[spec.folder]["job_id"])
+            continue
+        todo.append(spec)
+    if todo:
+        executor = executor or build_executor(launcher, folder, config, options)
     save_config(config, folder)
-    (folder / JOBS_FILE).write_text(json.dumps([asdict(s) | {"config": None} for s in specs], indent=2))
-    todo = [s for s in specs if not finished(s)]
-    jobs = [executor.submit(TrainingJob(), spec) for spec in todo]
-    for spec, job in zip(todo, jobs):
+    if resume:
+        record_resume(folder, changes)
+    write_jobs(folder, specs, entries)
+    jobs = []
+    for spec in todo:
+        job = executor.submit(TrainingJob(), spec)
+        jobs.append(job)
+        entries[spec.folder] = {"launcher": launcher, "job_id": str(job.job_id)}
+        write_jobs(folder, specs, entries)  # after each submission: a launcher killed here forgets no job
         log.info("submitted %s lr=%g seed=%d: job %s (%s)", spec.name, spec.lr, spec.seed, job.job_id, spec.folder)
     return jobs
 

@@ -163,3 +163,20 @@ def test_the_progress_line_prints_each_step_once(tmp_path):
     assert "val/accuracy" in at_eval and ", all " in at_eval
     assert progress.lines[-1].startswith("[1/4] s4d (architecture 1/2, seed 0)  step 12/12") and " done in " in \
         progress.lines[-1] and "val/accuracy" in progress.lines[-1]
+
+
+def test_the_report_states_early_stops_sweep_scores_and_budget_errors():
+    from seqarch.data import ACCURACY
+    from seqarch.training.report import TABLE_COLUMNS, table_rows
+    from seqarch.training.result import BudgetResult
+
+    runs = [_run(1e-3, 0, 0.5, 0.5), dataclasses.replace(_run(3e-3, 0, 0.9, 0.8), stopped_early=True, steps=6)]
+    result = summarise(runs, ACCURACY)
+    result.budget = BudgetResult("params", 1000.0, 1012.0, 0.012)
+    lines = notes([result], "val/accuracy")
+    assert "- m stopped early at step 6: val/accuracy reached train.stop_at" in lines
+    assert ("- m learning-rate sweep: lr 0.001: best 0.5000, final 0.5000, lr 0.003: best 0.9000, final 0.9000"
+            in lines)
+    row = dict(zip(TABLE_COLUMNS, table_rows([result])[0]))
+    assert row["budget error"] == "+1.20%" and row["steps"] == "6 (stopped early)" and row["lr"] == "0.003"
+    assert dict(zip(TABLE_COLUMNS, table_rows([_run(1e-3, 0, 0.5, 0.5)])[0]))["budget error"] == "-"

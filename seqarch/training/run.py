@@ -208,6 +208,8 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
     check_length_limit(model_config, bundle)
     ckpt_path, resumed_from = prepare_run_folder(
         folder, resume, run_fingerprint(model_config, bundle.kind, train, lr, bundle.seq_len))
+    if resume and ckpt_path is None:  # killed before its first checkpoint, or never started
+        log.info("no checkpoint in %s: starting at step 0", folder)
     if resume and (done := finished_result(folder, train.steps, resumed_from)) is not None:
         if all(str(length) in done.test_lengths for length in bundle.length_tests):
             log.info("%s: finished before (step %d); its result is kept as it was", label or folder.name, done.steps)

@@ -58,7 +58,10 @@ def test_resume_refuses_another_recipe_or_model_and_applies_the_resumable_keys(t
     assert json.loads((folder / "result.json").read_text())["steps"] == 4
     resumes = [json.loads(line) for line in (folder / "resumes.jsonl").read_text().splitlines()]
     assert resumes[-1]["changed"] == {"train.steps": {"was": 2, "now": 4}}
-    assert "changed train.steps 2 -> 4" in (folder / "report.md").read_text()
+    report = (folder / "report.md").read_text()
+    assert "changed train.steps 2 -> 4" in report
+    whole = json.loads((folder / "result.json").read_text())["wall_s"]
+    assert f"in this process, since the last resume (the run's own, across its processes: {whole:.0f} s)" in report
 
 
 def test_resume_where_no_run_was_started_is_an_error(tmp_path, caplog):

@@ -92,6 +92,7 @@ def test_scale_end_to_end_and_resume_trains_only_the_missing_points(tmp_path, mo
     assert fit["points"] == 3 and fit["b"] >= 0
     report = (folder / "scale.md").read_text()
     assert "(reference)" in report and "b, 95% interval" in report
+    assert "s in this process, since the last resume" in report
     assert (folder / "loss_vs_flops.png").is_file()
 
 

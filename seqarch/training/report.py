@@ -155,6 +155,11 @@ def environment() -> dict:
             "device": device, "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average": load}
 
 
+def wall_time(wall_s: float, *, resumed: bool) -> str:
+    """The report's wall time: this process's, which after a resume leaves out the processes before it."""
+    return f"wall time {wall_s:.0f} s" + (" in this process, since the last resume" if resumed else "")
+
+
 PLOT_FORMATS = ("png", "pdf", "svg")  # the PNG for the report, PDF and SVG for papers
 
 
@@ -352,7 +357,9 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
           f"{describe_learning_rates(r.model_config, r.lr, config.train.weight_decay)}" for r in results],
         (f"- Machine: {env['device']}, torch {env['torch']}, {env['threads']} threads of {env['cpus']} CPUs"
          + (f", load average {env['load_average']:.1f}" if env["load_average"] is not None else "")
-         + f"; wall time {wall_s:.0f} s"),
+         + f"; {wall_time(wall_s, resumed=bool(resumes))}"
+         + (f" (the run's own, across its processes: {results[0].wall_s:.0f} s)"
+            if resumes and len(results) == 1 else "")),
         *[f"- Resumed {entry['time']}" + (": changed " + ", ".join(
             f"{k} {v['was']!r} -> {v['now']!r}" for k, v in entry["changed"].items()) if entry["changed"] else "")
           for entry in resumes],

@@ -122,6 +122,8 @@ def test_config_differences_split_refused_from_resumable_keys():
                                           {"train": {"lr": 2, "steps": 3}, "trainer": {"devices": 2}})
     assert refused == {"train.lr": (1, 2)}
     assert allowed == {"train.steps": (2, 3), "trainer.devices": (1, 2)}
+    quiet = config_differences({"trainer": {"enable_progress_bar": True}}, {"trainer": {"enable_progress_bar": False}})
+    assert quiet == ({}, {})  # --quiet on resume is not a change of the run
 
 
 def test_the_progress_line_names_the_run_its_place_the_step_the_metric_and_the_eta(tmp_path):

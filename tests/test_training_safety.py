@@ -3,6 +3,7 @@ evaluation; NaN stops a run at the step it appears."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -133,5 +134,8 @@ def test_a_resume_prints_no_lightning_notices(tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert "(resumed at step 2)" in output and "step 3/3" in output
+    log = (tmp_path / "runs" / "tiny-train" / "resumes.jsonl").read_text()
+    resumes = [json.loads(line) for line in log.splitlines()]
+    assert resumes[-1]["changed"] == {"train.steps": {"was": 2, "now": 3}}  # --quiet then not: no change
     for notice in ("weights_only", "not resumable", "Training: ", "site-packages/lightning", "Warning"):
         assert notice not in output, output

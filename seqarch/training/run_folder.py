@@ -31,6 +31,8 @@ RESUMABLE_KEYS = (
     "data.test_lengths",
 )
 RESUME_LOG = "resumes.jsonl"
+# Keys that say only how a run is shown (--quiet sets trainer.enable_progress_bar): never a change of the run.
+DISPLAY_KEYS = ("trainer.enable_progress_bar",)
 
 
 class RunFolderError(ConfigError):
@@ -53,11 +55,11 @@ def _resumable(key: str) -> bool:
 
 def config_differences(saved: dict, current: dict) -> tuple[dict[str, tuple], dict[str, tuple]]:
     """``(refused, allowed)``: the keys whose values differ, ``key: (saved, current)``, split by
-    whether a resume may change them."""
+    whether a resume may change them (display options, ``DISPLAY_KEYS``, are neither)."""
     before, after = flatten(saved), flatten(current)
     refused, allowed = {}, {}
     for key in sorted(set(before) | set(after)):
-        if before.get(key) != after.get(key):
+        if key not in DISPLAY_KEYS and before.get(key) != after.get(key):
             (allowed if _resumable(key) else refused)[key] = (before.get(key), after.get(key))
     return refused, allowed
 

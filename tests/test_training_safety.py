@@ -137,5 +137,8 @@ def test_a_resume_prints_no_lightning_notices(tmp_path):
     log = (tmp_path / "runs" / "tiny-train" / "resumes.jsonl").read_text()
     resumes = [json.loads(line) for line in log.splitlines()]
     assert resumes[-1]["changed"] == {"train.steps": {"was": 2, "now": 3}}  # --quiet then not: no change
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == len(set(lines)), output  # Lightning's lines once, not again through its own handler
+    assert "GPU available: False" in output and "INFO: " not in output
     for notice in ("weights_only", "not resumable", "Training: ", "site-packages/lightning", "Warning"):
         assert notice not in output, output

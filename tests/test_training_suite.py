@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import logging
 
 import pytest
 import yaml
@@ -24,7 +25,8 @@ def write(tmp_path, config: dict):
     return str(path)
 
 
-def test_mad_suite_end_to_end(tmp_path):
+def test_mad_suite_end_to_end(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     config = {"name": "mad", "model": {"d_model": 16, "n_layers": 1}, "architectures": ["attention"],
               "mad": {"tasks": ["mad_compression", "mad_memorization"], "variants": "baseline", "num_test": 16},
               "train": TINY_TRAIN}
@@ -39,6 +41,7 @@ def test_mad_suite_end_to_end(tmp_path):
     report = (folder / "report.md").read_text()
     assert "| attention |" in report and "mad_memorization/baseline" in report
     assert (folder / "mad_compression" / "baseline" / "attention" / "run" / "result.json").is_file()
+    assert "point 2 of 2" in caplog.text and "training 2 steps" not in caplog.text  # --quiet: no progress lines
 
 
 def test_mad_points_follow_the_section():

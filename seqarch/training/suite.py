@@ -43,7 +43,8 @@ def run_suite(config: RunConfig, points: list[SuitePoint], *, resume: bool = Fal
     """Train every point's comparison into ``config.folder / label``; ``on_point(points)`` is called
     after each point (a report written then loses nothing to a kill). Returns the points, results filled."""
     folder = config.folder
-    config.trainer.enable_progress_bar = not quiet
+    for each in (config, *(point.config for point in points)):  # the points are copies made before this
+        each.trainer.enable_progress_bar = not quiet
     changes = check_run_folder(folder, config, "compare", resume=resume)
     check_trainer_options(config.trainer)
     bundles: dict[str, DataBundle] = {}  # points that share a data spec share its data sets

@@ -128,3 +128,21 @@ def test_crossing_text_within_the_measured_range():
     assert crossing_text("ssm", "transformer", curves, fits) == "10k FLOPs"
     curves["ssm"] = [(1e5, 0.0), (1e8, 0.0)]
     assert crossing_text("ssm", "transformer", curves, fits).startswith("no crossing in the measured range")
+
+
+def test_a_resume_by_another_command_than_the_one_that_made_the_folder_is_refused(tmp_path, caplog):
+    from seqarch.training.run_folder import folder_command
+
+    config = {**SCALE, "scale": {"flops": [3e7, 6e7]}}
+    path = write(tmp_path, config)
+    assert main(["compare", path, "--output", str(tmp_path), "--quiet"]) == 0
+    folder = tmp_path / "scale"
+    report = (folder / "report.md").read_text()
+    assert main(["scale", path, "--output", str(tmp_path), "--quiet", "--resume"]) == 2
+    assert (f"--resume: the run in '{folder}' was made by seqarch compare, not seqarch scale; resume it with "
+            "seqarch compare" in caplog.text)
+    assert (folder / "report.md").read_text() == report and not (folder / "scale.json").exists()
+    (folder / "made_by.json").unlink()  # a folder written before the command was recorded: its files say
+    assert folder_command(folder) == "compare"
+    (folder / "scale.json").write_text("{}")
+    assert folder_command(folder) == "scale"

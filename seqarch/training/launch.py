@@ -167,7 +167,7 @@ def launch(config: RunConfig, launcher: str, *, seeds: list[int] | None = None,
     specs = job_specs(config, seeds, cache_dir=cache_dir)
     folder = config.folder
     executor = executor or build_executor(launcher, folder, config, options)
-    save_config(config, folder)
+    save_config(config, folder, "compare")
     (folder / JOBS_FILE).write_text(json.dumps([asdict(s) | {"config": None} for s in specs], indent=2))
     todo = [s for s in specs if not finished(s)]
     jobs = [executor.submit(TrainingJob(), spec) for spec in todo]

@@ -118,5 +118,5 @@ def run_mad(config: RunConfig, *, resume: bool = False, cache_dir: str | None = 
         write_mad_report(config.folder, config, points, left_out=left_out, command=command_line,
                          wall_s=time.time() - started, resumed=resume)
 
-    run_suite(config, points, resume=resume, cache_dir=cache_dir, quiet=quiet, on_point=report)
+    run_suite(config, points, resume=resume, cache_dir=cache_dir, quiet=quiet, on_point=report, command="mad")
     return points, mad_scores(points)

@@ -186,5 +186,5 @@ def run_scale(config: RunConfig, *, resume: bool = False, cache_dir: str | None 
         write_scale_report(config.folder, config, points, command=command_line, wall_s=time.time() - started,
                            resumed=resume)
 
-    run_suite(config, points, resume=resume, cache_dir=cache_dir, quiet=quiet, on_point=report)
+    run_suite(config, points, resume=resume, cache_dir=cache_dir, quiet=quiet, on_point=report, command="scale")
     return points, fit_curves(measured(points))

@@ -18,14 +18,14 @@ from .module import run_fingerprint
 from .report import text_table, write_report
 from .result import RunResult
 from .run import check_trainer_options, model_config_for, prepare_run_folder, train_run
-from .run_folder import check_run_folder, read_resumes, record_resume
+from .run_folder import check_run_folder, read_resumes, record_command, record_resume
 
 log = logging.getLogger("seqarch")
 
 
-def save_config(config: RunConfig, folder: Path) -> None:
+def save_config(config: RunConfig, folder: Path, command: str) -> None:
     """Write the resolved config into the run folder (``--resume`` reads it back: its imports, and
-    the model and recipe a resume must keep).
+    the model and recipe a resume must keep), and the ``command`` that made the folder.
 
     The imports an earlier config saved there are kept: a run started without ``--import`` in a
     folder it then refuses to train over must not make a later ``--resume`` forget them.
@@ -34,6 +34,7 @@ def save_config(config: RunConfig, folder: Path) -> None:
     values["imports"] = list(dict.fromkeys(saved_imports(folder) + config.imports))
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / SAVED_CONFIG, yaml.safe_dump(values, sort_keys=False))
+    record_command(folder, command)
 
 
 def run_command(command: str, config: RunConfig, *, resume: bool = False, cache_dir: str | None = None,
@@ -61,7 +62,7 @@ def run_command(command: str, config: RunConfig, *, resume: bool = False, cache_
         prepare_run_folder(folder, resume, run_fingerprint(model_config, bundle.kind, config.train,
                                                            config.train.learning_rates[0], bundle.seq_len))
     if rank_zero_only.rank == 0:
-        save_config(config, folder)
+        save_config(config, folder, command)
         if resume:
             record_resume(folder, changes)
     results: list[RunResult] = []

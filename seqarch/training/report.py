@@ -46,6 +46,16 @@ def _budget_error(r: RunResult) -> str:
     return "-" if r.budget is None else f"{r.budget.relative_error:+.2%}"
 
 
+def _memory(r: RunResult) -> str:
+    """The allocator's peak on GPUs; on CPUs what training needed over the process's resident set when it
+    began (a result written before that was recorded: the whole process's peak, marked)."""
+    if r.device.startswith("cuda") or r.peak_memory_bytes is None:
+        return _si(r.peak_memory_bytes, "B")
+    if r.training_memory_bytes is None:
+        return _si(r.peak_memory_bytes, "B") + " (process)"
+    return _si(r.training_memory_bytes, "B")
+
+
 def _steps(r: RunResult) -> str:
     if r.failure:
         return "failed"
@@ -69,7 +79,7 @@ def table_rows(results: list[RunResult]) -> list[list[str]]:
         r.name, str(r.d_model), str(r.n_layers), _si(r.params), _budget_error(r), _si(r.flops_per_token),
         _si(r.training_flops), _steps(r), f"{r.lr:g}", _seeds(r), _over_seeds(r, "train_final"),
         _over_seeds(r, "final"), _over_seeds(r, "best"), _over_seeds(r, "test"),
-        _si(r.state_size), _si(r.tokens_per_s), _si(r.peak_memory_bytes, "B"),
+        _si(r.state_size), _si(r.tokens_per_s), _memory(r),
     ] for r in results]
 
 
@@ -383,8 +393,10 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
          "the recurrent state per sequence at the training length (a KV cache for attention). "
          "Budget error: the model's size against the budget. tokens/s: measured by this process while it "
          "trained (a resumed run counts only its own steps), on a machine that may run other work at the same "
-         "time: compare them within one report. Peak memory: CUDA allocator peak on GPUs; on CPUs the whole "
-         "process's peak RSS (the Python runtime and libraries included, so it differs little between models)."),
+         "time: compare them within one report. Peak memory: the CUDA allocator's peak on GPUs; on CPUs the peak "
+         "resident set over what the process held when training began (activations, gradients, optimizer state "
+         "and data loading; the weights, built before, are not in it; results.json keeps the whole process's "
+         "peak as peak_memory_bytes)."),
         "",
         f"![{metric} against training FLOPs]({paths['metric_plot'].name})",
     ]

@@ -19,7 +19,8 @@ from ..scaling import PowerLawFit, crossings, fit_power_law
 from .config import RunConfig
 from .durable import write_atomic
 from .errors import ConfigError
-from .report import _pyplot, _save, _si, environment, wall_time
+from .plots import _pyplot, _save, _si
+from .report import environment, wall_time
 from .suite import SuitePoint, results_payload, run_suite
 
 

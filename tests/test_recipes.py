@@ -211,3 +211,20 @@ def test_the_state_plot_marks_early_stops_and_its_labels_and_ticks_never_overlap
              if t.get_text() and low <= t.get_position()[0] <= high]
     assert len(shown) >= 3 and not any(a.overlaps(b) for i, a in enumerate(shown) for b in shown[i + 1:])
     plt.close(fig)
+
+
+def test_the_progress_line_counts_every_run_of_a_sweep(tmp_path, caplog):
+    import logging
+
+    import yaml
+
+    from seqarch.training.cli import main
+
+    config = {"name": "swept", "data": {"task": "mqar", "num_train": 64, "num_test": 16, "seq_len": 16},
+              "model": {"d_model": 16}, "architectures": ["s4d"], "trainer": {"accelerator": "cpu"},
+              "sweep": {"data": [{"seq_len": 16}, {"seq_len": 24}]},
+              "train": {"steps": 2, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2, "warmup_steps": 1}}
+    (tmp_path / "swept.yaml").write_text(yaml.safe_dump(config))
+    caplog.set_level(logging.INFO)
+    assert main(["compare", str(tmp_path / "swept.yaml"), "--output", str(tmp_path)]) == 0
+    assert "[1/2] s4d  training 2 steps" in caplog.text and "[2/2] s4d  training 2 steps" in caplog.text

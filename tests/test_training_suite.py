@@ -67,7 +67,7 @@ class CountingModule(run_module.SeqarchModule):
         super().__init__(*args, **kwargs)
 
 
-def test_scale_end_to_end_and_resume_trains_only_the_missing_points(tmp_path, monkeypatch):
+def test_scale_end_to_end_and_resume_trains_only_the_missing_points(tmp_path, monkeypatch, caplog):
     path = write(tmp_path, SCALE)
     real_train_run = run_module.train_run
     calls = []
@@ -83,8 +83,11 @@ def test_scale_end_to_end_and_resume_trains_only_the_missing_points(tmp_path, mo
         main(["scale", path, "--output", str(tmp_path), "--quiet"])
     monkeypatch.setattr(compare_module, "train_run", real_train_run)
     monkeypatch.setattr(run_module, "SeqarchModule", CountingModule)
-    assert main(["scale", path, "--output", str(tmp_path), "--quiet", "--resume"]) == 0
+    caplog.set_level(logging.INFO)
+    assert main(["scale", path, "--output", str(tmp_path), "--resume"]) == 0
     assert CountingModule.built == 1  # the two finished points kept their results
+    # The progress line counts the whole command's runs, not the point's: the missing one is the third.
+    assert "[3/3] transformer  training 2 steps" in caplog.text and "[1/1]" not in caplog.text
     folder = tmp_path / "scale"
     payload = json.loads((folder / "scale.json").read_text())
     flops = [c for c, _ in payload["curves"]["transformer"]]

@@ -10,7 +10,7 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 from ..data import build_data
-from .compare import check_run_folders, compare, plan_comparison
+from .compare import check_run_folders, compare, plan_comparison, planned_runs
 from .config import SAVED_CONFIG, RunConfig, saved_imports, sweep_points
 from .durable import write_atomic
 from .errors import NonFiniteLossError
@@ -85,14 +85,16 @@ def run_command(command: str, config: RunConfig, *, resume: bool = False, cache_
                          wall_s=time.time() - started, kind=command, resumes=read_resumes(folder))
 
     if command == "compare":
-        for (label, point), bundle, plan, point_folder in zip(points, bundles, plans, point_folders):
+        counts = [len(planned_runs(point, plan, point_folder))
+                  for (_, point), plan, point_folder in zip(points, plans, point_folders)]
+        for i, ((label, point), bundle, plan, point_folder) in enumerate(zip(points, bundles, plans, point_folders)):
             def label_and_report(so_far: list[RunResult], label: str = label, seq_len: int = bundle.seq_len) -> None:
                 for result in so_far:
                     result.data_point, result.seq_len = label, seq_len
                 rewrite_report(so_far)
 
             point_results = compare(point, bundle, point_folder, resume=resume, on_result=announce, plan=plan,
-                                    on_run=label_and_report)
+                                    on_run=label_and_report, first_index=sum(counts[:i]), total_runs=sum(counts))
             for result in point_results:
                 result.data_point = label
                 result.seq_len = bundle.seq_len

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..data import DataBundle, build_data
-from .compare import check_run_folders, compare, plan_comparison
+from .compare import check_run_folders, compare, plan_comparison, planned_runs
 from .config import RunConfig
 from .result import RunResult
 from .run import check_trainer_options
@@ -63,9 +63,11 @@ results filled."""
     save_config(config, folder, command)
     if resume:
         record_resume(folder, changes)
+    counts = [len(planned_runs(point.config, plan, folder / point.label)) for point, plan in zip(points, plans)]
     for index, (point, plan) in enumerate(zip(points, plans)):
         log.info("point %d of %d: %s", index + 1, len(points), point.label)
-        results = compare(point.config, point.bundle, folder / point.label, resume=resume, plan=plan)
+        results = compare(point.config, point.bundle, folder / point.label, resume=resume, plan=plan,
+                          first_index=sum(counts[:index]), total_runs=sum(counts))
         for result in results:
             result.data_point = point.label
             result.seq_len = point.bundle.seq_len

@@ -243,3 +243,12 @@ def test_cpu_training_memory_leaves_out_what_the_process_held_before(tmp_path):
     row = dict(zip(TABLE_COLUMNS, table_rows([result])[0]))
     assert row["peak memory"] == table_rows([dataclasses.replace(result, peak_memory_bytes=1)])[0][-1]
     assert json.loads((tmp_path / "run" / "result.json").read_text())["training_memory_bytes"] > 0
+
+
+def test_each_run_records_the_load_it_trained_under_and_its_row_shows_it(tmp_path):
+    from seqarch.training.report import TABLE_COLUMNS, table_rows
+
+    result = fit(tiny_config(steps=2, eval_every=2, checkpoint_every=2), tmp_path / "run")
+    assert result.load_average is not None and result.load_average >= 0
+    assert dict(zip(TABLE_COLUMNS, table_rows([result])[0]))["load"] == f"{result.load_average:.1f}"
+    assert dict(zip(TABLE_COLUMNS, table_rows([dataclasses.replace(result, load_average=None)])[0]))["load"] == "-"

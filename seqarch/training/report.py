@@ -20,7 +20,8 @@ from .result import RunResult, split_metric
 from .stats import MEMORISATION_GAP, memorisation_gap, seed_interval
 
 TABLE_COLUMNS = ("architecture", "d_model", "layers", "params", "budget error", "FLOPs/token", "training FLOPs",
-                 "steps", "lr", "seeds", "train", "final", "best", "test", "state size", "tokens/s", "peak memory")
+                 "steps", "lr", "seeds", "train", "final", "best", "test", "state size", "tokens/s", "load",
+                 "peak memory")
 
 
 def _metric(value: float | None) -> str:
@@ -64,7 +65,8 @@ def table_rows(results: list[RunResult]) -> list[list[str]]:
         r.name, str(r.d_model), str(r.n_layers), _si(r.params), _budget_error(r), _si(r.flops_per_token),
         _si(r.training_flops), _steps(r), f"{r.lr:g}", _seeds(r), _over_seeds(r, "train_final"),
         _over_seeds(r, "final"), _over_seeds(r, "best"), _over_seeds(r, "test"),
-        _si(r.state_size), _si(r.tokens_per_s), _memory(r),
+        _si(r.state_size), _si(r.tokens_per_s),
+        "-" if r.load_average is None else f"{r.load_average:.1f}", _memory(r),
     ] for r in results]
 
 
@@ -136,7 +138,7 @@ def length_table(results: list[RunResult], seq_len: int, lengths: list[int]) -> 
 
 def environment() -> dict:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
-    # The load average says how busy the machine was while tokens/s were measured (other jobs slow them).
+    # The load average when the report was written; each run's own (RunResult.load_average) is in its row.
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"seqarch": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "device": device, "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average": load}
@@ -221,7 +223,6 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
         *[f"- Learning rates of {r.name} (lr {r.lr:g}): "
           f"{describe_learning_rates(r.model_config, r.lr, config.train.weight_decay)}" for r in results],
         (f"- Machine: {env['device']}, torch {env['torch']}, {env['threads']} threads of {env['cpus']} CPUs"
-         + (f", load average {env['load_average']:.1f}" if env["load_average"] is not None else "")
          + f"; {wall_time(wall_s, resumed=bool(resumes))}"
          + (f" (the run's own, across its processes: {results[0].wall_s:.0f} s)"
             if resumes and len(results) == 1 else "")),
@@ -248,10 +249,11 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
          "the recurrent state per sequence at the training length (a KV cache for attention). "
          "Budget error: the model's size against the budget. tokens/s: measured by this process while it "
          "trained (a resumed run counts only its own steps), on a machine that may run other work at the same "
-         "time: compare them within one report. Peak memory: the CUDA allocator's peak on GPUs; on CPUs the peak "
-         "resident set over what the process held when training began (activations, gradients, optimizer state "
-         "and data loading; the weights, built before, are not in it; results.json keeps the whole process's "
-         "peak as peak_memory_bytes)."),
+         f"time: `load` is the machine's 1-minute load average while that run trained ({env['cpus']} CPUs); "
+         "compare tokens/s within one report, between runs at a like load. Peak memory: the CUDA allocator's "
+         "peak on GPUs; on CPUs the peak resident set over what the process held when training began "
+         "(activations, gradients, optimizer state and data loading; the weights, built before, are not in it; "
+         "results.json keeps the whole process's peak as peak_memory_bytes)."),
         "",
         f"![{metric} against training FLOPs]({paths['metric_plot'].name})",
     ]

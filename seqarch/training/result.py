@@ -126,6 +126,9 @@ class RunResult:
     # The memory training needed: the peak over what was held when training began (the model was built
     # by then): activations, gradients, optimizer state, data loading. None in results written before it.
     training_memory_bytes: int | None = None
+    # The machine's 1-minute load average while the run trained (mean of samples at its start, evaluations
+    # and end): how much other work shared the machine while tokens_per_s was measured.
+    load_average: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (the model config as its fields)."""

@@ -7,6 +7,8 @@ use the same measure (``with PeakMemory(device) as m: fn()``). Imports nothing o
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import resource
 import sys
 from pathlib import Path
@@ -35,6 +37,17 @@ def _reset_hwm() -> bool:
         return True
     except OSError:
         return False
+
+
+def _release_freed_memory() -> None:
+    """Give memory the process has freed back to the system (glibc's ``malloc_trim``; a no-op elsewhere),
+    so the resident set at the start holds only what is in use: memory an earlier block freed but kept
+    would otherwise be reused unseen and the block's growth under-stated."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _lifetime_peak_rss() -> int:
@@ -67,7 +80,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._baseline = torch.cuda.memory_allocated(self.device)
-        elif _reset_hwm():
+        elif (_release_freed_memory(), _reset_hwm())[1]:
             self._baseline = _read_status("VmRSS")
         else:
             self._baseline = _lifetime_peak_rss()

@@ -163,3 +163,68 @@ def test_the_progress_line_prints_each_step_once(tmp_path):
     assert "val/accuracy" in at_eval and ", all " in at_eval
     assert progress.lines[-1].startswith("[1/4] s4d (architecture 1/2, seed 0)  step 12/12") and " done in " in \
         progress.lines[-1] and "val/accuracy" in progress.lines[-1]
+
+
+def test_the_report_states_early_stops_sweep_scores_and_budget_errors():
+    from seqarch.data import ACCURACY
+    from seqarch.training.report import TABLE_COLUMNS, table_rows
+    from seqarch.training.result import BudgetResult
+
+    runs = [_run(1e-3, 0, 0.5, 0.5), dataclasses.replace(_run(3e-3, 0, 0.9, 0.8), stopped_early=True, steps=6)]
+    result = summarise(runs, ACCURACY)
+    result.budget = BudgetResult("params", 1000.0, 1012.0, 0.012)
+    lines = notes([result], "val/accuracy")
+    assert "- m stopped early at step 6: val/accuracy reached train.stop_at" in lines
+    assert ("- m learning-rate sweep: lr 0.001: best 0.5000, final 0.5000, lr 0.003: best 0.9000, final 0.9000"
+            in lines)
+    row = dict(zip(TABLE_COLUMNS, table_rows([result])[0]))
+    assert row["budget error"] == "+1.20%" and row["steps"] == "6 (stopped early)" and row["lr"] == "0.003"
+    assert dict(zip(TABLE_COLUMNS, table_rows([_run(1e-3, 0, 0.5, 0.5)])[0]))["budget error"] == "-"
+
+
+def test_the_state_plot_marks_early_stops_and_its_labels_and_ticks_never_overlap():
+    import matplotlib.pyplot as plt
+
+    from seqarch.training.plots import accuracy_vs_state_figure
+
+    # Neighbours at one state size, two at accuracy 0 (by the tick labels), one stopped early.
+    points = [(30000, 0.0), (32000, 0.0), (40000, 0.02), (41000, 0.5), (45000, 1.0), (45000, 0.98)]
+    results = [dataclasses.replace(_run(1e-3, 0, acc, acc), name=f"arch{i}", state_size=size, stopped_early=i == 4)
+               for i, (size, acc) in enumerate(points)]
+    fig = accuracy_vs_state_figure(results, chance=1 / 32)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    crosses = [line for line in ax.get_lines() if line.get_marker() == "x" and len(line.get_xdata())]
+    assert [(list(c.get_xdata()), list(c.get_ydata())) for c in crosses] == [([45000], [1.0])]
+    assert any(line.get_label() == "chance (0.0312)" for line in ax.get_lines())
+    assert "stopped early (stop_at reached)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    inside = ax.get_window_extent(renderer)
+    labels = [text.get_window_extent(renderer) for text in ax.texts]
+    assert len(labels) == 6
+    assert all(inside.x0 <= b.x0 and b.x1 <= inside.x1 and inside.y0 <= b.y0 and b.y1 <= inside.y1 for b in labels)
+    assert not any(a.overlaps(b) for i, a in enumerate(labels) for b in labels[i + 1:])
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.get_xticklabels(minor=True) if t.get_text()]
+    assert not ticks  # minor ticks unlabelled: "3x10^4 4x10^4" never runs together
+    shown = [t.get_window_extent(renderer) for t in ax.get_xticklabels()
+             if t.get_text() and low <= t.get_position()[0] <= high]
+    assert len(shown) >= 3 and not any(a.overlaps(b) for i, a in enumerate(shown) for b in shown[i + 1:])
+    plt.close(fig)
+
+
+def test_the_progress_line_counts_every_run_of_a_sweep(tmp_path, caplog):
+    import logging
+
+    import yaml
+
+    from seqarch.training.cli import main
+
+    config = {"name": "swept", "data": {"task": "mqar", "num_train": 64, "num_test": 16, "seq_len": 16},
+              "model": {"d_model": 16}, "architectures": ["s4d"], "trainer": {"accelerator": "cpu"},
+              "sweep": {"data": [{"seq_len": 16}, {"seq_len": 24}]},
+              "train": {"steps": 2, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2, "warmup_steps": 1}}
+    (tmp_path / "swept.yaml").write_text(yaml.safe_dump(config))
+    caplog.set_level(logging.INFO)
+    assert main(["compare", str(tmp_path / "swept.yaml"), "--output", str(tmp_path)]) == 0
+    assert "[1/2] s4d  training 2 steps" in caplog.text and "[2/2] s4d  training 2 steps" in caplog.text

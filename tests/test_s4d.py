@@ -60,3 +60,12 @@ def test_state_is_constant_in_length():
 def test_bad_options_name_the_argument(options, argument):
     with pytest.raises(ValueError, match=argument):
         S4D(8, **options)
+
+
+def test_a_state_of_another_mixer_names_the_state():
+    from seqarch.mixers.attention import Attention
+
+    layer = S4D(8, d_state=4)
+    foreign = Attention(8, n_heads=2).init_state(2, max_length=8)
+    with pytest.raises(ValueError, match=r"state: expected the dict returned by S4D.init_state .*got keys"):
+        layer.step(torch.randn(2, 8), foreign)

@@ -61,13 +61,19 @@ def test_a_failing_logger_never_stops_training(tmp_path, monkeypatch, caplog):
 
 
 def test_resumed_logs_go_beside_the_first(tmp_path):
-    assert csv_log_folder(0) == "logs" and csv_log_folder(40) == "logs-resumed-0000040"
+    assert csv_log_folder(tmp_path, 0) == "logs" and csv_log_folder(tmp_path, 40) == "logs-resumed-0000040"
     for folder, rows in (("logs", "step,train/loss\n0,3.0\n1,2.0\n2,1.5\n"),
                          ("logs-resumed-0000001", "step,train/loss\n1,2.0\n2,1.4\n3,1.0\n")):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "metrics.csv").write_text(rows)
     merged = [(r["step"], r["train/loss"]) for r in read_metrics(tmp_path)]
     assert merged == [("0", "3.0"), ("1", "2.0"), ("2", "1.4"), ("3", "1.0")]
+    # A second resume from one checkpoint writes beside the first; the later log wins, in number order.
+    assert csv_log_folder(tmp_path, 0) == "logs-2" and csv_log_folder(tmp_path, 1) == "logs-resumed-0000001-2"
+    for attempt, loss in ((2, "0.9"), (10, "0.5")):
+        (tmp_path / f"logs-resumed-0000001-{attempt}").mkdir()
+        (tmp_path / f"logs-resumed-0000001-{attempt}" / "metrics.csv").write_text(f"step,train/loss\n3,{loss}\n")
+    assert [(r["step"], r["train/loss"]) for r in read_metrics(tmp_path)][-1] == ("3", "0.5")
 
 
 def test_read_metrics_of_a_folder_without_logs_is_empty(tmp_path):

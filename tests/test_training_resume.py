@@ -4,6 +4,7 @@ that record a failed architecture and go on."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,10 @@ def test_resume_refuses_another_recipe_or_model_and_applies_the_resumable_keys(t
     assert json.loads((folder / "result.json").read_text())["steps"] == 4
     resumes = [json.loads(line) for line in (folder / "resumes.jsonl").read_text().splitlines()]
     assert resumes[-1]["changed"] == {"train.steps": {"was": 2, "now": 4}}
-    assert "changed train.steps 2 -> 4" in (folder / "report.md").read_text()
+    report = (folder / "report.md").read_text()
+    assert "changed train.steps 2 -> 4" in report
+    whole = json.loads((folder / "result.json").read_text())["wall_s"]
+    assert f"in this process, since the last resume (the run's own, across its processes: {whole:.0f} s)" in report
 
 
 def test_resume_where_no_run_was_started_is_an_error(tmp_path, caplog):
@@ -118,6 +122,8 @@ def test_config_differences_split_refused_from_resumable_keys():
                                           {"train": {"lr": 2, "steps": 3}, "trainer": {"devices": 2}})
     assert refused == {"train.lr": (1, 2)}
     assert allowed == {"train.steps": (2, 3), "trainer.devices": (1, 2)}
+    quiet = config_differences({"trainer": {"enable_progress_bar": True}}, {"trainer": {"enable_progress_bar": False}})
+    assert quiet == ({}, {})  # --quiet on resume is not a change of the run
 
 
 def test_the_progress_line_names_the_run_its_place_the_step_the_metric_and_the_eta(tmp_path):
@@ -128,3 +134,17 @@ def test_the_progress_line_names_the_run_its_place_the_step_the_metric_and_the_e
     assert during.startswith("[2/3] s4d  step 1/12  loss ") and "ETA run " in during and ", all " in during
     assert any("val/accuracy" in line for line in progress.lines)
     assert "stopped early at step 6: val/accuracy reached train.stop_at" in progress.lines[-1]
+
+
+def test_resume_without_a_checkpoint_says_it_starts_at_step_0_and_keeps_the_earlier_log(tmp_path, caplog, recwarn):
+    caplog.set_level(logging.INFO)
+    assert _cli(tmp_path, "train") == 0
+    folder = tmp_path / "runs" / "tiny-train"
+    for path in [*(folder / "checkpoints").iterdir(), folder / "result.json"]:  # killed before its first checkpoint
+        path.unlink()
+    earlier = (folder / "logs" / "metrics.csv").read_text()
+    assert _cli(tmp_path, "train", "--resume") == 0
+    assert f"no checkpoint in {folder}: starting at step 0" in caplog.text
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
+    assert (folder / "logs" / "metrics.csv").read_text() == earlier and (folder / "logs-2" / "metrics.csv").is_file()
+    assert json.loads((folder / "result.json").read_text())["steps"] == 2

@@ -3,6 +3,7 @@ DDP equals one process, a NaN stops the run and keeps the checkpoints."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -230,3 +231,24 @@ def test_listops_classification_trains_through_the_same_path(tmp_path):
     assert result.state_size == 0  # bidirectional: no recurrent state
     state = check_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000006.ckpt")
     assert any(k.startswith("model.head.") for k in state["state_dict"])
+
+
+def test_cpu_training_memory_leaves_out_what_the_process_held_before(tmp_path):
+    from seqarch.training.report import TABLE_COLUMNS, table_rows
+
+    held = torch.ones(64 * 2**20)  # 256 MB, touched, alive through the run
+    result = fit(tiny_config(steps=2, eval_every=2, checkpoint_every=2), tmp_path / "run")
+    assert result.peak_memory_bytes > held.numel() * 4  # the whole process, the 256 MB included
+    assert 0 < result.training_memory_bytes < 64 * 2**20  # what the training needed: far less
+    row = dict(zip(TABLE_COLUMNS, table_rows([result])[0]))
+    assert row["peak memory"] == table_rows([dataclasses.replace(result, peak_memory_bytes=1)])[0][-1]
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["training_memory_bytes"] > 0
+
+
+def test_each_run_records_the_load_it_trained_under_and_its_row_shows_it(tmp_path):
+    from seqarch.training.report import TABLE_COLUMNS, table_rows
+
+    result = fit(tiny_config(steps=2, eval_every=2, checkpoint_every=2), tmp_path / "run")
+    assert result.load_average is not None and result.load_average >= 0
+    assert dict(zip(TABLE_COLUMNS, table_rows([result])[0]))["load"] == f"{result.load_average:.1f}"
+    assert dict(zip(TABLE_COLUMNS, table_rows([dataclasses.replace(result, load_average=None)])[0]))["load"] == "-"

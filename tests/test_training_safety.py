@@ -3,17 +3,22 @@ evaluation; NaN stops a run at the step it appears."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+import yaml
 from test_training_run import KillAt, Killed, fit, tiny_config
 
 from seqarch.training import durable
 from seqarch.training.checkpoints import CheckpointError, check_checkpoint, list_checkpoints
+from seqarch.training.cli import main
 from seqarch.training.module import NonFiniteLossError, SeqarchModule
 
 
@@ -110,3 +115,30 @@ def test_a_checkpoint_is_flushed_to_disk_before_and_after_its_rename(tmp_path, m
     fit(tiny_config(steps=2, checkpoint_every=2), tmp_path / "run")
     at = events.index("replace step-0000002.ckpt")
     assert events[at - 1] == "fsync" and events[at + 1] == "fsync", events
+
+
+RESUMED = {"name": "tiny", "data": {"task": "mqar", "num_train": 64, "num_test": 32, "seq_len": 16},
+           "model": {"d_model": 16, "mixer": "s4d"},
+           "train": {"steps": 2, "batch_size": 8, "eval_every": 2, "checkpoint_every": 1, "log_every": 1,
+                     "warmup_steps": 1}, "trainer": {"accelerator": "cpu"}}
+
+
+def test_a_resume_prints_no_lightning_notices(tmp_path):
+    # A fresh process (as a person runs it), without --quiet: what it prints is what a reader sees.
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(RESUMED))
+    assert main(["train", str(path), "--output", str(tmp_path / "runs"), "--quiet"]) == 0
+    done = subprocess.run([sys.executable, "-m", "seqarch.training.cli", "train", str(path), "train.steps=3",
+                           "--output", str(tmp_path / "runs"), "--resume"], check=False, capture_output=True,
+                          text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "(resumed at step 2)" in output and "step 3/3" in output
+    log = (tmp_path / "runs" / "tiny-train" / "resumes.jsonl").read_text()
+    resumes = [json.loads(line) for line in log.splitlines()]
+    assert resumes[-1]["changed"] == {"train.steps": {"was": 2, "now": 3}}  # --quiet then not: no change
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == len(set(lines)), output  # Lightning's lines once, not again through its own handler
+    assert "GPU available: False" in output and "INFO: " not in output
+    for notice in ("weights_only", "not resumable", "Training: ", "site-packages/lightning", "Warning"):
+        assert notice not in output, output

@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import logging
 
 import pytest
 import yaml
@@ -24,7 +25,8 @@ def write(tmp_path, config: dict):
     return str(path)
 
 
-def test_mad_suite_end_to_end(tmp_path):
+def test_mad_suite_end_to_end(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     config = {"name": "mad", "model": {"d_model": 16, "n_layers": 1}, "architectures": ["attention"],
               "mad": {"tasks": ["mad_compression", "mad_memorization"], "variants": "baseline", "num_test": 16},
               "train": TINY_TRAIN}
@@ -39,6 +41,7 @@ def test_mad_suite_end_to_end(tmp_path):
     report = (folder / "report.md").read_text()
     assert "| attention |" in report and "mad_memorization/baseline" in report
     assert (folder / "mad_compression" / "baseline" / "attention" / "run" / "result.json").is_file()
+    assert "point 2 of 2" in caplog.text and "training 2 steps" not in caplog.text  # --quiet: no progress lines
 
 
 def test_mad_points_follow_the_section():
@@ -64,7 +67,7 @@ class CountingModule(run_module.SeqarchModule):
         super().__init__(*args, **kwargs)
 
 
-def test_scale_end_to_end_and_resume_trains_only_the_missing_points(tmp_path, monkeypatch):
+def test_scale_end_to_end_and_resume_trains_only_the_missing_points(tmp_path, monkeypatch, caplog):
     path = write(tmp_path, SCALE)
     real_train_run = run_module.train_run
     calls = []
@@ -80,8 +83,11 @@ def test_scale_end_to_end_and_resume_trains_only_the_missing_points(tmp_path, mo
         main(["scale", path, "--output", str(tmp_path), "--quiet"])
     monkeypatch.setattr(compare_module, "train_run", real_train_run)
     monkeypatch.setattr(run_module, "SeqarchModule", CountingModule)
-    assert main(["scale", path, "--output", str(tmp_path), "--quiet", "--resume"]) == 0
+    caplog.set_level(logging.INFO)
+    assert main(["scale", path, "--output", str(tmp_path), "--resume"]) == 0
     assert CountingModule.built == 1  # the two finished points kept their results
+    # The progress line counts the whole command's runs, not the point's: the missing one is the third.
+    assert "[3/3] transformer  training 2 steps" in caplog.text and "[1/1]" not in caplog.text
     folder = tmp_path / "scale"
     payload = json.loads((folder / "scale.json").read_text())
     flops = [c for c, _ in payload["curves"]["transformer"]]
@@ -92,6 +98,7 @@ def test_scale_end_to_end_and_resume_trains_only_the_missing_points(tmp_path, mo
     assert fit["points"] == 3 and fit["b"] >= 0
     report = (folder / "scale.md").read_text()
     assert "(reference)" in report and "b, 95% interval" in report
+    assert "s in this process, since the last resume" in report
     assert (folder / "loss_vs_flops.png").is_file()
 
 
@@ -124,3 +131,21 @@ def test_crossing_text_within_the_measured_range():
     assert crossing_text("ssm", "transformer", curves, fits) == "10k FLOPs"
     curves["ssm"] = [(1e5, 0.0), (1e8, 0.0)]
     assert crossing_text("ssm", "transformer", curves, fits).startswith("no crossing in the measured range")
+
+
+def test_a_resume_by_another_command_than_the_one_that_made_the_folder_is_refused(tmp_path, caplog):
+    from seqarch.training.run_folder import folder_command
+
+    config = {**SCALE, "scale": {"flops": [3e7, 6e7]}}
+    path = write(tmp_path, config)
+    assert main(["compare", path, "--output", str(tmp_path), "--quiet"]) == 0
+    folder = tmp_path / "scale"
+    report = (folder / "report.md").read_text()
+    assert main(["scale", path, "--output", str(tmp_path), "--quiet", "--resume"]) == 2
+    assert (f"--resume: the run in '{folder}' was made by seqarch compare, not seqarch scale; resume it with "
+            "seqarch compare" in caplog.text)
+    assert (folder / "report.md").read_text() == report and not (folder / "scale.json").exists()
+    (folder / "made_by.json").unlink()  # a folder written before the command was recorded: its files say
+    assert folder_command(folder) == "compare"
+    (folder / "scale.json").write_text("{}")
+    assert folder_command(folder) == "scale"

@@ -271,7 +271,18 @@ class _DropAdverts(logging.Filter):
 
 def _quiet_lightning(quiet: bool) -> None:
     """Keep Lightning's device lines (they say where a run trains) but not its adverts;
-    ``--quiet`` drops its info lines altogether."""
+    ``--quiet`` drops its info lines altogether.
+
+    Lightning gives its loggers handlers of their own (``lightning`` one that prints ``INFO: ...``); with
+    the root handler of :func:`main` every line would print twice, so they go and the root prints once.
+    """
+    import lightning.pytorch  # noqa: F401 - its handlers exist once it is imported
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     lightning_log.addFilter(_DropAdverts())

@@ -192,7 +192,8 @@ def summarise(runs: list[RunResult], metric: Metric) -> RunResult:
 def compare(config: RunConfig, bundle: DataBundle, folder: Path, *, resume: bool = False,
             on_result: Callable[[RunResult, list[RunResult]], None] | None = None,
             plan: Plan | None = None, callbacks: Callable[[str, int], list] | None = None,
-            on_run: Callable[[list[RunResult]], None] | None = None) -> list[RunResult]:
+            on_run: Callable[[list[RunResult]], None] | None = None, first_index: int = 0,
+            total_runs: int | None = None) -> list[RunResult]:
     """Train every architecture at every learning rate and seed; returns one result per architecture
     (:func:`summarise`: the learning rate chosen on validation, every seed at it). An architecture whose
     every run failed (a NaN loss) is returned with its ``failure``; the others are trained all the same.
@@ -201,7 +202,9 @@ def compare(config: RunConfig, bundle: DataBundle, folder: Path, *, resume: bool
     every run, with the architectures so far (the last one summarised from the runs it has finished),
     so a report rewritten there keeps every finished run of a killed comparison. ``plan`` is
     :func:`plan_comparison`'s answer when the caller has it already; ``callbacks(name, index)``
-    gives the extra Lightning callbacks of the ``index``-th run.
+    gives the extra Lightning callbacks of the ``index``-th run. ``first_index`` and ``total_runs``: where
+    this comparison's runs stand among the command's (a sweep point or suite point of several), so the
+    progress line counts ``[i/N]`` and its ETA over the whole command.
     """
     plan = plan_comparison(config, bundle) if plan is None else plan
     check_run_folders(config, bundle, folder, plan, resume=resume)
@@ -219,7 +222,8 @@ def compare(config: RunConfig, bundle: DataBundle, folder: Path, *, resume: bool
         result = train_or_record_failure(seed_config(config, run.seed), bundle, run.model_config, name=run.name,
                                          lr=run.lr, folder=run.folder, resume=resume,
                                          callbacks=callbacks(run.name, index) if callbacks else None,
-                                         position=(index + 1, len(runs)), label=label)
+                                         position=(first_index + index + 1, total_runs or len(runs)),
+                                         label=label)
         result.budget = BudgetResult.of(run.match)
         trained.append(result)
         summary = summarise(trained, bundle.metric)

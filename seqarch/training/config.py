@@ -525,7 +525,7 @@ class RunConfig(Section):
         return folder_of(self.output, self.name, "compare")
 
     def folder_for(self, command: str) -> Path:
-        """The run folder of ``command``: ``output/name`` for compare, ``output/name-train`` for train."""
+        """The run folder of ``command``: ``output/name-train`` for train, ``output/name`` for the others."""
         return folder_of(self.output, self.name, command)
 
     def to_dict(self) -> dict[str, Any]:
@@ -538,8 +538,9 @@ class RunConfig(Section):
 
 
 def folder_of(output: str, name: str, command: str) -> Path:
-    """``output/name`` for compare, ``output/name-train`` for train: the two never share a folder."""
-    return Path(output) / (name if command == "compare" else f"{name}-train")
+    """``output/name-train`` for train, ``output/name`` for compare, mad and scale (the folder records which
+    made it, and a resume by another is refused): train and compare never share a folder."""
+    return Path(output) / (f"{name}-train" if command == "train" else name)
 
 
 LOGGERS = ("csv", "wandb")

@@ -302,7 +302,7 @@ def launch(config: RunConfig, launcher: str, *, seeds: list[int] | None = None,
         todo.append(spec)
     if todo:
         executor = executor or build_executor(launcher, folder, config, options)
-    save_config(config, folder)
+    save_config(config, folder, "compare")
     if resume:
         record_resume(folder, changes)
     write_jobs(folder, specs, entries)

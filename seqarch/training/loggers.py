@@ -10,6 +10,7 @@ import csv
 import logging
 import netrc
 import os
+import re
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger
@@ -78,17 +79,32 @@ class FailSafeLogger(Logger):
         self._call("after_save_checkpoint", checkpoint_callback)
 
 
-def csv_log_folder(resumed_from: int) -> str:
+def csv_log_folder(run_dir: str | Path, resumed_from: int) -> str:
     """``logs`` for a fresh run; a resumed run writes ``logs-resumed-<step>`` beside it, because
-    Lightning's CSV writer deletes an existing ``metrics.csv`` (the log before the kill would be lost)."""
-    return "logs" if resumed_from == 0 else f"logs-resumed-{resumed_from:07d}"
+    Lightning's CSV writer deletes an existing ``metrics.csv`` (the log before the kill would be lost).
+    A folder of that name that already holds a log (a run resumed twice from one checkpoint, or restarted
+    at step 0 after a kill before its first checkpoint) gets ``-2``, ``-3``, ... after the name."""
+    base = "logs" if resumed_from == 0 else f"logs-resumed-{resumed_from:07d}"
+    name, attempt = base, 1
+    while (folder := Path(run_dir) / name).is_dir() and any(folder.iterdir()):
+        attempt += 1
+        name = f"{base}-{attempt}"
+    return name
+
+
+def _log_order(folder: Path) -> tuple[int, int, int]:
+    # logs < logs-2 < logs-resumed-0000004 < logs-resumed-0000004-2 < logs-resumed-0000004-10
+    match = re.fullmatch(r"logs(?:-resumed-(\d+))?(?:-(\d+))?", folder.name)
+    if match is None:
+        return (1, 0, 0)
+    return (0, int(match.group(1) or -1), int(match.group(2) or 1))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, str]]:
-    """The run's CSV rows across resumes, by step; a resumed log's row replaces the killed run's."""
+    """The run's CSV rows across resumes, by step; a later log's row replaces an earlier one's."""
     run_dir = Path(run_dir)
     rows: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
-    for folder in sorted(run_dir.glob("logs*")):  # "logs" sorts before "logs-resumed-..."
+    for folder in sorted(run_dir.glob("logs*"), key=_log_order):
         path = folder / "metrics.csv"
         if not path.is_file():
             continue
@@ -102,7 +118,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, str]]:
 def build_loggers(kind: str, run_dir: Path, run_name: str, wandb_options: dict, *,
                   resumed_from: int = 0) -> list[Logger]:
     """The CSV logger (``run_dir/logs*/metrics.csv``) plus wandb when ``kind == "wandb"``."""
-    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version=csv_log_folder(resumed_from))]
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version=csv_log_folder(run_dir, resumed_from))]
     if kind == "wandb":
         try:
             from lightning.pytorch.loggers import WandbLogger

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..data.mad import mad_variants
 from .config import DataSection, RunConfig
 from .durable import write_atomic
-from .report import environment
+from .report import environment, wall_time
 from .suite import SuitePoint, results_payload, run_suite
 
 
@@ -64,7 +64,7 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def write_mad_report(folder: Path, config: RunConfig, points: list[SuitePoint], *, left_out: list[str],
-                     command: str, wall_s: float) -> Path:
+                     command: str, wall_s: float, resumed: bool = False) -> Path:
     """``mad.json`` (scores and every run) and ``report.md`` (scores per task, then every variant)."""
     scores = mad_scores(points)
     names = [a.name for a in config.architectures]
@@ -82,7 +82,7 @@ def write_mad_report(folder: Path, config: RunConfig, points: list[SuitePoint], 
         f"- Points: {done} of {len(points)} task variants trained" + (
             f"; left out by mad.max_seq_len={config.mad.max_seq_len}: {', '.join(left_out)}" if left_out else ""),
         (f"- Recipe: {train.steps} steps x batch {train.batch_size}, AdamW (lr {train.lr}, wd {train.weight_decay}), "
-         f"warmup + cosine; seed {train.seed}; wall time {wall_s:.0f} s"),
+         f"warmup + cosine; seed {train.seed}; {wall_time(wall_s, resumed=resumed)}"),
         "",
         ("MAD score: best validation accuracy per variant (the best learning rate), averaged over each task's "
         "variants, then over tasks."),
@@ -116,7 +116,7 @@ def run_mad(config: RunConfig, *, resume: bool = False, cache_dir: str | None = 
 
     def report(points: list[SuitePoint]) -> None:
         write_mad_report(config.folder, config, points, left_out=left_out, command=command_line,
-                         wall_s=time.time() - started)
+                         wall_s=time.time() - started, resumed=resume)
 
-    run_suite(config, points, resume=resume, cache_dir=cache_dir, quiet=quiet, on_point=report)
+    run_suite(config, points, resume=resume, cache_dir=cache_dir, quiet=quiet, on_point=report, command="mad")
     return points, mad_scores(points)

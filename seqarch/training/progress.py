@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 
 import lightning as L
@@ -112,3 +113,30 @@ class ProgressLine(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._emit(self._line(trainer, f"failed: {type(exception).__name__}"))
+
+
+class LoadSampler(L.Callback):
+    """The machine's 1-minute load average, sampled as a run trains (its start, every validation, its end):
+    ``mean`` says how busy the machine was while the run's tokens/s were measured (``None`` where the
+    platform has no load average)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    def _sample(self) -> None:
+        if hasattr(os, "getloadavg"):
+            self.samples.append(os.getloadavg()[0])
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._sample()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._sample()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._sample()

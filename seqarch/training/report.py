@@ -1,11 +1,4 @@
-"""Comparison reports: ``results.json``, ``report.md`` and PNG plots.
-
-Plots: the metric against training FLOPs, one line per architecture (the
-Chinchilla/Zoology way of reading a comparison at matched compute), for recall
-tasks, accuracy against recurrent state size (Zoology, figure 2: recall is bought
-with state), and, with ``data.test_lengths``, the test metric against sequence length
-(length generalisation: the Mamba paper's induction-heads extrapolation).
-"""
+"""Comparison reports: ``results.json``, ``report.md`` and the plots of :mod:`.plots`."""
 
 from __future__ import annotations
 
@@ -22,20 +15,13 @@ from ..flops import describe_conventions
 from .config import RunConfig
 from .durable import write_atomic
 from .optim import describe_learning_rates
+from .plots import _si, length_intervals, plot_accuracy_vs_state, plot_length_generalisation, plot_metric_vs_flops
 from .result import RunResult, split_metric
-from .stats import MEMORISATION_GAP, Interval, history_band, mean_interval, memorisation_gap, seed_interval
+from .stats import MEMORISATION_GAP, memorisation_gap, seed_interval
 
 TABLE_COLUMNS = ("architecture", "d_model", "layers", "params", "budget error", "FLOPs/token", "training FLOPs",
-                 "steps", "lr", "seeds", "train", "final", "best", "test", "state size", "tokens/s", "peak memory")
-
-
-def _si(value: float | None, unit: str = "") -> str:
-    if value is None:
-        return "-"
-    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g}{prefix}{unit}"
-    return f"{value:.3g}{unit}"
+                 "steps", "lr", "seeds", "train", "final", "best", "test", "state size", "tokens/s", "load",
+                 "peak memory")
 
 
 def _metric(value: float | None) -> str:
@@ -44,6 +30,16 @@ def _metric(value: float | None) -> str:
 
 def _budget_error(r: RunResult) -> str:
     return "-" if r.budget is None else f"{r.budget.relative_error:+.2%}"
+
+
+def _memory(r: RunResult) -> str:
+    """The allocator's peak on GPUs; on CPUs what training needed over the process's resident set when it
+    began (a result written before that was recorded: the whole process's peak, marked)."""
+    if r.device.startswith("cuda") or r.peak_memory_bytes is None:
+        return _si(r.peak_memory_bytes, "B")
+    if r.training_memory_bytes is None:
+        return _si(r.peak_memory_bytes, "B") + " (process)"
+    return _si(r.training_memory_bytes, "B")
 
 
 def _steps(r: RunResult) -> str:
@@ -69,7 +65,8 @@ def table_rows(results: list[RunResult]) -> list[list[str]]:
         r.name, str(r.d_model), str(r.n_layers), _si(r.params), _budget_error(r), _si(r.flops_per_token),
         _si(r.training_flops), _steps(r), f"{r.lr:g}", _seeds(r), _over_seeds(r, "train_final"),
         _over_seeds(r, "final"), _over_seeds(r, "best"), _over_seeds(r, "test"),
-        _si(r.state_size), _si(r.tokens_per_s), _si(r.peak_memory_bytes, "B"),
+        _si(r.state_size), _si(r.tokens_per_s),
+        "-" if r.load_average is None else f"{r.load_average:.1f}", _memory(r),
     ] for r in results]
 
 
@@ -127,14 +124,6 @@ def sweep_table(results: list[RunResult]) -> str | None:
     return "\n".join(lines)
 
 
-def length_intervals(r: RunResult, lengths: list[int]) -> list[Interval | None]:
-    """``r``'s test metric at each of ``lengths`` (``str`` keys of ``test_lengths``), mean ± 95% over seeds."""
-    runs = [run for run in (r.seed_runs or [r]) if run.failure is None]
-    values = [[run.test_lengths.get(str(length)) for run in runs] for length in lengths]
-    return [mean_interval([v for v in column if v is not None]) if any(v is not None for v in column) else None
-            for column in values]
-
-
 def length_table(results: list[RunResult], seq_len: int, lengths: list[int]) -> str | None:
     """Architecture x test length (the training length's ``test`` first); ``None`` without test lengths."""
     if not lengths:
@@ -149,132 +138,15 @@ def length_table(results: list[RunResult], seq_len: int, lengths: list[int]) -> 
 
 def environment() -> dict:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
-    # The load average says how busy the machine was while tokens/s were measured (other jobs slow them).
+    # The load average when the report was written; each run's own (RunResult.load_average) is in its row.
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"seqarch": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "device": device, "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average": load}
 
 
-PLOT_FORMATS = ("png", "pdf", "svg")  # the PNG for the report, PDF and SVG for papers
-
-
-def _save(fig, path: Path) -> None:
-    for suffix in PLOT_FORMATS:
-        # Written beside and renamed into place: a comparison killed mid-write keeps the previous plot.
-        final = path.with_suffix(f".{suffix}")
-        partial = final.with_name(final.name + ".partial")
-        fig.savefig(partial, dpi=120, format=suffix)
-        os.replace(partial, final)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _chance_line(ax, chance: float | None) -> None:
-    if chance is not None:
-        ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=f"chance ({chance:.3g})")
-
-
-def plot_metric_vs_flops(results: list[RunResult], path: Path, metric: str, chance: float | None = None) -> None:
-    """The metric against training FLOPs, a line per architecture; an early stop is marked by an x."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in results:
-        band = [(x, interval) for x, interval in history_band(r, metric) if x > 0]
-        if band:
-            xs = [x for x, _ in band]
-            ys = [interval.mean for _, interval in band]
-            errors = [interval.half_width or 0.0 for _, interval in band]
-            seeds = f", mean ± 95% over {band[0][1].n} seeds" if band[0][1].n > 1 else ""
-            (line, *_) = ax.errorbar(xs, ys, yerr=errors if seeds else None, marker="o", markersize=3, capsize=2,
-                                     label=f"{r.name} ({_si(r.params)} params{seeds})")
-            if r.stopped_early:
-                ax.plot(xs[-1], ys[-1], marker="x", markersize=9, color=line.get_color(), linestyle="none")
-    if any(r.stopped_early for r in results):
-        ax.plot([], [], marker="x", color="black", linestyle="none", label="stopped early (stop_at reached)")
-    if metric.endswith("accuracy"):
-        _chance_line(ax, chance)
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs")
-    ax.set_ylabel(metric.replace("/", " "))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-
-
-def plot_accuracy_vs_state(results: list[RunResult], path: Path, chance: float | None = None) -> None:
-    """Test accuracy (best validation accuracy where no test was run) against recurrent state size, with
-    95% error bars over seeds (log axis spanning at least a decade)."""
-    from matplotlib.ticker import LogLocator
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    on_test = all(r.test is not None for r in results if r.state_size and r.best is not None)
-    attribute = "test" if on_test else "best"
-    points = [(r, seed_interval(r, attribute)) for r in results if r.state_size]
-    shown = sorted(((r, i) for r, i in points if i is not None), key=lambda p: (p[0].state_size, p[1].mean))
-    for i, (r, interval) in enumerate(shown):
-        ax.errorbar([r.state_size], [interval.mean], yerr=[interval.half_width] if interval.half_width else None,
-                    marker="o", markersize=5, capsize=3, linestyle="none")
-        # Alternate the labels above and below their points, so neighbours do not print over each other.
-        ax.annotate(f"{r.name} d={r.d_model}", (r.state_size, interval.mean), fontsize=7,
-                    xytext=(4, 6 if i % 2 == 0 else -11), textcoords="offset points")
-    shown = [r for r, _ in shown]
-    _chance_line(ax, chance)
-    ax.set_xscale("log")
-    if shown:
-        low, high = min(r.state_size for r in shown), max(r.state_size for r in shown)
-        centre = (low * high) ** 0.5
-        ax.set_xlim(min(low / 2, centre / 4), max(high * 2, centre * 4))
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.set_xlabel("recurrent state size (numbers per sequence)")
-    ax.set_ylabel("test accuracy" if on_test else "best validation accuracy")
-    ax.set_ylim(-0.02, 1.05)
-    ax.grid(alpha=0.3)
-    if chance is not None:
-        ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-
-
-def plot_length_generalisation(results: list[RunResult], path: Path, metric: str, seq_len: int,
-                               lengths: list[int], chance: float | None = None) -> None:
-    """The test metric against sequence length (log2 axis; the training length marked), a line per
-    architecture, with 95% error bars over seeds."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [seq_len, *lengths]
-    for r in results:
-        intervals = [seed_interval(r, "test"), *length_intervals(r, lengths)]
-        points = sorted(((x, i) for x, i in zip(xs, intervals) if i is not None), key=lambda point: point[0])
-        if not points:
-            continue
-        seeds = max(i.n for _, i in points)
-        ax.errorbar([x for x, _ in points], [i.mean for _, i in points],
-                    yerr=[i.half_width or 0.0 for _, i in points] if seeds > 1 else None, marker="o", markersize=4,
-                    capsize=2, label=f"{r.name}" + (f" (mean ± 95% over {seeds} seeds)" if seeds > 1 else ""))
-    ax.axvline(seq_len, color="grey", linestyle="--", linewidth=1, label=f"training length {seq_len}")
-    if metric.endswith("accuracy"):
-        _chance_line(ax, chance)
-        ax.set_ylim(-0.02, 1.05)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(xs), [str(x) for x in sorted(xs)])
-    ax.set_xlabel("test sequence length")
-    ax.set_ylabel(split_metric(metric, "test").replace("/", " "))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+def wall_time(wall_s: float, *, resumed: bool) -> str:
+    """The report's wall time: this process's, which after a resume leaves out the processes before it."""
+    return f"wall time {wall_s:.0f} s" + (" in this process, since the last resume" if resumed else "")
 
 
 def recipe_lines(config: RunConfig, bundle: DataBundle) -> list[str]:
@@ -351,8 +223,9 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
         *[f"- Learning rates of {r.name} (lr {r.lr:g}): "
           f"{describe_learning_rates(r.model_config, r.lr, config.train.weight_decay)}" for r in results],
         (f"- Machine: {env['device']}, torch {env['torch']}, {env['threads']} threads of {env['cpus']} CPUs"
-         + (f", load average {env['load_average']:.1f}" if env["load_average"] is not None else "")
-         + f"; wall time {wall_s:.0f} s"),
+         + f"; {wall_time(wall_s, resumed=bool(resumes))}"
+         + (f" (the run's own, across its processes: {results[0].wall_s:.0f} s)"
+            if resumes and len(results) == 1 else "")),
         *[f"- Resumed {entry['time']}" + (": changed " + ", ".join(
             f"{k} {v['was']!r} -> {v['now']!r}" for k, v in entry["changed"].items()) if entry["changed"] else "")
           for entry in resumes],
@@ -376,8 +249,11 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
          "the recurrent state per sequence at the training length (a KV cache for attention). "
          "Budget error: the model's size against the budget. tokens/s: measured by this process while it "
          "trained (a resumed run counts only its own steps), on a machine that may run other work at the same "
-         "time: compare them within one report. Peak memory: CUDA allocator peak on GPUs; on CPUs the whole "
-         "process's peak RSS (the Python runtime and libraries included, so it differs little between models)."),
+         f"time: `load` is the machine's 1-minute load average while that run trained ({env['cpus']} CPUs); "
+         "compare tokens/s within one report, between runs at a like load. Peak memory: the CUDA allocator's "
+         "peak on GPUs; on CPUs the peak resident set over what the process held when training began "
+         "(activations, gradients, optimizer state and data loading; the weights, built before, are not in it; "
+         "results.json keeps the whole process's peak as peak_memory_bytes)."),
         "",
         f"![{metric} against training FLOPs]({paths['metric_plot'].name})",
     ]

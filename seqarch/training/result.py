@@ -79,6 +79,9 @@ class RunResult:
     recurrent state of the causal mixers at the training length; ``tokens_per_s`` counts
     only the steps this process trained (not those before a resume), over the time of training and its
     validations (not the final test); ``wall_s`` is the whole run's, the final test included.
+    ``peak_memory_bytes``: the CUDA allocator's peak on GPUs, the whole process's peak resident set on CPUs
+    (runtime and libraries included); ``training_memory_bytes``: that peak less what was held when training
+    began (:class:`seqarch.memory.PeakMemory`'s ``growth_bytes``), what the report gives on CPUs.
     """
 
     name: str
@@ -120,6 +123,12 @@ class RunResult:
     # Filled by seqarch compare: every seed at the chosen learning rate (this run is the first of them).
     seed_runs: list[SeedRun] = field(default_factory=list)
     test_lengths: dict[str, float | None] = field(default_factory=dict)
+    # The memory training needed: the peak over what was held when training began (the model was built
+    # by then): activations, gradients, optimizer state, data loading. None in results written before it.
+    training_memory_bytes: int | None = None
+    # The machine's 1-minute load average while the run trained (mean of samples at its start, evaluations
+    # and end): how much other work shared the machine while tokens_per_s was measured.
+    load_average: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (the model config as its fields)."""

@@ -27,7 +27,7 @@ from .durable import write_atomic
 from .errors import ConfigError
 from .loggers import build_loggers
 from .module import SeqarchModule, run_fingerprint
-from .progress import ProgressLine
+from .progress import LoadSampler, ProgressLine
 from .result import RunResult, split_metric
 from .run_folder import check_fingerprint
 
@@ -208,6 +208,8 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
     check_length_limit(model_config, bundle)
     ckpt_path, resumed_from = prepare_run_folder(
         folder, resume, run_fingerprint(model_config, bundle.kind, train, lr, bundle.seq_len))
+    if resume and ckpt_path is None:  # killed before its first checkpoint, or never started
+        log.info("no checkpoint in %s: starting at step 0", folder)
     if resume and (done := finished_result(folder, train.steps, resumed_from)) is not None:
         if all(str(length) in done.test_lengths for length in bundle.length_tests):
             log.info("%s: finished before (step %d); its result is kept as it was", label or folder.name, done.steps)
@@ -223,6 +225,7 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
     training_flops_per_token = module.step_flops.training_per_token  # per-sequence x batch + once per step
     history = EvalHistory(tokens_per_step, training_flops_per_token, bundle.metric, train.stop_at)
     options = config.trainer
+    load = LoadSampler()
     trainer = L.Trainer(
         max_steps=train.steps, max_epochs=-1,
         val_check_interval=train.eval_every, check_val_every_n_epoch=None,
@@ -233,8 +236,9 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         enable_model_summary=False,
         logger=build_loggers(config.logger, folder, label or folder.name, config.wandb.model_dump(),
                              resumed_from=resumed_from),
-        callbacks=[history, StepCheckpoint(RunPaths(folder).checkpoints, train.checkpoint_every, train.keep_checkpoints,
-                                           validates=lambda step: step % train.eval_every == 0),
+        callbacks=[history, load,
+                   StepCheckpoint(RunPaths(folder).checkpoints, train.checkpoint_every, train.keep_checkpoints,
+                                  validates=lambda step: step % train.eval_every == 0),
                    *([ProgressLine(progress_label or label or folder.name, *position, train.steps,
                                    bundle.metric.name, eval_every=train.eval_every)]
                      if options.enable_progress_bar else []),
@@ -279,6 +283,7 @@ def train_run(config: RunConfig, bundle: DataBundle, model_config: ModelConfig, 
         final=values[-1] if values else None, best=best, state_size=state_size,
         tokens_per_s=(steps_done - resumed_from) * tokens_per_step / trained_s if trained_s > 0 else None,
         wall_s=history.wall_before + wall, stopped_early=steps_done < train.steps, peak_memory_bytes=memory.peak_bytes,
+        training_memory_bytes=memory.growth_bytes, load_average=load.mean,
         device=str(trainer.strategy.root_device),
         history=history.history, model_config=model_config, folder=str(folder), seed=train.seed,
         test=test_value, test_lengths=length_values,

@@ -1,7 +1,8 @@
 """Run folders that different jobs never share, and resumes that never mix two configs.
 
-``seqarch compare`` writes ``output/name``, ``seqarch train`` ``output/name-train``: the two commands
-of one config never write into one folder. A folder that holds anything is never written into
+``seqarch compare``, ``mad`` and ``scale`` write ``output/name``, ``seqarch train`` ``output/name-train``;
+the folder records the command that made it (``made_by.json``) and a resume by another command is
+refused, so two commands of one config never write into one folder. A folder that holds anything is never written into
 without ``--resume``; ``--resume`` needs the config the run saved there (``config.yaml``) and refuses
 a config whose model, data or recipe differs from it, naming the keys. Keys that only say how long,
 how often or where to train (``RESUMABLE_KEYS``) may change on resume: they are applied and recorded
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SAVED_CONFIG, RunConfig, parse_yaml
+from .durable import write_atomic
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,9 @@ RESUMABLE_KEYS = (
     "data.test_lengths",
 )
 RESUME_LOG = "resumes.jsonl"
+MADE_BY = "made_by.json"  # which command made the folder: a resume by another one is refused
+# Keys that say only how a run is shown (--quiet sets trainer.enable_progress_bar): never a change of the run.
+DISPLAY_KEYS = ("trainer.enable_progress_bar",)
 
 
 class RunFolderError(ConfigError):
@@ -53,11 +58,11 @@ def _resumable(key: str) -> bool:
 
 def config_differences(saved: dict, current: dict) -> tuple[dict[str, tuple], dict[str, tuple]]:
     """``(refused, allowed)``: the keys whose values differ, ``key: (saved, current)``, split by
-    whether a resume may change them."""
+    whether a resume may change them (display options, ``DISPLAY_KEYS``, are neither)."""
     before, after = flatten(saved), flatten(current)
     refused, allowed = {}, {}
     for key in sorted(set(before) | set(after)):
-        if before.get(key) != after.get(key):
+        if key not in DISPLAY_KEYS and before.get(key) != after.get(key):
             (allowed if _resumable(key) else refused)[key] = (before.get(key), after.get(key))
     return refused, allowed
 
@@ -84,6 +89,12 @@ def check_run_folder(folder: Path, config: RunConfig, command: str, *, resume: b
             f"--resume: no run to resume in {str(folder)!r} (no {SAVED_CONFIG} there); seqarch {command} writes "
             f"{str(config.folder_for(command))!r} for this config: check --name and --output, or drop --resume"
         )
+    made_by = folder_command(folder)
+    if made_by is not None and made_by != command:
+        raise RunFolderError(
+            f"--resume: the run in {str(folder)!r} was made by seqarch {made_by}, not seqarch {command}; resume it "
+            f"with seqarch {made_by}, or give this one another --name (two commands never share a run folder)"
+        )
     try:
         saved = parse_yaml(saved_path.read_text()) or {}
     except ValueError as error:  # ConfigError from parse_yaml: a damaged file
@@ -97,6 +108,27 @@ def check_run_folder(folder: Path, config: RunConfig, command: str, *, resume: b
     if allowed:
         log.info("--resume: applying %s", _describe(allowed))
     return allowed
+
+
+def record_command(folder: Path, command: str) -> None:
+    """Write which command (``train``, ``compare``, ``mad``, ``scale``) made the run folder."""
+    write_atomic(folder / MADE_BY, json.dumps({"command": command}) + "\n")
+
+
+def folder_command(folder: Path) -> str | None:
+    """The command that made ``folder`` (:func:`record_command`); for a folder written before that was
+    recorded, what its files say (``mad.json``, ``scale.json``; ``results.json`` beside ``checkpoints/``
+    is a train run's, without it a comparison's), else ``None``."""
+    try:
+        return str(json.loads((folder / MADE_BY).read_text())["command"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    for name, command in (("mad.json", "mad"), ("scale.json", "scale")):
+        if (folder / name).is_file():
+            return command
+    if (folder / "results.json").is_file():
+        return "train" if (folder / "checkpoints").is_dir() else "compare"
+    return None
 
 
 def record_resume(folder: Path, changes: dict[str, tuple]) -> None:

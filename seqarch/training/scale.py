@@ -19,7 +19,8 @@ from ..scaling import PowerLawFit, crossings, fit_power_law
 from .config import RunConfig
 from .durable import write_atomic
 from .errors import ConfigError
-from .report import _pyplot, _save, _si, environment
+from .plots import _pyplot, _save, _si
+from .report import environment, wall_time
 from .suite import SuitePoint, results_payload, run_suite
 
 
@@ -114,7 +115,7 @@ def plot_scaling(curves, fits, path: Path) -> None:
 
 
 def write_scale_report(folder: Path, config: RunConfig, points: list[SuitePoint], *, command: str,
-                       wall_s: float) -> Path:
+                       wall_s: float, resumed: bool = False) -> Path:
     """``scale.json``, ``scale.md`` and ``loss_vs_flops.png`` from the finished points."""
     curves = measured(points)
     fits = fit_curves(curves)
@@ -137,7 +138,7 @@ def write_scale_report(folder: Path, config: RunConfig, points: list[SuitePoint]
          f"({sum(p.done for p in points)} of {len(points)} trained); every model resized to each by "
          f"{config.budget.match_by}"),
         (f"- Recipe: {train.steps} steps x batch {train.batch_size} at every budget; lr {train.lr}; "
-        f"seed {train.seed}; wall time {wall_s:.0f} s"),
+        f"seed {train.seed}; {wall_time(wall_s, resumed=resumed)}"),
         "",
         "| architecture | points | a | b | b, 95% interval | e | rms residual | crosses " + reference + " at |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -183,7 +184,8 @@ def run_scale(config: RunConfig, *, resume: bool = False, cache_dir: str | None 
     reference_name(config)
 
     def report(points: list[SuitePoint]) -> None:
-        write_scale_report(config.folder, config, points, command=command_line, wall_s=time.time() - started)
+        write_scale_report(config.folder, config, points, command=command_line, wall_s=time.time() - started,
+                           resumed=resume)
 
-    run_suite(config, points, resume=resume, cache_dir=cache_dir, quiet=quiet, on_point=report)
+    run_suite(config, points, resume=resume, cache_dir=cache_dir, quiet=quiet, on_point=report, command="scale")
     return points, fit_curves(measured(points))

@@ -10,7 +10,7 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 from ..data import build_data
-from .compare import check_run_folders, compare, plan_comparison
+from .compare import check_run_folders, compare, plan_comparison, planned_runs
 from .config import SAVED_CONFIG, RunConfig, saved_imports, sweep_points
 from .durable import write_atomic
 from .errors import NonFiniteLossError
@@ -18,14 +18,14 @@ from .module import run_fingerprint
 from .report import text_table, write_report
 from .result import RunResult
 from .run import check_trainer_options, model_config_for, prepare_run_folder, train_run
-from .run_folder import check_run_folder, read_resumes, record_resume
+from .run_folder import check_run_folder, read_resumes, record_command, record_resume
 
 log = logging.getLogger("seqarch")
 
 
-def save_config(config: RunConfig, folder: Path) -> None:
+def save_config(config: RunConfig, folder: Path, command: str) -> None:
     """Write the resolved config into the run folder (``--resume`` reads it back: its imports, and
-    the model and recipe a resume must keep).
+    the model and recipe a resume must keep), and the ``command`` that made the folder.
 
     The imports an earlier config saved there are kept: a run started without ``--import`` in a
     folder it then refuses to train over must not make a later ``--resume`` forget them.
@@ -34,6 +34,7 @@ def save_config(config: RunConfig, folder: Path) -> None:
     values["imports"] = list(dict.fromkeys(saved_imports(folder) + config.imports))
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / SAVED_CONFIG, yaml.safe_dump(values, sort_keys=False))
+    record_command(folder, command)
 
 
 def run_command(command: str, config: RunConfig, *, resume: bool = False, cache_dir: str | None = None,
@@ -61,7 +62,7 @@ def run_command(command: str, config: RunConfig, *, resume: bool = False, cache_
         prepare_run_folder(folder, resume, run_fingerprint(model_config, bundle.kind, config.train,
                                                            config.train.learning_rates[0], bundle.seq_len))
     if rank_zero_only.rank == 0:
-        save_config(config, folder)
+        save_config(config, folder, command)
         if resume:
             record_resume(folder, changes)
     results: list[RunResult] = []
@@ -84,14 +85,16 @@ def run_command(command: str, config: RunConfig, *, resume: bool = False, cache_
                          wall_s=time.time() - started, kind=command, resumes=read_resumes(folder))
 
     if command == "compare":
-        for (label, point), bundle, plan, point_folder in zip(points, bundles, plans, point_folders):
+        counts = [len(planned_runs(point, plan, point_folder))
+                  for (_, point), plan, point_folder in zip(points, plans, point_folders)]
+        for i, ((label, point), bundle, plan, point_folder) in enumerate(zip(points, bundles, plans, point_folders)):
             def label_and_report(so_far: list[RunResult], label: str = label, seq_len: int = bundle.seq_len) -> None:
                 for result in so_far:
                     result.data_point, result.seq_len = label, seq_len
                 rewrite_report(so_far)
 
             point_results = compare(point, bundle, point_folder, resume=resume, on_result=announce, plan=plan,
-                                    on_run=label_and_report)
+                                    on_run=label_and_report, first_index=sum(counts[:i]), total_runs=sum(counts))
             for result in point_results:
                 result.data_point = label
                 result.seq_len = bundle.seq_len

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..data import DataBundle, build_data
-from .compare import check_run_folders, compare, plan_comparison
+from .compare import check_run_folders, compare, plan_comparison, planned_runs
 from .config import RunConfig
 from .result import RunResult
 from .run import check_trainer_options
@@ -39,12 +39,16 @@ class SuitePoint:
 
 
 def run_suite(config: RunConfig, points: list[SuitePoint], *, resume: bool = False, cache_dir: str | None = None,
-              quiet: bool = False, on_point: Callable[[list[SuitePoint]], None] | None = None) -> list[SuitePoint]:
+              quiet: bool = False, on_point: Callable[[list[SuitePoint]], None] | None = None,
+              command: str = "compare") -> list[SuitePoint]:
     """Train every point's comparison into ``config.folder / label``; ``on_point(points)`` is called
-    after each point (a report written then loses nothing to a kill). Returns the points, results filled."""
+    after each point (a report written then loses nothing to a kill); ``command`` (``mad``, ``scale``) is
+recorded in the folder, and a resume of a folder another command made is refused. Returns the points,
+results filled."""
     folder = config.folder
-    config.trainer.enable_progress_bar = not quiet
-    changes = check_run_folder(folder, config, "compare", resume=resume)
+    for each in (config, *(point.config for point in points)):  # the points are copies made before this
+        each.trainer.enable_progress_bar = not quiet
+    changes = check_run_folder(folder, config, command, resume=resume)
     check_trainer_options(config.trainer)
     bundles: dict[str, DataBundle] = {}  # points that share a data spec share its data sets
     plans = []
@@ -56,12 +60,14 @@ def run_suite(config: RunConfig, points: list[SuitePoint], *, resume: bool = Fal
         plans.append(plan_comparison(point.config, point.bundle))
     for point, plan in zip(points, plans):
         check_run_folders(point.config, point.bundle, folder / point.label, plan, resume=resume)
-    save_config(config, folder)
+    save_config(config, folder, command)
     if resume:
         record_resume(folder, changes)
+    counts = [len(planned_runs(point.config, plan, folder / point.label)) for point, plan in zip(points, plans)]
     for index, (point, plan) in enumerate(zip(points, plans)):
         log.info("point %d of %d: %s", index + 1, len(points), point.label)
-        results = compare(point.config, point.bundle, folder / point.label, resume=resume, plan=plan)
+        results = compare(point.config, point.bundle, folder / point.label, resume=resume, plan=plan,
+                          first_index=sum(counts[:index]), total_runs=sum(counts))
         for result in results:
             result.data_point = point.label
             result.seq_len = point.bundle.seq_len

@@ -94,7 +94,9 @@ def crossing_text(name: str, reference: str, curves, fits) -> str:
 def plot_scaling(curves, fits, path: Path) -> None:
     """Measured points and fitted curves, loss against training FLOPs on log axes."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    from matplotlib.ticker import FuncFormatter
+
+    fig, ax = plt.subplots(figsize=(8, 4))
     for name, values in curves.items():
         xs, ys = zip(*values)
         (marks,) = ax.plot(xs, ys, marker="o", linestyle="none", label=name)
@@ -105,10 +107,14 @@ def plot_scaling(curves, fits, path: Path) -> None:
                     label=f"{name} fit: b = {fit.b:.3g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    # Losses span less than a decade: plain numbers on the loss axis, not 2.3 x 10^0.
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("final validation loss")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # clear of the points
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

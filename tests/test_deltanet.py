@@ -3,8 +3,6 @@ and (where flash-linear-attention is installed) fla's naive delta-rule reference
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,8 +12,7 @@ from seqarch.kernels.delta_rule import delta_rule, delta_rule_recurrence
 from seqarch.models.presets import all_presets
 
 from conftest import D_MODEL, small_mixer
-
-HAS_FLA = importlib.util.find_spec("fla") is not None
+from helpers import needs_fla
 
 
 def inputs(batch=2, heads=3, length=37, d_k=6, d_v=5, gated=False, seed=0, dtype=torch.float64):
@@ -95,7 +92,6 @@ def test_gated_deltanet_is_the_papers_layer():
         assert presets[name].fields == {"mixer": name, "channel_mixer": "glu"}
 
 
-needs_fla = pytest.mark.skipif(not HAS_FLA, reason="flash-linear-attention is not installed")
 
 
 @needs_fla

@@ -11,7 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import seqarch
 from seqarch.kernels import attention as attention_module
-from seqarch.kernels import triton_available, use_backend
+from seqarch.kernels import use_backend
 from seqarch.kernels.attention import (
     AttentionFunction,
     _Launch,
@@ -20,9 +20,7 @@ from seqarch.kernels.attention import (
     offtheshelf_attention,
 )
 
-from helpers import relative_rms
-
-needs_triton = pytest.mark.skipif(not triton_available(), reason="needs triton")
+from helpers import needs_triton, relative_rms
 
 
 def random_qkv(batch, n_heads, n_kv_heads, length_q, length_kv, head_dim, *, dtype=torch.float32, device="cpu"):
@@ -169,11 +167,9 @@ def test_backend_choice_is_honoured(monkeypatch):
         assert torch.equal(attention(q8, k8, v8, causal=False), attention_reference(q8, k8, v8, causal=False))
 
 
-@pytest.mark.parametrize("choice", ["torch", "triton"])
+@pytest.mark.parametrize("choice", ["torch", pytest.param("triton", marks=needs_triton)])
 @pytest.mark.parametrize("batch, n_heads, n_kv_heads", [(0, 2, 2), (2, 0, 2), (0, 0, 1)])
 def test_empty_batch_or_query_heads_give_an_empty_result(choice, batch, n_heads, n_kv_heads):
-    if choice == "triton" and not triton_available():
-        pytest.skip("needs triton")
     q, k, v = random_qkv(batch, n_heads, n_kv_heads, 5, 7, 16)
     with use_backend(choice):
         out = attention(q, k, v, causal=True)

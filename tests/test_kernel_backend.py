@@ -9,7 +9,7 @@ import importlib
 import pytest
 import torch
 
-from seqarch.kernels import OPS, backend, select, triton_available, use_backend
+from seqarch.kernels import OPS, backend, select, use_backend
 from seqarch.kernels.attention import attention, attention_reference
 from seqarch.kernels.chunked_linear_attention import chunked_linear_attention, chunked_linear_attention_reference
 from seqarch.kernels.delta_rule import delta_rule, delta_rule_reference
@@ -25,9 +25,10 @@ from seqarch.kernels.ssm_kernel import (
     vandermonde_kernel_reference,
 )
 
+from helpers import needs_triton
+
 # the module, not the function ``seqarch.kernels.backend`` that the package exports under the same name
 backend_module = importlib.import_module("seqarch.kernels.backend")
-needs_triton = pytest.mark.skipif(not triton_available(), reason="needs triton")
 C64, C128 = torch.complex64, torch.complex128
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqarch.kernels import backend, triton_available
+from seqarch.kernels import backend
 from seqarch.kernels.backend import use_backend
 from seqarch.kernels.chunked_linear_attention import (
     chunked_linear_attention,
@@ -15,9 +15,9 @@ from seqarch.kernels.chunked_linear_attention import (
     linear_attention_recurrence,
 )
 
-from helpers import relative_rms
+from helpers import needs_triton, relative_rms
 
-pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+pytestmark = needs_triton
 
 
 def make(batch, heads, length, d_k, d_v, decay, *, strided=False, with_state=True, seed=0):

@@ -11,9 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from seqarch.kernels import triton_available
+from helpers import needs_triton
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compile_kernels.py"
 
@@ -31,7 +29,7 @@ def test_the_kernel_inventory_is_found():
             <= defined_kernels())
 
 
-@pytest.mark.skipif(not triton_available(), reason="needs triton")
+@needs_triton
 def test_every_kernel_compiles_for_sm90_without_a_gpu():
     # the script drops TRITON_INTERPRET (set by conftest) itself, before it imports triton
     result = subprocess.run([sys.executable, str(SCRIPT), "--quick"], check=False, capture_output=True, text=True,

@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seqarch.kernels import backend, triton_available
+from seqarch.kernels import backend
 from seqarch.kernels.backend import use_backend
 from seqarch.kernels.delta_rule import delta_rule, delta_rule_recurrence, delta_rule_reference
 
-from helpers import relative_rms
+from helpers import needs_triton, relative_rms
 
-pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+pytestmark = needs_triton
 
 
 def make(batch, heads, length, d_k, d_v, gated, *, strided=False, with_state=True, seed=0):

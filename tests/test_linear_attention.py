@@ -3,7 +3,6 @@ the options, and (where flash-linear-attention is installed) fla's naive referen
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
@@ -21,9 +20,7 @@ from seqarch.models.presets import all_presets
 from seqarch.modules.feature_maps import feature_dim, feature_map
 
 from conftest import D_MODEL, small_mixer
-from helpers import relative_rms
-
-HAS_FLA = importlib.util.find_spec("fla") is not None
+from helpers import needs_fla, relative_rms
 
 
 def inputs(batch=2, heads=3, length=37, d_k=5, d_v=7, decay=None, seed=0, dtype=torch.float64):
@@ -166,7 +163,6 @@ def test_chunk_size_does_not_change_the_result():
 
 
 # -- flash-linear-attention's naive references as an oracle (optional: runs where fla is installed) -----
-needs_fla = pytest.mark.skipif(not HAS_FLA, reason="flash-linear-attention is not installed")
 
 
 @needs_fla

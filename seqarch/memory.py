@@ -80,10 +80,10 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._baseline = torch.cuda.memory_allocated(self.device)
-        elif (_release_freed_memory(), _reset_hwm())[1]:
-            self._baseline = _read_status("VmRSS")
         else:
-            self._baseline = _lifetime_peak_rss()
+            _release_freed_memory()
+            # After a reset the peak starts at the current resident set; without one, at the lifetime peak.
+            self._baseline = _read_status("VmRSS") if _reset_hwm() else _lifetime_peak_rss()
         return self
 
     def __exit__(self, *exc) -> None:

@@ -63,7 +63,6 @@ def job_specs(config: RunConfig, plan: list, *, cache_dir: str | None = None) ->
     :func:`~seqarch.training.compare.plan_comparison`), in the run folders ``seqarch compare`` trains."""
     from .compare import planned_runs
 
-    check_no_sweep(config)
     return [JobSpec(config.to_dict(), run.index, run.name, run.lr, run.seed, str(run.folder), cache_dir,
                     list(config.imports)) for run in planned_runs(config, plan, config.folder)]
 
@@ -124,18 +123,20 @@ SLURM_OWN_OPTIONS = {"partition": "--partition or slurm.partition", "gpus_per_no
                      "nodes": "trainer.num_nodes", "ntasks_per_node": "trainer.devices"}
 
 
-def _submitit_slurm():
+def _submitit(module: str = "submitit"):
+    """``submitit`` (or one of its modules), or a ValueError naming the extra that installs it."""
+    import importlib
+
     try:
-        from submitit.slurm import slurm
+        return importlib.import_module(module)
     except ImportError as error:
         raise ValueError("--launcher: needs the cluster extra (pip install -e '.[cluster]')") from error
-    return slurm
 
 
 def check_slurm_extra(extra: dict[str, Any], source: str) -> dict[str, Any]:
     """``extra``'s submitit SLURM parameters (``source``: where they were given, ``slurm.extra`` or
     ``--slurm-option``), each checked by submitit's SlurmExecutor and sbatch writer; returns ``extra``."""
-    slurm = _submitit_slurm()
+    slurm = _submitit("submitit.slurm.slurm")
     valid = set(slurm.SlurmExecutor._valid_parameters()) - set(SLURM_OWN_OPTIONS)
     for key, value in extra.items():
         where = f"{source} {key}" if source.startswith("-") else f"{source}.{key}"
@@ -154,16 +155,15 @@ def check_slurm_extra(extra: dict[str, Any], source: str) -> dict[str, Any]:
 def slurm_parameters(options: SlurmOptions, config: RunConfig, folder: Path) -> dict[str, Any]:
     """submitit's ``slurm_*`` parameters; every option goes through submitit's own sbatch writer first,
     so one it rejects is a ValueError naming it (before anything is submitted)."""
-    slurm = _submitit_slurm()
+    slurm = _submitit("submitit.slurm.slurm")
     devices = config.trainer.devices if isinstance(config.trainer.devices, int) else None
     values: dict[str, Any] = {"partition": options.partition, "gpus_per_node": options.gpus_per_node,
                               "time": options.time_min, "account": options.account,
                               "nodes": config.trainer.num_nodes, "ntasks_per_node": devices,
                               **check_slurm_extra(options.extra, "SlurmOptions.extra")}
     values = {k: v for k, v in values.items() if v is not None}
-    _make_sbatch_string = slurm._make_sbatch_string
     try:
-        _make_sbatch_string(command="true", folder=folder, **values)
+        slurm._make_sbatch_string(command="true", folder=folder, **values)
     except (TypeError, ValueError) as error:
         raise ValueError(f"slurm: submitit rejects the options {values}: {error}") from error
     return {f"slurm_{k}" if k != "time" else "timeout_min": v for k, v in values.items()}
@@ -171,10 +171,7 @@ def slurm_parameters(options: SlurmOptions, config: RunConfig, folder: Path) -> 
 
 def build_executor(launcher: str, folder: Path, config: RunConfig, options: SlurmOptions):
     """A submitit executor writing its logs under ``folder/submitit``."""
-    try:
-        import submitit
-    except ImportError as error:
-        raise ValueError("--launcher: needs the cluster extra (pip install -e '.[cluster]')") from error
+    submitit = _submitit()
     logs = folder / "submitit"
     if check_launcher(launcher) == "local":
         executor = submitit.LocalExecutor(folder=logs)
@@ -241,10 +238,10 @@ def job_active(entry: dict[str, Any], logs: Path) -> bool:
         return False
     if entry.get("launcher") == "local":
         return local_job_alive(job_id)
-    state = slurm_job_state(job_id, logs)
-    if state.split()[0] == "UNKNOWN":
-        log.warning("job %s (%s): sacct does not know its state; it is submitted again", job_id, entry["folder"])
-    return state.split()[0] in SLURM_ACTIVE_STATES
+    state = slurm_job_state(job_id, logs).split()[0]  # e.g. "CANCELLED by 123": the state is the first word
+    if state == "UNKNOWN":
+        log.warning("job %s (%s): sacct does not know its state; it is submitted again", job_id, entry.get("folder"))
+    return state in SLURM_ACTIVE_STATES
 
 
 def read_jobs(folder: Path) -> dict[str, dict[str, Any]]:

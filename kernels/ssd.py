@@ -39,7 +39,9 @@ TRITON_CHUNK_SIZES = (16, 32, 64, 128)
 # element: at chunk 64, head dim 64, state 128 it needs 272 KiB, past an H100's 227 KiB per block
 # (scripts/compile_kernels.py measures it). Larger float32 footprints take the twin.
 MAX_FLOAT32_TILE_FOOTPRINT = 64 * 64 * 128
-DEFAULT_CHUNK_SIZE = 64
+# 32: the twin's fastest chunk on a CPU at Mamba-2's head dim 64 and state 64 (scripts/bench_mamba2.py times
+# it beside 16 and 64: the quadratic in-chunk work grows with the chunk, the state work with the chunk count).
+DEFAULT_CHUNK_SIZE = 32
 # State rows per program of the state-passing kernels (which loop over chunks).
 PASSING_ROWS = 16
 

@@ -19,6 +19,7 @@ Four measurements, side by side in one run (float32):
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import torch
 
 import seqarch
 from seqarch.kernels import use_backend
-from seqarch.kernels.ssd import ssd_recurrence, ssd_reference
+from seqarch.kernels.ssd import DEFAULT_CHUNK_SIZE, ssd_recurrence, ssd_reference
 
 
 def ssd_inputs(batch: int, length: int, heads: int, d_state: int, head_dim: int = 64) -> list[torch.Tensor]:
@@ -39,15 +40,17 @@ def ssd_inputs(batch: int, length: int, heads: int, d_state: int, head_dim: int 
     return [t.requires_grad_() for t in (x, dt, A, B, C)]
 
 
-def fwd_bwd_seconds(fn, inputs: list[torch.Tensor], repeats: int) -> float:
+def fwd_bwd(fn, inputs: list[torch.Tensor]):
+    """A call of one forward+backward of ``fn(*inputs) -> (y, final_state)``."""
     def run():
         y, final = fn(*inputs)
         torch.autograd.grad(y.square().mean() + final.square().mean(), inputs)
 
-    return benchlib.median_time(run, torch.device("cpu"), repeats=repeats)
+    return run
 
 
-def layer_seconds(name: str, batch: int, width: int, length: int, repeats: int) -> float:
+def layer_fwd_bwd(name: str, batch: int, width: int, length: int):
+    """A call of one forward+backward of a fresh ``name`` layer, and the layer."""
     torch.manual_seed(0)
     mixer = seqarch.build_mixer(name, width)
     x = torch.randn(batch, length, width, requires_grad=True)
@@ -57,7 +60,7 @@ def layer_seconds(name: str, batch: int, width: int, length: int, repeats: int) 
         x.grad = None
         mixer.zero_grad(set_to_none=True)
 
-    return benchlib.median_time(run, torch.device("cpu"), repeats=repeats)
+    return run, mixer
 
 
 def saved_bytes(batch: int, width: int, length: int, d_state: int) -> int:
@@ -100,6 +103,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--loop-length", type=int, default=512, help="length the per-position loop runs at")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk-sizes", type=int, nargs="*", default=[16, 32, 64],
+                        help="chunk sizes the twin is also timed at (the default chunk is the op's)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=benchlib.default_out("cpu"))
     args = parser.parse_args()
@@ -109,24 +114,32 @@ def main() -> None:
                     "command": benchlib.command_line()}
     heads, d_state = 2 * args.width // 64, 64
 
-    # 1. the twin against the loop
+    # 1. the twin against the loop, and the twin at each chunk size; all timed in alternation
+    cpu = torch.device("cpu")
+    long_inputs = ssd_inputs(args.batch, args.length, heads, d_state)
+    short_inputs = ssd_inputs(args.batch, args.loop_length, heads, d_state)
     with use_backend("torch"):
-        twin = fwd_bwd_seconds(lambda *a: ssd_reference(*a), ssd_inputs(args.batch, args.length, heads, d_state),
-                               args.repeats)
-        twin_short = fwd_bwd_seconds(lambda *a: ssd_reference(*a),
-                                     ssd_inputs(args.batch, args.loop_length, heads, d_state), args.repeats)
-    loop_short = fwd_bwd_seconds(lambda *a: ssd_recurrence(*a),
-                                 ssd_inputs(args.batch, args.loop_length, heads, d_state), 1)
+        twin_runs = {f"twin_chunk{q}_s": fwd_bwd(functools.partial(ssd_reference, chunk_size=q), long_inputs)
+                     for q in args.chunk_sizes if q != DEFAULT_CHUNK_SIZE}
+        timed = benchlib.alternating_median_times({
+            "twin_s": fwd_bwd(ssd_reference, long_inputs), **twin_runs,
+            "twin_short_s": fwd_bwd(ssd_reference, short_inputs),
+            "loop_short_s": fwd_bwd(ssd_recurrence, short_inputs)}, cpu, repeats=args.repeats)
+    twin, twin_short, loop_short = timed["twin_s"], timed["twin_short_s"], timed["loop_short_s"]
     loop = loop_short * args.length / args.loop_length
-    report["ssd"] = {"twin_s": twin, "twin_short_s": twin_short, "loop_short_s": loop_short, "loop_scaled_s": loop,
-                     "speedup": loop / twin, "speedup_same_length": loop_short / twin_short}
+    report["ssd"] = {**timed, "chunk_size": DEFAULT_CHUNK_SIZE, "loop_scaled_s": loop, "speedup": loop / twin,
+                     "speedup_same_length": loop_short / twin_short}
     sys.stderr.write(f"ssd: {report['ssd']}\n")
 
-    # 2. the layers
+    # 2. the layers, with the FLOPs each does (forward, one sequence) beside their times
     with use_backend("torch"):
-        mamba2 = layer_seconds("mamba2", args.batch, args.width, args.length, args.repeats)
-        s4d = layer_seconds("s4d", args.batch, args.width, args.length, args.repeats)
-    report["layers"] = {"mamba2_s": mamba2, "s4d_s": s4d, "ratio": mamba2 / s4d}
+        (mamba2_run, mamba2_layer), (s4d_run, s4d_layer) = (layer_fwd_bwd(name, args.batch, args.width, args.length)
+                                                            for name in ("mamba2", "s4d"))
+        layer_times = benchlib.alternating_median_times({"mamba2": mamba2_run, "s4d": s4d_run}, cpu,
+                                                        repeats=args.repeats)
+    mamba2, s4d = layer_times["mamba2"], layer_times["s4d"]
+    flop_ratio = mamba2_layer.flops(args.length) / s4d_layer.flops(args.length)
+    report["layers"] = {"mamba2_s": mamba2, "s4d_s": s4d, "ratio": mamba2 / s4d, "flop_ratio": flop_ratio}
     sys.stderr.write(f"layers: {report['layers']}\n")
 
     # 3. activation memory
@@ -149,16 +162,22 @@ def main() -> None:
          f"twin {twin_short * 1e3:.0f} ms)"),
          f"{loop / twin:.1f}x ({loop_short / twin_short:.1f}x at L={args.loop_length})",
          ">= 20x"],
+        *[[f"ssd twin fwd+bwd at chunk size {q} vs the default chunk ({DEFAULT_CHUNK_SIZE})",
+           f"b={args.batch} L={args.length}", f"{timed[f'twin_chunk{q}_s'] * 1e3:.0f} ms vs {twin * 1e3:.0f} ms",
+           f"{timed[f'twin_chunk{q}_s'] / twin:.2f}x", ""] for q in args.chunk_sizes if q != DEFAULT_CHUNK_SIZE],
         ["mamba2 layer fwd+bwd vs s4d layer", f"b={args.batch} L={args.length} d={args.width}",
          f"{mamba2 * 1e3:.0f} ms vs {s4d * 1e3:.0f} ms", f"{mamba2 / s4d:.2f}x", "<= 2x"],
+        ["mamba2 layer's forward FLOPs vs s4d's (`flops`)", f"L={args.length} d={args.width}", "",
+         f"{flop_ratio:.2f}x", ""],
         *[[f"saved activations, {key} doubled", f"base b=2 d=128 L=1024 N=64 ({base_bytes / 2**20:.0f} MiB)",
            "", f"{memory[f'x2_{key}']:.2f}x", "~2x" if key != "d_state" else "well under 2x"] for key in base],
         ["step at position 4096 vs 16", f"d={args.width} b=1", f"{late * 1e6:.0f} us vs {early * 1e6:.0f} us",
          f"{late / early:.2f}x", "<= 1.2x"],
     ]
     text = (f"# Mamba-2 on the CPU\n\n{report['device']}, float32, the PyTorch twin. Command: `{report['command']}`."
-            f" Median of {args.repeats} runs (the loop: one run, scaled from L={args.loop_length} by the length "
-            "ratio). Memory: bytes autograd saves for the backward.\n\n"
+            f" Median of {args.repeats} rounds that time every variant in turn (the loop runs at "
+            f"L={args.loop_length}, its time scaled by the length ratio). Memory: bytes autograd saves for the "
+            "backward.\n\n"
             + benchlib.markdown_table(["measure", "shape", "times", "ratio", "target"], rows))
     json_path, md_path = benchlib.write_report(args.out, "bench_mamba2", report, text)
     sys.stdout.write(text + f"\nwrote {json_path} and {md_path}\n")

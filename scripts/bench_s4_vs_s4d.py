@@ -13,12 +13,12 @@ the kernel length its learned ``C~`` is defined by, i.e. a model trained at that
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
-import statistics
 import sys
-import time
 
+import benchlib
 import torch
 
 
@@ -44,21 +44,14 @@ def main() -> None:
                                            **({"max_length": args.length} if takes_length else {}))
     x = torch.randn(args.batch, args.length, args.width, requires_grad=True)
 
-    def forward_backward(layer: torch.nn.Module) -> float:
-        start = time.perf_counter()
+    def forward_backward(layer: torch.nn.Module) -> None:
         layer(x).square().mean().backward()
-        seconds = time.perf_counter() - start
         x.grad = None
         layer.zero_grad(set_to_none=True)
-        return seconds
 
-    times: dict[str, list[float]] = {name: [] for name in layers}
-    for name, layer in layers.items():  # warm-up
-        forward_backward(layer)
-    for _ in range(args.repeats):
-        for name, layer in layers.items():
-            times[name].append(forward_backward(layer))
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians = benchlib.alternating_median_times(
+        {name: functools.partial(forward_backward, layer) for name, layer in layers.items()}, torch.device("cpu"),
+        repeats=args.repeats)
     result = {
         "batch": args.batch, "width": args.width, "length": args.length, "threads": args.threads,
         "d_state": {name: layer.d_state for name, layer in layers.items()},

@@ -54,6 +54,22 @@ def median_time(fn: Callable[[], object], device: torch.device, *, repeats: int 
     return statistics.median(times)
 
 
+def alternating_median_times(fns: dict[str, Callable[[], object]], device: torch.device, *,
+                             repeats: int = 3) -> dict[str, float]:
+    """Median seconds of each of ``fns`` over ``repeats`` rounds that call every one in turn (one
+    warm-up round first): a change of the machine's load during the run then reaches every variant
+    alike, so their ratios stay fair on a shared machine."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
     """Bytes of memory ``fn`` needs at its peak beyond what was held before it ran
     (:class:`seqarch.memory.PeakMemory`'s ``growth_bytes``, the one peak-memory measure)."""

@@ -80,16 +80,20 @@ def delta_rule_reference(q, k, v, beta, log_decay=None, initial_state=None, chun
     causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
     eye = torch.eye(chunk_size, device=q.device, dtype=work)
     outputs = []
-    for start in range(0, length, chunk_size):
-        end = min(start + chunk_size, length)
-        size = end - start
-        qc, kc, vc, bc = (t[:, :, start:end].to(work) for t in (q, k, v, beta))
+    # split, not slicing: the backward of t[:, :, start:end] writes a full-size zero gradient per chunk
+    # (quadratic in the length); split's backward is one concatenation.
+    n_chunks = -(-length // chunk_size)  # zero for an empty sequence (whose split would give one empty chunk)
+    chunks = zip(*(t.split(chunk_size, dim=2)[:n_chunks] for t in (q, k, v, beta)),
+                 log_decay.split(chunk_size, dim=2)[:n_chunks] if log_decay is not None else [None] * n_chunks)
+    for q_i, k_i, v_i, beta_i, log_decay_i in chunks:
+        size = q_i.shape[2]
+        qc, kc, vc, bc = (t.to(work) for t in (q_i, k_i, v_i, beta_i))
         mask = causal[:size, :size]
         if log_decay is None:
             gamma = decay = None
             gap = mask.to(work)
         else:
-            cum = log_decay[:, :, start:end].to(work).cumsum(2)
+            cum = log_decay_i.to(work).cumsum(2)
             gamma = cum.exp().unsqueeze(-1)  # (batch, heads, C, 1): decay since the chunk began
             gap = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~mask, float("-inf")).exp()
             decay = (cum[:, :, -1:] - cum).exp().unsqueeze(-1)  # to the chunk's end

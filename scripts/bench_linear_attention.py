@@ -6,8 +6,9 @@ softmax attention, forward, at one shape (side by side in one run).
 
 Rows: ``chunked_linear_attention`` with no decay, a per-head decay (RetNet) and a per-channel decay
 (GLA); ``delta_rule`` plain and gated; each timed as its chunked twin (the CPU path) and as the
-float64-free token-by-token recurrence in the same dtype; causal softmax attention (SDPA) at the same
-shape is the common reference.  Ratios: recurrence / chunked and attention / chunked.
+float64-free token-by-token recurrence in the same dtype, forward and forward+backward (the twin is the
+CPU training path); causal softmax attention (SDPA, forward) at the same shape is the common
+reference.  Ratios: recurrence / chunked and attention / chunked.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--loop-length", type=int, default=512,
+                        help="tokens the recurrence's forward+backward runs (its time scaled by the length ratio)")
     parser.add_argument("--out", default=None, help="report folder (default scripts/results/cpu)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -40,33 +43,63 @@ def main() -> None:
     q, k, v = torch.randn(shape) * head ** -0.5, F.normalize(torch.randn(shape), dim=-1), torch.randn(shape)
     beta = torch.rand(shape[:3])
     per_head, per_channel = -0.05 * torch.rand(shape[:3]), -0.05 * torch.rand(shape)
+    # each case: (chunked twin, recurrence), both taking (q, k, v, beta, per-head decay, per-channel decay)
     cases = {
-        "linear attention (no decay)": (lambda: chunked_linear_attention_reference(q, k, v),
-                                        lambda: linear_attention_recurrence(q, k, v)),
-        "retnet (per-head decay)": (lambda: chunked_linear_attention_reference(q, k, v, per_head),
-                                    lambda: linear_attention_recurrence(q, k, v, per_head)),
-        "gla (per-channel decay)": (lambda: chunked_linear_attention_reference(q, k, v, per_channel),
-                                    lambda: linear_attention_recurrence(q, k, v, per_channel)),
-        "deltanet": (lambda: delta_rule_reference(q, k, v, beta), lambda: delta_rule_recurrence(q, k, v, beta)),
-        "gated deltanet": (lambda: delta_rule_reference(q, k, v, beta, per_head),
-                           lambda: delta_rule_recurrence(q, k, v, beta, per_head)),
+        "linear attention (no decay)": (lambda q, k, v, b, h, c: chunked_linear_attention_reference(q, k, v),
+                                        lambda q, k, v, b, h, c: linear_attention_recurrence(q, k, v)),
+        "retnet (per-head decay)": (lambda q, k, v, b, h, c: chunked_linear_attention_reference(q, k, v, h),
+                                    lambda q, k, v, b, h, c: linear_attention_recurrence(q, k, v, h)),
+        "gla (per-channel decay)": (lambda q, k, v, b, h, c: chunked_linear_attention_reference(q, k, v, c),
+                                    lambda q, k, v, b, h, c: linear_attention_recurrence(q, k, v, c)),
+        "deltanet": (lambda q, k, v, b, h, c: delta_rule_reference(q, k, v, b),
+                     lambda q, k, v, b, h, c: delta_rule_recurrence(q, k, v, b)),
+        "gated deltanet": (lambda q, k, v, b, h, c: delta_rule_reference(q, k, v, b, h),
+                           lambda q, k, v, b, h, c: delta_rule_recurrence(q, k, v, b, h)),
     }
-    with torch.no_grad():
-        attention = benchlib.median_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), device,
-                                         repeats=args.repeats)
-        rows, payload = [], {"shape": vars(args), "attention_seconds": attention, "rows": []}
-        for name, (chunked, recurrent) in cases.items():
-            chunked_s = benchlib.median_time(chunked, device, repeats=args.repeats)
-            recurrent_s = benchlib.median_time(recurrent, device, repeats=1)
-            payload["rows"].append({"op": name, "chunked_seconds": chunked_s, "recurrence_seconds": recurrent_s})
-            rows.append([name, f"{chunked_s * 1e3:.0f}", f"{recurrent_s * 1e3:.0f}", f"{recurrent_s / chunked_s:.1f}x",
-                         f"{attention / chunked_s:.2f}x"])
-    rows.append(["causal softmax attention (SDPA)", f"{attention * 1e3:.0f}", "-", "-", "1.00x"])
+    inputs = (q, k, v, beta, per_head, per_channel)
+    # The recurrence's forward+backward keeps a graph of every token's ops; it runs on the first
+    # --loop-length tokens and its time is scaled by the length ratio (every token costs the same).
+    short = tuple(t[:, :, :args.loop_length] for t in inputs)
+    scale = args.length / args.loop_length
+
+    def forward(fn, tensors=inputs):
+        def run():
+            with torch.no_grad():
+                fn(*tensors)
+        return run
+
+    def forward_backward(fn, tensors=inputs):
+        def run():
+            leaves = [t.detach().requires_grad_() for t in tensors]
+            out, state = fn(*leaves)
+            (out.square().mean() + state.square().mean()).backward()
+        return run
+
+    def causal_attention(q, k, v, *_):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    attention = benchlib.median_time(forward(causal_attention), device, repeats=args.repeats)
+    rows, payload = [], {"shape": vars(args), "attention_seconds": attention, "rows": []}
+    for name, (chunked, recurrent) in cases.items():
+        timed = benchlib.alternating_median_times({
+            "forward": forward(chunked), "forward recurrence": forward(recurrent),
+            "forward+backward": forward_backward(chunked),
+            "forward+backward recurrence": forward_backward(recurrent, short)}, device, repeats=args.repeats)
+        timed["forward+backward recurrence"] *= scale
+        for mode in ("forward", "forward+backward"):
+            twin_s, recurrence_s = timed[mode], timed[f"{mode} recurrence"]
+            payload["rows"].append({"op": name, "mode": mode, "chunked_seconds": twin_s,
+                                    "recurrence_seconds": recurrence_s})
+            rows.append([name, mode, f"{twin_s * 1e3:.0f}", f"{recurrence_s * 1e3:.0f}",
+                         f"{recurrence_s / twin_s:.1f}x", f"{attention / twin_s:.2f}x" if mode == "forward" else "-"])
+    rows.append(["causal softmax attention (SDPA)", "forward", f"{attention * 1e3:.0f}", "-", "-", "1.00x"])
     payload["environment"] = benchlib.environment()
-    markdown = (f"# Chunked linear-attention twins (CPU, forward)\n\n`{benchlib.command_line()}`\n\n"
+    markdown = (f"# Chunked linear-attention twins against their recurrences (CPU)\n\n`{benchlib.command_line()}`\n\n"
                 f"B={args.batch}, d={args.width} ({args.heads} heads of {head}), L={args.length}, float32, "
-                f"{args.threads} thread(s), median of {args.repeats} (recurrences: 1).\n\n"
-                + benchlib.markdown_table(["op", "chunked twin ms", "recurrence ms", "recurrence / chunked",
+                f"{args.threads} thread(s); the median of {args.repeats} rounds that time the twin and the "
+                "recurrence in turn. Forward: under no_grad; forward+backward: the gradients of every input, the "
+                f"recurrence's on the first {args.loop_length} tokens, scaled by the length ratio.\n\n"
+                + benchlib.markdown_table(["op", "mode", "chunked twin ms", "recurrence ms", "recurrence / chunked",
                                            "attention / chunked"], rows))
     out = benchlib.default_out("cpu") if args.out is None else __import__("pathlib").Path(args.out)
     for path in benchlib.write_report(out, "bench_linear_attention", payload, markdown):

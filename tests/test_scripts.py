@@ -61,3 +61,36 @@ def test_minimal_s4d_baseline_computes_the_same_kernel():
 
     layer = S4D(6, d_state=8, causal=False, dtype=torch.float64)
     assert torch.allclose(minimal_kernel(layer, 50, torch.float64), layer.kernel(50, torch.float64), atol=1e-12)
+
+
+def _compare_results(folder: Path, name: str, seeds: dict[str, dict[int, float]], lr: float = 3e-3) -> Path:
+    """A minimal ``results.json`` of a compare run: per architecture, its seeds' test accuracies."""
+    rows = [{"name": arch, "seed_runs": [{"seed": s, "test": value, "failure": None} for s, value in runs.items()]}
+            for arch, runs in seeds.items()]
+    config = {"name": name, "output": str(folder), "architectures": list(seeds), "train": {"lr": lr, "seeds": [0]}}
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"config": config, "results": rows}))
+    return folder
+
+
+def pool_seeds(*runs: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPTS / "pool_seeds.py"), *map(str, runs)], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_pool_seeds_merges_parts_and_gives_the_t_interval(tmp_path):
+    first = _compare_results(tmp_path / "a", "a", {"x": {0: 0.5}, "y": {0: 0.2}})
+    more = _compare_results(tmp_path / "b", "b", {"x": {1: 0.7, 2: 0.6}})
+    done = pool_seeds(first, more)
+    assert done.returncode == 0, done.stderr
+    # mean 0.6, sample sd 0.1, t(0.975, 2) = 4.303: half-width 4.303 * 0.1 / sqrt(3) = 0.248
+    assert "| x | 0.500 | 0.700 | 0.600 | 0.600 ± 0.248 (n=3) |" in done.stdout
+    assert "| y | 0.200 | - | - | 0.200 (n=1) |" in done.stdout
+
+
+def test_pool_seeds_refuses_other_recipes_and_a_seed_twice(tmp_path):
+    first = _compare_results(tmp_path / "a", "a", {"x": {0: 0.5}})
+    other_lr = _compare_results(tmp_path / "b", "b", {"x": {1: 0.7}}, lr=1e-3)
+    again = _compare_results(tmp_path / "c", "c", {"x": {0: 0.4}})
+    assert "expected one recipe" in pool_seeds(first, other_lr).stderr
+    assert "x seed 0 appears in two runs" in pool_seeds(first, again).stderr

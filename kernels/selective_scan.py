@@ -44,12 +44,13 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 DTYPES = (*TRITON_DTYPES, torch.float64)
 MAX_TRITON_STATE = 256
 CHUNK = 64  # tokens between the Triton forward's state checkpoints
-# The twin's chunks: about this many state numbers per (tokens, batch, channels, state) buffer, so
-# its few buffers stay in a CPU's cache; at most MAX_CHUNK_REFERENCE tokens.  1 << 20 (4 MiB in
-# float32): larger chunks mean fewer ops per token, and past the L2 they still sit in the L3; on a
-# 2 MiB-L2 Xeon it timed fastest of 1 << 18 to 1 << 22 at MQAR's shape and at B 8, L 1024.
+# The twin's chunks: about this many state numbers per (tokens, batch, channels, state) buffer, so its
+# few buffers stay in a CPU's cache (4 MiB in float32: past a 2 MiB L2 they still sit in the L3), and at
+# most MAX_CHUNK_REFERENCE tokens.  Against 1 << 18 and 64 tokens, a Mamba layer's forward+backward
+# timed faster at B 8, L 1024 (its chunks grow from 4 tokens to 16) and the same within the noise at
+# B 2, L 2048 and at MQAR's B 64, L 64, timed in alternation on a 2-core Xeon.
 CHUNK_ELEMENTS = 1 << 20
-MAX_CHUNK_REFERENCE = 64
+MAX_CHUNK_REFERENCE = 16
 
 
 # -- PyTorch twin ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,12 @@ def run(args: argparse.Namespace, variant: str, **changes) -> dict:
     return {**shape, **result}
 
 
+def median_run(results: list[dict]) -> dict:
+    """The run of median time among ``results`` (a failed run, without a time, counts as the slowest)."""
+    ordered = sorted(results, key=lambda r: r.get("seconds", float("inf")))
+    return {**ordered[len(ordered) // 2], "rounds_seconds": [r.get("seconds") for r in results]}
+
+
 def step_costs(args: argparse.Namespace) -> dict[int, float]:
     """Microseconds of one Mamba step at positions 16 and 4096 (batch 1)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -90,6 +97,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1,
                         help="timed runs after the warm-up (median); 0: time the one (memory) run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating worker runs of mamba and s4d (the median reported; the loop runs once)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per position (median)")
     parser.add_argument("--memory-batch", type=int, default=2, help="batch of the memory-scaling runs")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per worker")
@@ -101,7 +110,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out = args.out or benchlib.default_out("cpu")
 
-    speed = {variant: run(args, variant) for variant in ("mamba", "loop", "s4d")}
+    # mamba and s4d in alternating fresh workers, --rounds times each (the medians reported), so a change
+    # of load during the run reaches both; the loop (minutes) runs once.
+    rounds = {"mamba": [], "s4d": []}
+    for _ in range(args.rounds):
+        for variant, results in rounds.items():
+            results.append(run(args, variant))
+    speed = {"mamba": median_run(rounds["mamba"]), "loop": run(args, "loop"), "s4d": median_run(rounds["s4d"])}
     small = {"batch": args.memory_batch, "length": args.length // 2}
     by_length = [run(args, "mamba", **{**small, "length": small["length"] // 2 * k}) for k in (1, 2)]
     by_state = [run(args, "mamba", **small, state=s) for s in (4, 16, 64)]
@@ -112,7 +127,9 @@ def main() -> None:
 
     ratios = {
         "loop_over_twin_seconds": ratio(speed["loop"], speed["mamba"], "seconds"),
-        "mamba_over_s4d_seconds": ratio(speed["mamba"], speed["s4d"], "seconds"),
+        # the median of the rounds' own ratios: each round's two workers ran back to back, under the same load
+        "mamba_over_s4d_seconds": statistics.median(
+            ratio(m, s, "seconds") for m, s in zip(rounds["mamba"], rounds["s4d"], strict=True)),
         "mamba_over_s4d_flops": ratio(speed["mamba"], speed["s4d"], "flops"),  # forward, one sequence (`flops`)
         "peak_2L_over_L": ratio(by_length[1], by_length[0], "peak_bytes"),
         "peak_state64_over_state4": ratio(by_state[2], by_state[0], "peak_bytes"),
@@ -138,7 +155,8 @@ def main() -> None:
     text = (
         "# Mamba on the CPU: the chunked twin against a loop over time and S4D, memory, step\n\n"
         f"Device: {benchlib.device_name(torch.device('cpu'))}. Command: `{benchlib.command_line()}`. "
-        f"Width {args.width} (d_inner {2 * args.width}); each row a fresh worker process; peak = peak RSS growth "
+        f"Width {args.width} (d_inner {2 * args.width}); each row a fresh worker process (mamba and s4d: the "
+        f"median of {args.rounds} alternating workers); peak = peak RSS growth "
         "over one forward+backward; times "
         + (f"the median of {args.repeats} run(s) after a warm-up" if args.repeats else "of that one run (no warm-up)")
         + ".\n\n## Ratios (one run)\n\n" + benchlib.markdown_table(["ratio", "value", "target", ""], rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 
@@ -14,10 +15,25 @@ from seqarch.kernels import triton_available
 # skipping them; elsewhere (macOS, Windows) it is not installed and the Triton-path tests skip.
 needs_triton = pytest.mark.skipif(not triton_available() and not sys.platform.startswith("linux"),
                                   reason="Triton is not a dependency on this platform")
-# flash-linear-attention (the `oracles` extra, installed by the README's test command): its naive references
-# test our cores where it is installed; an installed package that fails to import fails the test.
-needs_fla = pytest.mark.skipif(importlib.util.find_spec("fla") is None,
-                               reason="flash-linear-attention (optional oracle, the `oracles` extra) is not installed")
+# The outside oracles (flash-linear-attention, the `oracles` extra, and mamba-ssm) are installed by the README's
+# test command, so a missing one fails its tests with the install step to run: a skip would prove nothing.
+ORACLE_INSTALL = {"fla": 'pip install -e ".[oracles]"', "mamba_ssm": "pip install --no-deps mamba-ssm==2.3.2.post1"}
+
+
+def require_oracle(module: str) -> None:
+    """Fail the calling test, naming the install step, when the oracle package ``module`` is not installed."""
+    if importlib.util.find_spec(module) is None:
+        pytest.fail(f"{module} (a test oracle) is not installed; the README's test command installs it: "
+                    f"{ORACLE_INSTALL[module]}")
+
+
+def needs_fla(test):
+    """A test that checks a core against flash-linear-attention's naive references."""
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        require_oracle("fla")
+        return test(*args, **kwargs)
+    return run
 
 
 def relative_rms(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -62,17 +78,16 @@ def check_step_follows_parameter_updates(mixer, x, update, params, tol: float) -
 
 
 def mamba_ssm_module(name: str):
-    """``mamba_ssm.<name>`` from the authors' package on a CPU; a skip when it is not installed (an optional
-    oracle), a failure when it is installed but does not import. Its CUDA extension is stubbed (only
+    """``mamba_ssm.<name>`` from the authors' package on a CPU; a failure when it is not installed
+    (:func:`require_oracle`) or is installed but does not import. Its CUDA extension is stubbed (only
     pure-PyTorch references run) and its package ``__init__`` (which imports the CUDA kernels and
     ``transformers``) is bypassed."""
     import importlib
     import types
 
     if "mamba_ssm" not in sys.modules:
+        require_oracle("mamba_ssm")
         spec = importlib.util.find_spec("mamba_ssm")
-        if spec is None:
-            pytest.skip("mamba_ssm (optional oracle) is not installed")
         package = types.ModuleType("mamba_ssm")
         package.__path__, package.__spec__ = list(spec.submodule_search_locations), spec
         sys.modules["mamba_ssm"] = package

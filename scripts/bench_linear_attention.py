@@ -68,13 +68,6 @@ def main() -> None:
                 fn(*tensors)
         return run
 
-    def forward_backward(fn, tensors=inputs):
-        def run():
-            leaves = [t.detach().requires_grad_() for t in tensors]
-            out, state = fn(*leaves)
-            (out.square().mean() + state.square().mean()).backward()
-        return run
-
     def causal_attention(q, k, v, *_):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
@@ -83,8 +76,9 @@ def main() -> None:
     for name, (chunked, recurrent) in cases.items():
         timed = benchlib.alternating_median_times({
             "forward": forward(chunked), "forward recurrence": forward(recurrent),
-            "forward+backward": forward_backward(chunked),
-            "forward+backward recurrence": forward_backward(recurrent, short)}, device, repeats=args.repeats)
+            "forward+backward": benchlib.forward_backward_call(chunked, inputs),
+            "forward+backward recurrence": benchlib.forward_backward_call(recurrent, short)},
+            device, repeats=args.repeats)
         timed["forward+backward recurrence"] *= scale
         for mode in ("forward", "forward+backward"):
             twin_s, recurrence_s = timed[mode], timed[f"{mode} recurrence"]

@@ -40,15 +40,6 @@ def ssd_inputs(batch: int, length: int, heads: int, d_state: int, head_dim: int 
     return [t.requires_grad_() for t in (x, dt, A, B, C)]
 
 
-def fwd_bwd(fn, inputs: list[torch.Tensor]):
-    """A call of one forward+backward of ``fn(*inputs) -> (y, final_state)``."""
-    def run():
-        y, final = fn(*inputs)
-        torch.autograd.grad(y.square().mean() + final.square().mean(), inputs)
-
-    return run
-
-
 def layer_fwd_bwd(name: str, batch: int, width: int, length: int):
     """A call of one forward+backward of a fresh ``name`` layer, and the layer."""
     torch.manual_seed(0)
@@ -119,12 +110,13 @@ def main() -> None:
     long_inputs = ssd_inputs(args.batch, args.length, heads, d_state)
     short_inputs = ssd_inputs(args.batch, args.loop_length, heads, d_state)
     with use_backend("torch"):
-        twin_runs = {f"twin_chunk{q}_s": fwd_bwd(functools.partial(ssd_reference, chunk_size=q), long_inputs)
+        twin_runs = {f"twin_chunk{q}_s": benchlib.forward_backward_call(functools.partial(ssd_reference, chunk_size=q),
+                                                                        long_inputs)
                      for q in args.chunk_sizes if q != DEFAULT_CHUNK_SIZE}
         timed = benchlib.alternating_median_times({
-            "twin_s": fwd_bwd(ssd_reference, long_inputs), **twin_runs,
-            "twin_short_s": fwd_bwd(ssd_reference, short_inputs),
-            "loop_short_s": fwd_bwd(ssd_recurrence, short_inputs)}, cpu, repeats=args.repeats)
+            "twin_s": benchlib.forward_backward_call(ssd_reference, long_inputs), **twin_runs,
+            "twin_short_s": benchlib.forward_backward_call(ssd_reference, short_inputs),
+            "loop_short_s": benchlib.forward_backward_call(ssd_recurrence, short_inputs)}, cpu, repeats=args.repeats)
     twin, twin_short, loop_short = timed["twin_s"], timed["twin_short_s"], timed["loop_short_s"]
     loop = loop_short * args.length / args.loop_length
     report["ssd"] = {**timed, "chunk_size": DEFAULT_CHUNK_SIZE, "loop_scaled_s": loop, "speedup": loop / twin,

@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -52,6 +52,18 @@ def median_time(fn: Callable[[], object], device: torch.device, *, repeats: int 
         if len(times) >= 100:
             break
     return statistics.median(times)
+
+
+def forward_backward_call(fn: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+                          tensors: Sequence[torch.Tensor]) -> Callable[[], None]:
+    """A call of one forward+backward of ``fn(*tensors) -> (output, final state)``: the gradients of every
+    input it uses (fresh leaves of ``tensors`` each call) of ``mean(output^2) + mean(state^2)``."""
+    def run() -> None:
+        leaves = [t.detach().requires_grad_() for t in tensors]
+        output, state = fn(*leaves)
+        torch.autograd.grad(output.square().mean() + state.square().mean(), leaves, allow_unused=True)
+
+    return run
 
 
 def alternating_median_times(fns: dict[str, Callable[[], object]], device: torch.device, *,

@@ -32,3 +32,31 @@ def test_compiled_step_equals_the_eager_step(mixer):
             token = expected.argmax(-1)
     with pytest.raises(ValueError, match="compile_step"):
         model.compiled_decode_step(3)
+
+
+@pytest.mark.parametrize("mixer", ["attention", "retnet", "sliding_window_attention"])  # rotary positions
+def test_compiled_step_does_not_recompile_per_position(mixer):
+    """A step at each new position reuses the compiled graph: nothing in it (the rotary table's size,
+    say) is specialised on the position, which would recompile every token until Dynamo gives up."""
+    torch.manual_seed(0)
+    options = {"sliding_window_attention": {"window": 4}, "retnet": {"n_heads": 2}}
+    config = ModelConfig(vocab_size=32, d_model=16, n_layers=1, mixer=mixer, max_length=32,
+                         mixer_options=options.get(mixer, {}))
+    model = LanguageModel(config).eval()
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    step = torch.compile(model.decode_step, backend=counting_backend)
+    with torch.no_grad():
+        states = model.backbone.init_state(1, max_length=32)
+        _, states = model.backbone.prefill(torch.randint(0, 32, (1, 3)), states)
+        token = torch.tensor([1])
+        for _ in range(12):
+            logits, states = step(token, states)
+            token = logits.argmax(-1)
+    # One graph at the first position, one with the position made dynamic: none per position after.
+    assert 1 <= len(graphs) <= 2, f"{len(graphs)} graphs for 12 positions"

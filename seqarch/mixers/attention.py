@@ -138,6 +138,8 @@ class Attention(Mixer):
         """
         # init_state has checked the arguments and filled in device and dtype.
         capacity = self.max_length if max_length is None else max_length
+        if self.rotary is not None:  # made here, eagerly, so a compiled step reads them instead of making them
+            self.rotary.tables(capacity, device, dtype)
         shape = (batch_size, self.n_kv_heads, capacity, self.head_dim)
         return {
             "k": torch.zeros(shape, device=device, dtype=dtype),

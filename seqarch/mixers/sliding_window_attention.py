@@ -99,8 +99,9 @@ class SlidingWindowAttention(Mixer):
         position = state["length"]
         q, k, v = self._project(x_t.unsqueeze(1), position)
         slot = position % self.window
-        state["k"][:, :, slot] = k[:, :, 0].to(state["k"].dtype)
-        state["v"][:, :, slot] = v[:, :, 0].to(state["v"].dtype)
+        # A slice, not an index: a compiled step then takes any slot without specialising on it.
+        state["k"][:, :, slot:slot + 1] = k.to(state["k"].dtype)
+        state["v"][:, :, slot:slot + 1] = v.to(state["v"].dtype)
         filled = torch.arange(self.window, device=x_t.device) <= position
         y = F.scaled_dot_product_attention(q, state["k"].to(q.dtype), state["v"].to(q.dtype), attn_mask=filled[None, :])
         return self.out(merge_heads(y))[:, 0], {**state, "length": position + 1}

@@ -122,7 +122,7 @@ class LanguageModel(nn.Module):
         name = "inductor" if backend is True else backend
         compiled = self.__dict__.setdefault("_compiled_steps", {})
         if name not in compiled:
-            compiled[name] = torch.compile(self.decode_step, backend=name, dynamic=True)
+            compiled[name] = torch.compile(self.decode_step, backend=name)
         return compiled[name]
 
     def num_params(self) -> int:

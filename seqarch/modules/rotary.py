@@ -40,17 +40,22 @@ class RotaryEmbedding(nn.Module):
 
     def tables(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cos2, sin2)``: ``(capacity >= length, head_dim)`` tables of positions ``0, 1, ...``:
-        ``cos2 = [cos, cos]``, ``sin2 = [-sin, sin]`` (the :meth:`angles` values).  Made once per
-        device, dtype and capacity (a power of two, at least 2048), not per call or per token."""
-        capacity = max(2048, 1 << max(0, length - 1).bit_length())
+        ``cos2 = [cos, cos]``, ``sin2 = [-sin, sin]`` (the :meth:`angles` values).  One table per
+        device and dtype, made once and regrown (to a power of two, at least 2048) only when a
+        longer one is asked for, not per call or per token."""
         # No parameters behind them: a plain memo.  Inference-mode tensors are kept apart (autograd
-        # may not save them), and a compiled graph computes its own.
-        key = (capacity, device, dtype, torch.is_inference_mode_enabled())
+        # may not save them).  A compiled graph reads a memo made before it (its only guard is
+        # ``length <= capacity``, so a decoding step at a new position compiles nothing new) and
+        # computes a missing one itself.  (Dynamo cannot trace the inference-mode query: a traced call
+        # reads the ordinary table.)
+        compiling = torch.compiler.is_compiling()
+        key = (device, dtype, not compiling and torch.is_inference_mode_enabled())
         tables = self._tables.get(key)
-        if tables is None:
+        if tables is None or tables[0].shape[0] < length:
+            capacity = max(2048, 1 << max(0, length - 1).bit_length())
             cos, sin = self.angles(torch.arange(capacity, device=device), dtype)
             tables = torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
-            if not torch.compiler.is_compiling():
+            if not compiling:
                 self._tables[key] = tables
         return tables
 

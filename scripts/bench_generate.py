@@ -143,7 +143,9 @@ class Contender:
 
     def report(self, args: argparse.Namespace, device: torch.device) -> dict:
         batch = self.prompt.shape[0]
-        result = {"tokens_per_s": batch * self.new_tokens / self.seconds}
+        mixer = self.model.backbone.blocks[0].mixer
+        result = {"tokens_per_s": batch * self.new_tokens / self.seconds, "params": self.model.num_params(),
+                  "state_per_layer": mixer.state_size(self.prompt.shape[1] + self.new_tokens)}
         if self.name == "plain_kv_loop":
             result["same_tokens"] = torch.equal(self.run(), self.model.generate(self.prompt, self.new_tokens,
                                                                                 temperature=0))
@@ -151,7 +153,7 @@ class Contender:
         steps = step_times(self.model, self.prompt, self.new_tokens, device)
         result["late_over_early_step"] = statistics.median(steps[-WINDOW:]) / statistics.median(steps[:WINDOW])
         result["fixed_state"] = type(self.model.backbone.blocks[0].mixer).has_fixed_size_state
-        if self.name in args.compile:
+        if args.compile is not None and (not args.compile or self.name in args.compile):
             compiled = timed(lambda: self.model.generate(self.prompt, self.new_tokens, temperature=0,
                                                          compile_step=True), device, 1)
             result["compiled_tokens_per_s"] = batch * self.new_tokens / compiled
@@ -168,8 +170,10 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of one timed generate per model, interleaved; the best of each is kept")
-    parser.add_argument("--compile", nargs="*", default=[],
-                        help="mixers also timed with generate(compile_step=True) (inductor)")
+    parser.add_argument("--compile", nargs="*", default=None,
+                        help="mixers also timed with generate(compile_step=True) (inductor); no names: every one")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (default 1: a decoding step at these sizes is latency-bound)")
     benchlib.add_device_and_out(parser)
     args = parser.parse_args()
     args.out = args.out or benchlib.default_out(args.device)
@@ -177,6 +181,8 @@ def main() -> None:
     import seqarch
 
     device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
     names = args.mixers or sorted(seqarch.MIXERS)
     if "attention" not in names:
         names = ["attention", *names]
@@ -199,23 +205,28 @@ def main() -> None:
     lines = []
     for batch, row in results.items():
         attention, plain = row["attention"]["tokens_per_s"], row["plain_kv_loop"]["tokens_per_s"]
-        table = [["plain KV-cache loop", f"{plain:.1f}", "1.00", f"{plain / attention:.2f}", "-", "-", "-"]]
+        base = row["plain_kv_loop"]
+        table = [["plain KV-cache loop", f"{plain:.1f}", "1.00", f"{plain / attention:.2f}", "-", "-",
+                  f"{base['params'] / 1e6:.2f}", f"{base['state_per_layer']:,}", "-"]]
         for name in names:
             r = row[name]
             compiled = r.get("compiled_tokens_per_s")
             table.append([name, f"{r['tokens_per_s']:.1f}", f"{plain / r['tokens_per_s']:.2f}",
                           f"{r['tokens_per_s'] / attention:.2f}", f"{r['late_over_early_step']:.2f}",
-                          "yes" if r["fixed_state"] else "no", "-" if compiled is None else f"{compiled:.1f}"])
+                          "yes" if r["fixed_state"] else "no", f"{r['params'] / 1e6:.2f}",
+                          f"{r['state_per_layer']:,}", "-" if compiled is None else f"{compiled:.1f}"])
         lines.append(f"## batch {batch}\n\nPlain loop and seqarch attention give the same tokens: "
                      f"{row['plain_kv_loop']['same_tokens']}.\n\n" + benchlib.markdown_table(
                          ["model", "tokens/s", "plain / this", "this / attention", "late / early step",
-                          "fixed state", "compiled tokens/s"], table))
+                          "fixed state", "params (M)", "state / layer", "compiled tokens/s"], table))
     text = (f"# Generation: tokens/s of LanguageModel.generate\n\nDevice: {benchlib.device_name(device)}; "
             f"d_model {args.width}, {args.layers} layers, prompt {args.prompt}, {args.new_tokens} new tokens, "
             f"greedy, float32, {torch.get_num_threads()} thread(s). Command: `{benchlib.command_line()}`. "
             f"Tokens/s = batch * new tokens / seconds of one generate call (prompt included; the best of "
             f"{args.rounds} rounds that time every model in turn, after a warm-up). 'late / early step': "
-            f"median step time over the last {WINDOW} positions over the first {WINDOW}; load average "
+            f"median step time over the last {WINDOW} positions over the first {WINDOW}; 'state / layer': "
+            f"numbers one layer's recurrent state holds after the last token (a step reads them and every "
+            f"parameter); 'compiled': generate(compile_step=True), timed once after a compiling run; load average "
             f"{os.getloadavg()[0]:.1f} at the end.\n\n" + "\n\n".join(lines) + "\n")
     payload = {"device": benchlib.device_name(device), "environment": benchlib.environment(),
                "args": {**vars(args), "out": str(args.out)}, "results": results}

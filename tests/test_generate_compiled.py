@@ -34,7 +34,9 @@ def test_compiled_step_equals_the_eager_step(mixer):
         model.compiled_decode_step(3)
 
 
-@pytest.mark.parametrize("mixer", ["attention", "retnet", "sliding_window_attention"])  # rotary positions
+# Each writes or reads by position differently: a KV cache with rotary tables, rotary linear attention,
+# a ring buffer's slot, a long convolution's history buffer.
+@pytest.mark.parametrize("mixer", ["attention", "retnet", "sliding_window_attention", "hyena"])
 def test_compiled_step_does_not_recompile_per_position(mixer):
     """A step at each new position reuses the compiled graph: nothing in it (the rotary table's size,
     say) is specialised on the position, which would recompile every token until Dynamo gives up."""

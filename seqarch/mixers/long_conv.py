@@ -295,7 +295,8 @@ class LongConv(Mixer):
             history = buffer[..., :position + 1]
             for i, pre in enumerate(pre_gates):
                 rows = slice(i * self.conv_width, (i + 1) * self.conv_width)
-                history[:, rows, position] = self._gate_in(pre, v)
+                # A slice, not an index: a compiled step then takes any position without specialising on it.
+                history[:, rows, position:position + 1] = self._gate_in(pre, v).unsqueeze(-1)
                 v = torch.einsum("bds,ds->bd", history[:, rows], taps[rows])
             state = {**state, "buffer": buffer, "v": history}
         y = self._gate_out(post_gate, v)  # (batch, d): the output stage takes it without a length axis

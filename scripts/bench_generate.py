@@ -30,15 +30,24 @@ WINDOW = 32  # steps at each end of the decode for the flatness ratio
 
 
 def build(name: str, args: argparse.Namespace, device: torch.device):
+    """The model of ``name`` at ``--width`` and ``--layers``; with ``--match-params``, resized in width by the
+    budget solver to the attention model's parameter count (as the comparisons size their models)."""
+    from seqarch.budget import count_params, match_budget
     from seqarch.models import LanguageModel, ModelConfig
 
     total = args.prompt + args.new_tokens
-    options = {}
-    if name == "mamba2":  # heads of 64 channels where they divide d_inner = 2 width
-        options["head_dim"] = math.gcd(64, 2 * args.width)
+
+    def config_of(mixer: str) -> ModelConfig:
+        options = {}
+        if mixer == "mamba2":  # heads of 64 channels where they divide d_inner = 2 width
+            options["head_dim"] = math.gcd(64, 2 * args.width)
+        return ModelConfig(vocab_size=VOCAB, d_model=args.width, n_layers=args.layers, mixer=mixer,
+                           mixer_options=options, max_length=total)
+
+    config = config_of(name)
+    if args.match_params and name != "attention":
+        config = match_budget(config, params=count_params(config_of("attention")), tolerance=0.03).config
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=VOCAB, d_model=args.width, n_layers=args.layers, mixer=name,
-                         mixer_options=options, max_length=total)
     return LanguageModel(config, device=device).eval()
 
 
@@ -145,6 +154,7 @@ class Contender:
         batch = self.prompt.shape[0]
         mixer = self.model.backbone.blocks[0].mixer
         result = {"tokens_per_s": batch * self.new_tokens / self.seconds, "params": self.model.num_params(),
+                  "d_model": self.model.config.d_model,
                   "state_per_layer": mixer.state_size(self.prompt.shape[1] + self.new_tokens)}
         if self.name == "plain_kv_loop":
             result["same_tokens"] = torch.equal(self.run(), self.model.generate(self.prompt, self.new_tokens,
@@ -154,6 +164,9 @@ class Contender:
         result["late_over_early_step"] = statistics.median(steps[-WINDOW:]) / statistics.median(steps[:WINDOW])
         result["fixed_state"] = type(self.model.backbone.blocks[0].mixer).has_fixed_size_state
         if args.compile is not None and (not args.compile or self.name in args.compile):
+            # Dynamo keeps its graphs per code object, and every model's decode_step is the same code:
+            # without a reset the models after the first few would run past its recompile limit, eagerly.
+            torch._dynamo.reset()
             compiled = timed(lambda: self.model.generate(self.prompt, self.new_tokens, temperature=0,
                                                          compile_step=True), device, 1)
             result["compiled_tokens_per_s"] = batch * self.new_tokens / compiled
@@ -172,6 +185,8 @@ def main() -> None:
                         help="rounds of one timed generate per model, interleaved; the best of each is kept")
     parser.add_argument("--compile", nargs="*", default=None,
                         help="mixers also timed with generate(compile_step=True) (inductor); no names: every one")
+    parser.add_argument("--match-params", action="store_true",
+                        help="resize every model in width to the attention model's parameter count")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: a decoding step at these sizes is latency-bound)")
     benchlib.add_device_and_out(parser)
@@ -207,21 +222,23 @@ def main() -> None:
         attention, plain = row["attention"]["tokens_per_s"], row["plain_kv_loop"]["tokens_per_s"]
         base = row["plain_kv_loop"]
         table = [["plain KV-cache loop", f"{plain:.1f}", "1.00", f"{plain / attention:.2f}", "-", "-",
-                  f"{base['params'] / 1e6:.2f}", f"{base['state_per_layer']:,}", "-"]]
+                  base["d_model"], f"{base['params'] / 1e6:.2f}", f"{base['state_per_layer']:,}", "-"]]
         for name in names:
             r = row[name]
             compiled = r.get("compiled_tokens_per_s")
             table.append([name, f"{r['tokens_per_s']:.1f}", f"{plain / r['tokens_per_s']:.2f}",
                           f"{r['tokens_per_s'] / attention:.2f}", f"{r['late_over_early_step']:.2f}",
-                          "yes" if r["fixed_state"] else "no", f"{r['params'] / 1e6:.2f}",
+                          "yes" if r["fixed_state"] else "no", r["d_model"], f"{r['params'] / 1e6:.2f}",
                           f"{r['state_per_layer']:,}", "-" if compiled is None else f"{compiled:.1f}"])
         lines.append(f"## batch {batch}\n\nPlain loop and seqarch attention give the same tokens: "
                      f"{row['plain_kv_loop']['same_tokens']}.\n\n" + benchlib.markdown_table(
                          ["model", "tokens/s", "plain / this", "this / attention", "late / early step",
-                          "fixed state", "params (M)", "state / layer", "compiled tokens/s"], table))
+                          "fixed state", "d_model", "params (M)", "state / layer", "compiled tokens/s"], table))
     text = (f"# Generation: tokens/s of LanguageModel.generate\n\nDevice: {benchlib.device_name(device)}; "
             f"d_model {args.width}, {args.layers} layers, prompt {args.prompt}, {args.new_tokens} new tokens, "
-            f"greedy, float32, {torch.get_num_threads()} thread(s). Command: `{benchlib.command_line()}`. "
+            f"greedy, float32, {torch.get_num_threads()} thread(s)"
+            f"{'; every model resized in width to the attention model parameters' if args.match_params else ''}. "
+            f"Command: `{benchlib.command_line()}`. "
             f"Tokens/s = batch * new tokens / seconds of one generate call (prompt included; the best of "
             f"{args.rounds} rounds that time every model in turn, after a warm-up). 'late / early step': "
             f"median step time over the last {WINDOW} positions over the first {WINDOW}; 'state / layer': "

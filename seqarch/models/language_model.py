@@ -116,7 +116,13 @@ class LanguageModel(nn.Module):
         return self.head(features), states
 
     def compiled_decode_step(self, backend: bool | str = True):
-        """:meth:`decode_step` through ``torch.compile`` (``True``: inductor), made once per backend."""
+        """:meth:`decode_step` through ``torch.compile`` (``True``: inductor), made once per backend.
+
+        One graph serves every position (two compilations: the first position, then positions made
+        dynamic).  Dynamo keeps graphs per code object, shared by every model's ``decode_step``, and
+        stops compiling at ``torch._dynamo.config.recompile_limit`` (8) graphs: a process that compiles
+        the steps of more than about four models should call ``torch._dynamo.reset()`` between them,
+        or later ones decode eagerly (Dynamo warns when that happens)."""
         if not isinstance(backend, (bool, str)) or backend is False:
             raise ValueError(f"compile_step: expected True or a torch.compile backend name, got {backend!r}")
         name = "inductor" if backend is True else backend

@@ -68,7 +68,7 @@ def offtheshelf_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
-              scale: float | None = None) -> torch.Tensor:
+              scale: float | None = None, validate: bool = True) -> torch.Tensor:
     """Softmax attention ``softmax(q k^T * scale + mask) v``, fused (FlashAttention-2) on the Triton path.
 
     Args:
@@ -89,12 +89,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     dtype and device.  Any lengths (block tails are masked).  ``batch = 0`` or
     ``n_heads = 0`` gives an empty result; ``n_kv_heads`` must be positive.
 
+    ``validate=False`` skips the argument checks, for a caller whose tensors are made to this
+    contract (the attention layer's projections; a decoding step calls once per layer per token,
+    where the checks cost a few percent of the step).
+
     Backends (:mod:`seqarch.kernels.backend`): the Triton path takes head dims 16, 32, 64,
     128 in float16/bfloat16/float32 (:func:`triton_limits`); other calls run the PyTorch
     twin (:func:`attention_reference`, SDPA) under ``auto`` and raise ``ValueError`` under
     forced ``triton``.
     """
-    scale = _check_inputs(q, k, v, causal, scale)
+    if validate:
+        scale = _check_inputs(q, k, v, causal, scale)
+    elif scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
     if q.numel() == 0:
         return empty_result(q.shape, q, q, k, v)
     if select("attention", q, triton_limits(q, k, v, causal=causal, scale=scale)) == "triton":

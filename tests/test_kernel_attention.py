@@ -106,6 +106,16 @@ def test_default_scale_is_inverse_sqrt_head_dim():
     assert relative_rms(attention(q, k, v, causal=True), naive_attention(q, k, v, causal=True, scale=0.25)) <= 1e-12
 
 
+def test_unvalidated_call_gives_the_validated_result():
+    """validate=False (the layer's own calls) skips the checks, not the scale default or the masking."""
+    torch.manual_seed(3)
+    q, k, v = (t.detach() for t in random_qkv(1, 4, 2, 5, 9, 16, dtype=torch.float64))
+    for causal in (False, True):
+        assert torch.equal(attention(q, k, v, causal=causal, validate=False), attention(q, k, v, causal=causal))
+        assert torch.equal(attention(q, k, v, causal=causal, scale=0.5, validate=False),
+                           attention(q, k, v, causal=causal, scale=0.5))
+
+
 def test_offtheshelf_matches_twin():
     torch.manual_seed(4)
     q, k, v = (t.detach() for t in random_qkv(1, 4, 2, 33, 33, 32))

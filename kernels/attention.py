@@ -99,9 +99,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     forced ``triton``.
     """
     if validate:
-        scale = _check_inputs(q, k, v, causal, scale)
-    elif scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
+        _check_inputs(q, k, v, causal, scale)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if q.numel() == 0:
         return empty_result(q.shape, q, q, k, v)
     if select("attention", q, triton_limits(q, k, v, causal=causal, scale=scale)) == "triton":
@@ -120,8 +119,8 @@ def triton_limits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: 
     return None
 
 
-def _check_inputs(q, k, v, causal, scale) -> float:
-    """Raise a ValueError naming the first bad argument; return the scale to use."""
+def _check_inputs(q, k, v, causal, scale) -> None:
+    """Raise a ValueError naming the first bad argument."""
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
             got = f"shape {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
@@ -141,11 +140,9 @@ def _check_inputs(q, k, v, causal, scale) -> float:
         raise ValueError(f"causal: expected a bool, got {causal!r}")
     if causal and length_q > k.shape[2]:
         raise ValueError(f"q: expected length_q <= length_kv={k.shape[2]} for causal attention, got {length_q}")
-    if scale is None:
-        return 1.0 / math.sqrt(head_dim)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale)):
         raise ValueError(f"scale: expected a finite float, got {scale!r}")
-    return float(scale)
 
 
 class _Launch(NamedTuple):

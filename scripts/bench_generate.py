@@ -162,7 +162,7 @@ class Contender:
             return result
         steps = step_times(self.model, self.prompt, self.new_tokens, device)
         result["late_over_early_step"] = statistics.median(steps[-WINDOW:]) / statistics.median(steps[:WINDOW])
-        result["fixed_state"] = type(self.model.backbone.blocks[0].mixer).has_fixed_size_state
+        result["fixed_state"] = type(mixer).has_fixed_size_state
         if args.compile is not None and (not args.compile or self.name in args.compile):
             # Dynamo keeps its graphs per code object, and every model's decode_step is the same code:
             # without a reset the models after the first few would run past its recompile limit, eagerly.
@@ -220,16 +220,16 @@ def main() -> None:
     lines = []
     for batch, row in results.items():
         attention, plain = row["attention"]["tokens_per_s"], row["plain_kv_loop"]["tokens_per_s"]
-        base = row["plain_kv_loop"]
-        table = [["plain KV-cache loop", f"{plain:.1f}", "1.00", f"{plain / attention:.2f}", "-", "-",
-                  base["d_model"], f"{base['params'] / 1e6:.2f}", f"{base['state_per_layer']:,}", "-"]]
-        for name in names:
+        table = []
+        for name in ["plain_kv_loop", *names]:
             r = row[name]
-            compiled = r.get("compiled_tokens_per_s")
-            table.append([name, f"{r['tokens_per_s']:.1f}", f"{plain / r['tokens_per_s']:.2f}",
-                          f"{r['tokens_per_s'] / attention:.2f}", f"{r['late_over_early_step']:.2f}",
-                          "yes" if r["fixed_state"] else "no", r["d_model"], f"{r['params'] / 1e6:.2f}",
-                          f"{r['state_per_layer']:,}", "-" if compiled is None else f"{compiled:.1f}"])
+            late, fixed, compiled = (r.get(key) for key in ("late_over_early_step", "fixed_state",
+                                                            "compiled_tokens_per_s"))
+            table.append(["plain KV-cache loop" if name == "plain_kv_loop" else name, f"{r['tokens_per_s']:.1f}",
+                          f"{plain / r['tokens_per_s']:.2f}", f"{r['tokens_per_s'] / attention:.2f}",
+                          "-" if late is None else f"{late:.2f}", "-" if fixed is None else "yes" if fixed else "no",
+                          r["d_model"], f"{r['params'] / 1e6:.2f}", f"{r['state_per_layer']:,}",
+                          "-" if compiled is None else f"{compiled:.1f}"])
         lines.append(f"## batch {batch}\n\nPlain loop and seqarch attention give the same tokens: "
                      f"{row['plain_kv_loop']['same_tokens']}.\n\n" + benchlib.markdown_table(
                          ["model", "tokens/s", "plain / this", "this / attention", "late / early step",

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
+from torch._dynamo import register_backend
 
+from seqarch.mixers.base import STEP_CONSTANTS
 from seqarch.models import LanguageModel, ModelConfig
 
 
-@pytest.mark.parametrize("mixer", ["attention", "s4d"])  # an in-place KV cache; a fixed SSM state
+# An in-place KV cache; fixed SSM states, with step constants passed in: diagonal, DPLR, selective,
+# and a modal Hyena of order 3 (two convolutions, so tap 0 too).
+@pytest.mark.parametrize("mixer", ["attention", "s4d", "s4", "mamba2", "hyena_modal"])
 def test_compiled_step_equals_the_eager_step(mixer):
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=32, d_model=16, n_layers=1, mixer=mixer, max_length=32,
-                         mixer_options={"s4d": {"d_state": 8}})
+                         mixer_options={"s4d": {"d_state": 8}, "s4": {"d_state": 8},
+                                        "mamba2": {"head_dim": 8, "d_state": 8},
+                                        "hyena_modal": {"order": 3, "d_state": 8}})
     model = LanguageModel(config).eval()
     prompt = torch.randint(0, 32, (2, 5))
     # aot_eager: TorchDynamo's capture and AOTAutograd's functionalisation of the in-place cache
@@ -62,3 +70,64 @@ def test_compiled_step_does_not_recompile_per_position(mixer):
             token = logits.argmax(-1)
     # One graph at the first position, one with the position made dynamic: none per position after.
     assert 1 <= len(graphs) <= 2, f"{len(graphs)} graphs for 12 positions"
+
+
+@pytest.mark.parametrize("mixer", ["s4d", "mamba2"])
+def test_compiled_step_reads_step_constants_fresh_after_a_weight_change(mixer):
+    """The constants a compiled step is given come from the parameter cache before every call: after an
+    in-place weight change the compiled step follows the new weights, as the eager one does."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=32, d_model=16, n_layers=1, mixer=mixer, max_length=32,
+                         mixer_options={"s4d": {"d_state": 8}, "mamba2": {"head_dim": 8, "d_state": 8}})
+    model = LanguageModel(config).eval()
+    prompt = torch.randint(0, 32, (2, 5))
+    compiled = model.compiled_decode_step("aot_eager")
+
+    def first_logits(step):
+        with torch.no_grad():
+            states = model.backbone.init_state(2, max_length=16)
+            _, states = model.backbone.prefill(prompt, states)
+            logits, states = step(prompt[:, -1], states)
+            logits, states = step(logits.argmax(-1), states)  # the second token: from the stepped state
+        return logits, states
+
+    before, _ = first_logits(compiled)
+    layer = model.backbone.blocks[0].mixer
+    with torch.no_grad():  # every decay of the step changes
+        (layer.kernel.log_dt if mixer == "s4d" else layer.A_log).add_(1.5)
+    after, returned = first_logits(compiled)
+    expected, _ = first_logits(model.decode_step)
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(after, before, rtol=1e-3, atol=1e-3)
+    # The states it returns hold no constants: no later call can read them stale.
+    assert all(STEP_CONSTANTS not in state for state in returned)
+    assert torch.equal(model.generate(prompt, 8, temperature=0, compile_step="aot_eager"),
+                       model.generate(prompt, 8, temperature=0))
+
+
+def test_a_compiled_step_graph_does_not_derive_the_ssm_matrices():
+    """S4D's step matrices come from ``exp`` and ``expm1`` of the discretised eigenvalues: the graph of
+    generate's compiled step reads them as inputs, where a graph of ``decode_step`` itself derives them."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=32, d_model=16, n_layers=1, mixer="s4d", max_length=32,
+                         mixer_options={"s4d": {"d_state": 8}})
+    model = LanguageModel(config).eval()
+    codes = []
+
+    def recording_backend(graph_module, example_inputs):
+        codes.append(graph_module.code)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    register_backend(name="seqarch_recording", compiler_fn=recording_backend)
+    with torch.no_grad():
+        for step in (model.compiled_decode_step("seqarch_recording"), torch.compile(model.decode_step,
+                                                                                     backend=recording_backend)):
+            states = model.backbone.init_state(1, max_length=16)
+            _, states = model.backbone.prefill(torch.randint(0, 32, (1, 3)), states)
+            codes.append("--")
+            step(torch.tensor([1]), states)
+    given, traced = "\n".join(codes).split("--")[1:]
+    derives = re.compile(r"torch\.(exp|expm1)\(")
+    assert not derives.search(given), given
+    assert derives.search(traced)

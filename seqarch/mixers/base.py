@@ -18,6 +18,11 @@ contract:
 ``prefill(x, state=None)``
     ``(y, state)`` for a whole prompt; this base class loops ``step``, mixers
     override it with their parallel form.
+``step_constants(state)``
+    the tensors a step derives from the parameters alone (discretised SSM matrices, a
+    decay ``-exp(A_log)``), computed once per parameter version; ``{}`` when there are
+    none.  A compiled decoding step receives them as inputs, under the state's
+    :data:`STEP_CONSTANTS` key, instead of deriving them in its graph every token.
 ``flops(length)``
     forward FLOPs per sequence (a multiply-add counts 2): the work that grows with the
     batch; ``flops_breakdown(length)`` gives the parts by kind (keys below).
@@ -61,6 +66,9 @@ from torch import nn
 from ..checks import check_nonnegative_int, check_positive_int
 
 State = dict[str, Any]
+#: The state key under which a compiled decoding step passes ``step_constants`` in (they are
+#: graph inputs there; see :meth:`seqarch.models.LanguageModel.compiled_decode_step`).
+STEP_CONSTANTS = "step_constants"
 
 MIXERS: dict[str, type[Mixer]] = {}
 
@@ -250,6 +258,23 @@ class Mixer(nn.Module):
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         raise ValueError(f"step: {type(self).__name__} has no recurrent form")
+
+    def step_constants(self, state: State) -> dict[str, Any]:
+        """What a step of ``state`` derives from the parameters alone, in the state's dtype, computed
+        once per parameter version (:func:`~seqarch.modules.parameter_cache.cached`; fresh where
+        autograd must see it); this default: none.  A mixer that overrides it reads them in ``_step``
+        through :meth:`constants_of`."""
+        return {}
+
+    def constants_of(self, state: State) -> dict[str, Any]:
+        """The step constants passed in ``state`` (a compiled step's inputs, made fresh by its caller
+        before every call), else :meth:`step_constants`.
+
+        Inside ``torch.compile`` the parameter cache does not apply, so a graph that called
+        ``step_constants`` itself would derive them again on every token; as inputs, the graph only
+        reads them."""
+        given = state.get(STEP_CONSTANTS)
+        return self.step_constants(state) if given is None else given
 
     def start_prefill(self, x: torch.Tensor, state: State | None, **init_options: Any) -> State:
         """The checks every ``prefill`` makes first; returns the state to start from.

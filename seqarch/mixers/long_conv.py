@@ -263,27 +263,45 @@ class LongConv(Mixer):
         streams = mixed.split(self.d_model, dim=-1)
         return streams[-1], list(reversed(streams[1:-1])), streams[0], {**state, "short_conv": history}
 
+    def step_constants(self, state: State) -> dict[str, Any]:
+        """A recurrent generator's step matrices (``"matrices"``) and, with several convolutions, their
+        tap 0 plus the skip (``"tap0"``), in the recurrent state's real dtype, once per parameter
+        version; none for an explicit kernel (its taps are in the state)."""
+        h = state.get("h")
+        if not self._recurrent or not isinstance(h, torch.Tensor):
+            return {}
+        work = h.real.dtype  # the generator's state is complex in the step's compute dtype
+
+        def compute():
+            constants = {"matrices": self.kernel.step_matrices(work)}
+            if self.n_convs > 1:
+                constants["tap0"] = self._fresh_kernels(1, work)[0, :, 0]  # k[0] + D
+            return constants
+        return cached(self, ("step_constants", work), compute)
+
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         position = self._position(state)
         v, pre_gates, post_gate, state = self._token_streams(x_t, state)
         if self._recurrent and self.n_convs == 1:
             w = self._gate_in(pre_gates[0], v)
             w = w.to(compute_dtype(w.dtype))
-            conv, state = self.kernel.step(w, state)
+            conv, state = self.kernel.step(w, state, self.constants_of(state)["matrices"])
             v = torch.addcmul(conv, self.skip.to(w.dtype), w)
         elif self._recurrent:
             # Linear and time-invariant: conv_t = (the old state's readout) + k[0] u_t, so each
             # convolution's output, and so the next one's input, comes before the state moves.
             work = compute_dtype(v.dtype)
+            constants = self.constants_of(state)
             rows_in = v.shape[0] * self.head_dim ** 2
-            readout, _ = self.kernel.step(v.new_zeros(rows_in, self.kernel.channels, dtype=work), state)
-            tap0 = self._kernels(1, work)[0, :, 0]  # k[0] + D
+            readout, _ = self.kernel.step(v.new_zeros(rows_in, self.kernel.channels, dtype=work), state,
+                                          constants["matrices"])
+            tap0 = constants["tap0"]
             inputs = []
             for i, pre in enumerate(pre_gates):
                 rows = slice(i * self.conv_width, (i + 1) * self.conv_width)
                 inputs.append(self._gate_in(pre, v).to(work))
                 v = readout[:, rows] + tap0[rows] * inputs[-1]
-            _, state = self.kernel.step(torch.cat(inputs, dim=-1), state)
+            _, state = self.kernel.step(torch.cat(inputs, dim=-1), state, constants["matrices"])
         else:
             if position >= state["max_length"]:
                 raise ValueError(f"x_t: expected at most max_length={state['max_length']} tokens per sequence, "

@@ -110,10 +110,14 @@ class Mamba(Mixer):
     def _A(self, dtype: torch.dtype) -> torch.Tensor:
         return -torch.exp(self.A_log.to(compute_dtype(dtype)))
 
-    def _step_constants(self, work: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A, D)`` in ``work`` for the recurrent step, derived once per parameter version (not per
-        token; :func:`~seqarch.modules.parameter_cache.cached`); fresh when autograd must see them."""
-        return cached(self, ("step_constants", work), lambda: (self._A(work), self.D.to(work)))
+    def step_constants(self, state: State) -> dict[str, torch.Tensor]:
+        """``{"A": -exp(A_log), "D": D}`` in the SSM state's dtype (the step's compute dtype), derived once
+        per parameter version, not per token (:func:`~seqarch.modules.parameter_cache.cached`)."""
+        ssm = state.get("ssm")
+        if not isinstance(ssm, torch.Tensor):
+            return {}  # not this mixer's state: the step says so
+        work = ssm.dtype
+        return cached(self, ("step_constants", work), lambda: {"A": self._A(work), "D": self.D.to(work)})
 
     def _mix(self, x: torch.Tensor, conv_history: torch.Tensor | None, ssm_state: torch.Tensor | None,
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -141,10 +145,11 @@ class Mamba(Mixer):
         """``"conv"``: the convolution's last inputs ``(batch, d_inner, d_conv - 1)``; ``"ssm"``: the SSM
         state ``(batch, d_inner, d_state)`` in ``compute_dtype(dtype)``.  Also derives the step's constants
         (so the first step costs what every other does)."""
+        state = {"conv": self.conv.init_state(batch_size, device=device, dtype=dtype),
+                 "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=compute_dtype(dtype))}
         with torch.no_grad():
-            self._step_constants(compute_dtype(dtype))
-        return {"conv": self.conv.init_state(batch_size, device=device, dtype=dtype),
-                "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=compute_dtype(dtype))}
+            self.step_constants(state)
+        return state
 
     def _states(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(state.get("conv"), torch.Tensor) or not isinstance(state.get("ssm"), torch.Tensor):
@@ -161,7 +166,8 @@ class Mamba(Mixer):
         u = F.silu(u)
         delta, B, C = self._selection(u)
         work = compute_dtype(u.dtype)
-        A, D = self._step_constants(work)
+        constants = self.constants_of(state)
+        A, D = constants["A"].to(work), constants["D"].to(work)
         u_w, delta_w = u.to(work), delta.to(work)
         # h = exp(delta A) h + delta u B;  y = (C . h + D u) * silu(z)
         ssm = torch.addcmul((delta_w * u_w)[..., None] * B.to(work)[:, None, :], torch.exp(delta_w[..., None] * A),

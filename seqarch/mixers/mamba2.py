@@ -147,16 +147,21 @@ class Mamba2(Mixer):
         """``{"conv": (batch, conv_channels, conv_kernel - 1), "ssm": (batch, n_heads, head_dim, d_state)}``
         (the SSM state in float32 or wider).  Also derives the step's decay rates (so the first step costs
         what every other does)."""
-        with torch.no_grad():
-            self._step_A(torch.promote_types(dtype, torch.float32))
         ssm = torch.zeros(batch_size, self.n_heads, self.head_dim, self.d_state, device=device,
                           dtype=torch.promote_types(dtype, torch.float32))
-        return {"conv": self.conv.init_state(batch_size, device=device, dtype=dtype), "ssm": ssm}
+        state = {"conv": self.conv.init_state(batch_size, device=device, dtype=dtype), "ssm": ssm}
+        with torch.no_grad():
+            self.step_constants(state)
+        return state
 
-    def _step_A(self, work: torch.dtype) -> torch.Tensor:
-        """``A = -exp(A_log)`` in ``work`` for the recurrent step, derived once per parameter version (not
-        per token; :func:`~seqarch.modules.parameter_cache.cached`); fresh when autograd must see it."""
-        return cached(self, ("step_A", work), lambda: -torch.exp(self.A_log.to(work)))
+    def step_constants(self, state: State) -> dict[str, torch.Tensor]:
+        """``{"A": -exp(A_log)}`` in the SSM state's dtype, derived once per parameter version, not per
+        token (:func:`~seqarch.modules.parameter_cache.cached`)."""
+        ssm = state.get("ssm")
+        if not isinstance(ssm, torch.Tensor):
+            return {}  # not this mixer's state: the step says so
+        work = ssm.dtype
+        return cached(self, ("step_constants", work), lambda: {"A": -torch.exp(self.A_log.to(work))})
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         z, xbc, dt = self._split(self.in_proj(x_t))
@@ -166,7 +171,7 @@ class Mamba2(Mixer):
         work = ssm.dtype
         batch, rep = xs.shape[0], self.n_heads // self.ngroups
         dt = dt.to(work)
-        decay = torch.exp(dt * self._step_A(work))  # (batch, n_heads)
+        decay = torch.exp(dt * self.constants_of(state)["A"])  # (batch, n_heads)
         # grouped views, no copies: (batch, groups, heads per group, head_dim, d_state)
         grouped = ssm.view(batch, self.ngroups, rep, self.head_dim, self.d_state)
         inputs = (dt[..., None] * xs.to(work)).view(batch, self.ngroups, rep, self.head_dim, 1)

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..flops import step_flops
 from ..losses import IGNORE_INDEX, token_loss
+from ..mixers.base import STEP_CONSTANTS
 from .backbone import Backbone, check_tokens, num_params
 from .config import ModelConfig
 
@@ -116,7 +117,13 @@ class LanguageModel(nn.Module):
         return self.head(features), states
 
     def compiled_decode_step(self, backend: bool | str = True):
-        """:meth:`decode_step` through ``torch.compile`` (``True``: inductor), made once per backend.
+        """:meth:`decode_step` through ``torch.compile`` (``True``: inductor), made once per backend:
+        a function of the same arguments and results.
+
+        Before each call it gives every layer its step constants (the tensors a step derives from the
+        parameters alone, :meth:`~seqarch.mixers.Mixer.step_constants`: cached, so fresh after any
+        parameter change) as inputs of the graph, which would otherwise derive them again on every
+        token (inside a traced call the parameter cache does not apply).
 
         One graph serves every position (two compilations: the first position, then positions made
         dynamic).  Dynamo keeps graphs per code object, shared by every model's ``decode_step``, and
@@ -128,7 +135,20 @@ class LanguageModel(nn.Module):
         name = "inductor" if backend is True else backend
         compiled = self.__dict__.setdefault("_compiled_steps", {})
         if name not in compiled:
-            compiled[name] = torch.compile(self.decode_step, backend=name)
+            graph = torch.compile(self.decode_step, backend=name)
+            mixers = [block.mixer for block in self.backbone.blocks]
+
+            def step(token: torch.Tensor, states: list, *, check: bool = True) -> tuple[torch.Tensor, list]:
+                given = []
+                for mixer, state in zip(mixers, states):
+                    constants = mixer.step_constants(state) if isinstance(state, dict) else {}
+                    given.append({**state, STEP_CONSTANTS: constants} if constants else state)
+                logits, states = graph(token, given, check=check)
+                # Returned without them: a later call gets fresh ones, never these.
+                return logits, [{k: v for k, v in s.items() if k != STEP_CONSTANTS} if STEP_CONSTANTS in s else s
+                                for s in states]
+
+            compiled[name] = step
         return compiled[name]
 
     def num_params(self) -> int:

@@ -86,9 +86,9 @@ class DiagonalSSMKernel(SSMKernel):
             return torch.exp(log_z), b_bar, 2 * c[0]
         return cached(self, ("step", work), compute)
 
-    def step(self, u_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+    def step(self, u_t: torch.Tensor, state: dict, matrices: Any = None) -> tuple[torch.Tensor, dict]:
         work = u_t.dtype
-        z, b_bar, c2 = self.step_matrices(work)
+        z, b_bar, c2 = self.step_matrices(work) if matrices is None else matrices
         h = torch.addcmul(z * self.state_h(state, u_t.shape[0], work), b_bar, u_t.unsqueeze(-1))
         return (c2 * h).sum(-1).real, {**state, "h": h}
 

@@ -223,11 +223,11 @@ class DPLRSSMKernel(SSMKernel):
             raise ValueError(f"state: expected 'C' complex of shape {expected} (made by init_state), got {c!r}")
         return c.to(self.state_h(state, state["h"].shape[0], work).dtype)
 
-    def step(self, u_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+    def step(self, u_t: torch.Tensor, state: dict, matrices: Any = None) -> tuple[torch.Tensor, dict]:
         work = u_t.dtype
         h = self.state_h(state, u_t.shape[0], work)
         c = self._cached_c(state, work)
-        s = self.step_matrices(work)
+        s = self.step_matrices(work) if matrices is None else matrices
         # Abar h + Bbar u = R (2h + dt B u) - h with R = (I - dt/2 A)^{-1}: one O(m) solve (Woodbury).
         ve = torch.addcmul(h * s["two_inv_e"], s["dt_b_inv_e"], u_t[..., None])  # (2h + dt B u) / e
         h = torch.addcmul(ve - h, s["coef_pe"], (s["p_conj"] * ve).sum(-1, keepdim=True), value=-1)

@@ -112,7 +112,13 @@ class KernelGenerator(nn.Module, abc.ABC):
     def init_state(self, batch_size: int, *, device: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         raise ValueError(f"init_state: {type(self).__name__} has no finite-state recurrence")
 
-    def step(self, u_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+    def step_matrices(self, work: torch.dtype) -> Any:
+        """What :meth:`step` derives from the parameters in real dtype ``work``, once per parameter version."""
+        raise ValueError(f"step_matrices: {type(self).__name__} has no finite-state recurrence")
+
+    def step(self, u_t: torch.Tensor, state: dict, matrices: Any = None) -> tuple[torch.Tensor, dict]:
+        """One token ``u_t: (rows, channels)`` (``matrices``: :meth:`step_matrices` of ``u_t``'s dtype,
+        or None to derive them here)."""
         raise ValueError(f"step: {type(self).__name__} has no finite-state recurrence")
 
     def prefill(self, u: torch.Tensor, state: dict, fresh: bool) -> tuple[torch.Tensor | None, dict]:

@@ -38,15 +38,19 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def linear_attention_step(q_t: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor,
-                          log_decay_t: torch.Tensor | None, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                          log_decay_t: torch.Tensor | None, state: torch.Tensor,
+                          inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One token of the recurrence: ``q_t, k_t: (batch, heads, d_k)``, ``v_t: (batch, heads, d_v)``,
     ``log_decay_t``: None, ``(batch, heads)`` or ``(batch, heads, d_k)``; ``state: (batch, heads, d_k, d_v)``.
-    Returns ``(o_t: (batch, heads, d_v), new_state)``, the state in :func:`state_dtype`."""
+    Returns ``(o_t: (batch, heads, d_v), new_state)``, the state in :func:`state_dtype`; ``inplace``
+    updates ``state`` itself (no autograd through it) instead of making a new one."""
     work = state.dtype
     if log_decay_t is not None:
         decay = log_decay_t.to(work).exp()
-        state = state * (decay.unsqueeze(-1) if decay.dim() == 3 else decay[..., None, None])
-    state = state + k_t.to(work).unsqueeze(-1) * v_t.to(work).unsqueeze(-2)
+        decay = decay.unsqueeze(-1) if decay.dim() == 3 else decay[..., None, None]
+        state = state.mul_(decay) if inplace else state * decay
+    k_t, v_t = k_t.to(work).unsqueeze(-1), v_t.to(work).unsqueeze(-2)
+    state = state.addcmul_(k_t, v_t) if inplace else state + k_t * v_t
     o_t = (q_t.to(work).unsqueeze(-2) @ state).squeeze(-2)  # a batched product (einsum costs more per token)
     return o_t.to(v_t.dtype), state
 

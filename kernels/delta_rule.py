@@ -38,17 +38,20 @@ MAX_TRITON_KEY_DIM = 128
 DEFAULT_CHUNK = 64
 
 
-def delta_rule_step(q_t, k_t, v_t, beta_t, log_decay_t, state):
+def delta_rule_step(q_t, k_t, v_t, beta_t, log_decay_t, state, inplace: bool = False):
     """One token: ``q_t, k_t: (batch, heads, d_k)``, ``v_t: (batch, heads, d_v)``, ``beta_t`` and
     ``log_decay_t`` (or None): ``(batch, heads)``; ``state: (batch, heads, d_k, d_v)``.
-    Returns ``(o_t: (batch, heads, d_v), new_state)``."""
+    Returns ``(o_t: (batch, heads, d_v), new_state)``; ``inplace`` updates ``state`` itself (no
+    autograd through it) instead of making a new one."""
     work = state.dtype
     q_t, k_t, v_t, beta_t = (t.to(work) for t in (q_t, k_t, v_t, beta_t))
     if log_decay_t is not None:
-        state = state * log_decay_t.to(work).exp()[..., None, None]
+        decay = log_decay_t.to(work).exp()[..., None, None]
+        state = state.mul_(decay) if inplace else state * decay
     # Batched products (einsum costs more per token).
-    correction = beta_t.unsqueeze(-1) * (v_t - (k_t.unsqueeze(-2) @ state).squeeze(-2))
-    state = torch.addcmul(state, k_t.unsqueeze(-1), correction.unsqueeze(-2))
+    correction = (beta_t.unsqueeze(-1) * (v_t - (k_t.unsqueeze(-2) @ state).squeeze(-2))).unsqueeze(-2)
+    k_t = k_t.unsqueeze(-1)
+    state = state.addcmul_(k_t, correction) if inplace else torch.addcmul(state, k_t, correction)
     return (q_t.unsqueeze(-2) @ state).squeeze(-2), state
 
 

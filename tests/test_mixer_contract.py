@@ -114,6 +114,24 @@ def test_step_equals_forward_float64(mixer_name, length):
     assert (stepped - expected).abs().max() <= 1e-8 * max(1.0, float(expected.abs().max()))
 
 
+def test_steps_with_autograd_equal_steps_without_and_keep_the_states_they_were_given(mixer_name):
+    """Without autograd a step may update its state in place (the contract allows it, and it spares a
+    state-sized tensor per token); with autograd it must leave the old state intact, which the
+    gradient may need.  Both give the same outputs."""
+    mixer = small_mixer(mixer_name, dtype=torch.float64)
+    x = torch.randn(2, 12, D_MODEL, dtype=torch.float64)
+    with torch.no_grad():
+        _, state = mixer.prefill(x[:, :5], mixer.init_state(2, max_length=12))
+        without, _ = run_steps(mixer, x[:, 5:], {k: v.clone() if isinstance(v, torch.Tensor) else v
+                                                  for k, v in state.items()})
+    kept = {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    with_grad, _ = run_steps(mixer, x[:, 5:], state)
+    assert (with_grad - without).abs().max() <= 1e-10 * max(1.0, float(without.abs().max()))
+    for key, value in kept.items():
+        if key not in ("k", "v", "buffer", "cache"):  # caches written in place by design (their own test)
+            assert torch.equal(state[key], value), key
+
+
 def test_step_equals_forward_float32(mixer_name):
     mixer = small_mixer(mixer_name, dtype=torch.float32)
     x = torch.randn(2, 256, D_MODEL)

@@ -105,7 +105,8 @@ class DeltaNet(MatrixStateMixer):
         return delta_rule(q, k, v, gates["beta"], gates.get("log_decay"), initial_state, chunk_size=self.chunk_size)
 
     def _mix_step(self, q_t, k_t, v_t, gates_t, state):
-        o_t, state = delta_rule_step(q_t, k_t, v_t, gates_t["beta"], gates_t.get("log_decay"), state)
+        o_t, state = delta_rule_step(q_t, k_t, v_t, gates_t["beta"], gates_t.get("log_decay"), state,
+                                     inplace=not torch.is_grad_enabled())
         return o_t.to(v_t.dtype), state
 
     def _combine(self, o, x):

@@ -76,7 +76,9 @@ class MatrixStateMixer(Mixer):
         return chunked_linear_attention(q, k, v, gates.get("log_decay"), initial_state, chunk_size=self.chunk_size)
 
     def _mix_step(self, q_t, k_t, v_t, gates_t, state):
-        return linear_attention_step(q_t, k_t, v_t, gates_t.get("log_decay"), state)
+        # In place where autograd keeps no old state, as the contract allows: no state-sized tensors per token.
+        return linear_attention_step(q_t, k_t, v_t, gates_t.get("log_decay"), state,
+                                     inplace=not torch.is_grad_enabled())
 
     def _extra_state(self, batch_size: int, device, dtype) -> State:
         """Non-matrix state entries (short-convolution histories); none by default."""

@@ -175,8 +175,11 @@ class Mamba2(Mixer):
         # grouped views, no copies: (batch, groups, heads per group, head_dim, d_state)
         grouped = ssm.view(batch, self.ngroups, rep, self.head_dim, self.d_state)
         inputs = (dt[..., None] * xs.to(work)).view(batch, self.ngroups, rep, self.head_dim, 1)
-        new = torch.addcmul(grouped * decay.view(batch, self.ngroups, rep, 1, 1), inputs,
-                            b.to(work)[:, :, None, None, :])
+        decay, b = decay.view(batch, self.ngroups, rep, 1, 1), b.to(work)[:, :, None, None, :]
+        if torch.is_grad_enabled():  # autograd keeps the old state: a new one
+            new = torch.addcmul(grouped * decay, inputs, b)
+        else:  # in place, as the contract allows: no two state-sized tensors made per token
+            new = grouped.mul_(decay).addcmul_(inputs, b)
         # The read-out as one matrix-vector product per group: (heads per group * head_dim, d_state) @ C
         # (half the time of a product batched over heads at one token).
         y = torch.bmm(new.view(batch * self.ngroups, rep * self.head_dim, self.d_state),

@@ -49,8 +49,8 @@ def linear_attention_step(q_t: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tenso
         decay = log_decay_t.to(work).exp()
         decay = decay.unsqueeze(-1) if decay.dim() == 3 else decay[..., None, None]
         state = state.mul_(decay) if inplace else state * decay
-    k_t, v_t = k_t.to(work).unsqueeze(-1), v_t.to(work).unsqueeze(-2)
-    state = state.addcmul_(k_t, v_t) if inplace else state + k_t * v_t
+    keys, values = k_t.to(work).unsqueeze(-1), v_t.to(work).unsqueeze(-2)
+    state = state.addcmul_(keys, values) if inplace else state + keys * values
     o_t = (q_t.to(work).unsqueeze(-2) @ state).squeeze(-2)  # a batched product (einsum costs more per token)
     return o_t.to(v_t.dtype), state
 

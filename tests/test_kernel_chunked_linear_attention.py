@@ -13,6 +13,7 @@ from seqarch.kernels.chunked_linear_attention import (
     chunked_linear_attention,
     chunked_linear_attention_reference,
     linear_attention_recurrence,
+    linear_attention_step,
 )
 
 from helpers import needs_triton, relative_rms
@@ -105,3 +106,20 @@ def test_twin_is_the_cpu_path_under_auto():
     out, state = chunked_linear_attention(q, k, v, g, s0)
     ref, ref_state = chunked_linear_attention_reference(q, k, v, g, s0)
     assert torch.equal(out, ref) and torch.equal(state, ref_state)
+
+
+@pytest.mark.parametrize("decay", [None, "head", "channel"])
+def test_one_token_step_in_place_equals_the_new_state_step_in_every_input_dtype(decay):
+    """``linear_attention_step(..., inplace=True)`` (what a decoding step without autograd runs) writes
+    the new state into the one it was given and returns the same output as the step that makes a new
+    state; both return the output in the values' dtype and the state in the state dtype."""
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = (torch.randn(2, 3, 8).to(dtype) for _ in range(3))
+        log_decay = {None: None, "head": -torch.rand(2, 3), "channel": -torch.rand(2, 3, 8)}[decay]
+        state = torch.randn(2, 3, 8, 8)
+        o_new, new = linear_attention_step(q, k, v, log_decay, state.clone())
+        given = state.clone()
+        o_in, written = linear_attention_step(q, k, v, log_decay, given, inplace=True)
+        assert written is given and o_in.dtype == o_new.dtype == dtype and new.dtype == torch.float32
+        torch.testing.assert_close(written, new, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(o_in, o_new, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=1e-5)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from seqarch.kernels import backend
 from seqarch.kernels.backend import use_backend
-from seqarch.kernels.delta_rule import delta_rule, delta_rule_recurrence, delta_rule_reference
+from seqarch.kernels.delta_rule import delta_rule, delta_rule_recurrence, delta_rule_reference, delta_rule_step
 
 from helpers import needs_triton, relative_rms
 
@@ -102,3 +102,19 @@ def test_twin_is_the_cpu_path_under_auto():
     out, state = delta_rule(q, k, v, beta, g, s0)
     ref, ref_state = delta_rule_reference(q, k, v, beta, g, s0)
     assert torch.equal(out, ref) and torch.equal(state, ref_state)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_one_token_step_in_place_equals_the_new_state_step(gated):
+    """``delta_rule_step(..., inplace=True)`` writes the new state into the one it was given and gives
+    the step's output and state."""
+    q, k, v = (torch.randn(2, 3, 8, dtype=torch.float64) for _ in range(3))
+    k = F.normalize(k, dim=-1)
+    beta, log_decay = torch.rand(2, 3, dtype=torch.float64), (-torch.rand(2, 3, dtype=torch.float64) if gated else None)
+    state = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    o_new, new = delta_rule_step(q, k, v, beta, log_decay, state.clone())
+    given = state.clone()
+    o_in, written = delta_rule_step(q, k, v, beta, log_decay, given, inplace=True)
+    assert written is given and not torch.equal(written, state)
+    torch.testing.assert_close(written, new, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(o_in, o_new, rtol=1e-12, atol=1e-12)

@@ -9,7 +9,10 @@ runs a plain hand-written KV-cache decoder with the same weights (preallocated c
 rotary tables made once, SDPA), the baseline that attention's recurrent path is held to.
 Flatness: the median time of a decoding step over the last 32 positions against the
 first 32 (1.0: a step costs the same late as early).  All in one process, so the ratios
-are side by side.
+are side by side; each ratio to attention is also paired: in every round each model's
+generate runs between two of attention's, and the ratio is the median over the rounds of
+this model's time against the mean of its two neighbours (a machine whose speed drifts
+from one second to the next, as shared ones do, then moves both sides of each ratio).
 """
 
 from __future__ import annotations
@@ -142,18 +145,24 @@ class Contender:
             self.run = lambda: self.model.generate(prompt, self.new_tokens, temperature=0)
         self.run()  # warm-up: caches, allocator
         self.seconds = math.inf
+        self.paired: list[float] = []  # per round: tokens/s against the attention runs either side
 
-    def time_once(self, device: torch.device) -> None:
+    def time_once(self, device: torch.device) -> float:
+        """Seconds of one generate call (the best so far is kept)."""
         benchlib.synchronize(device)
         start = time.perf_counter()
         self.run()
         benchlib.synchronize(device)
-        self.seconds = min(self.seconds, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.seconds = min(self.seconds, seconds)
+        return seconds
 
     def report(self, args: argparse.Namespace, device: torch.device) -> dict:
         batch = self.prompt.shape[0]
         mixer = self.model.backbone.blocks[0].mixer
         result = {"tokens_per_s": batch * self.new_tokens / self.seconds, "params": self.model.num_params(),
+                  "paired_over_attention": statistics.median(self.paired) if self.paired else 1.0,
+                  "paired_range": [min(self.paired), max(self.paired)] if self.paired else [1.0, 1.0],
                   "d_model": self.model.config.d_model,
                   "state_per_layer": mixer.state_size(self.prompt.shape[1] + self.new_tokens)}
         if self.name == "plain_kv_loop":
@@ -163,7 +172,7 @@ class Contender:
         steps = step_times(self.model, self.prompt, self.new_tokens, device)
         result["late_over_early_step"] = statistics.median(steps[-WINDOW:]) / statistics.median(steps[:WINDOW])
         result["fixed_state"] = type(mixer).has_fixed_size_state
-        if args.compile is not None and (not args.compile or self.name in args.compile):
+        if args.compile is not None and (not args.compile or self.name in (*args.compile, "attention")):
             # Dynamo keeps its graphs per code object, and every model's decode_step is the same code:
             # without a reset the models after the first few would run past its recompile limit, eagerly.
             torch._dynamo.reset()
@@ -184,7 +193,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of one timed generate per model, interleaved; the best of each is kept")
     parser.add_argument("--compile", nargs="*", default=None,
-                        help="mixers also timed with generate(compile_step=True) (inductor); no names: every one")
+                        help="mixers also timed with generate(compile_step=True) (inductor), attention always "
+                             "among them; no names: every one")
     parser.add_argument("--match-params", action="store_true",
                         help="resize every model in width to the attention model's parameter count")
     parser.add_argument("--threads", type=int, default=1,
@@ -207,11 +217,17 @@ def main() -> None:
             prompt = torch.randint(0, VOCAB, (batch, args.prompt), generator=torch.Generator().manual_seed(0))
             prompt = prompt.to(device)
             contenders = [Contender(name, args, prompt, device) for name in ["plain_kv_loop", *names]]
-            # Rounds over every model in turn, the best time of each kept: on a shared machine the load
-            # then slows every model alike instead of whichever ran during a busy spell.
+            attention = next(c for c in contenders if c.name == "attention")
+            # Rounds over every model in turn, the best time of each kept, each model between two attention
+            # runs: on a shared machine a busy spell then slows both sides of a ratio.
             for _ in range(args.rounds):
+                before = attention.time_once(device)
                 for contender in contenders:
-                    contender.time_once(device)
+                    if contender is not attention:
+                        seconds = contender.time_once(device)
+                        after = attention.time_once(device)
+                        contender.paired.append((before + after) / 2 / seconds)
+                        before = after
             row = {c.name: c.report(args, device) for c in contenders}
             for name, result in row.items():
                 sys.stderr.write(f"B={batch} {name}: {result}\n")
@@ -219,28 +235,38 @@ def main() -> None:
 
     lines = []
     for batch, row in results.items():
-        attention, plain = row["attention"]["tokens_per_s"], row["plain_kv_loop"]["tokens_per_s"]
+        attention, plain = row["attention"]["tokens_per_s"], row["plain_kv_loop"]
+        compiled_attention = row["attention"].get("compiled_tokens_per_s")
         table = []
         for name in ["plain_kv_loop", *names]:
             r = row[name]
             late, fixed, compiled = (r.get(key) for key in ("late_over_early_step", "fixed_state",
                                                             "compiled_tokens_per_s"))
+            low, high = r["paired_range"]
             table.append(["plain KV-cache loop" if name == "plain_kv_loop" else name, f"{r['tokens_per_s']:.1f}",
-                          f"{plain / r['tokens_per_s']:.2f}", f"{r['tokens_per_s'] / attention:.2f}",
+                          f"{r['tokens_per_s'] / attention:.2f}",
+                          "-" if name == "attention" else f"{r['paired_over_attention']:.2f} ({low:.2f}-{high:.2f})",
                           "-" if late is None else f"{late:.2f}", "-" if fixed is None else "yes" if fixed else "no",
                           r["d_model"], f"{r['params'] / 1e6:.2f}", f"{r['state_per_layer']:,}",
-                          "-" if compiled is None else f"{compiled:.1f}"])
+                          "-" if compiled is None else f"{compiled:.1f}",
+                          "-" if not (compiled and compiled_attention) else f"{compiled / compiled_attention:.2f}"])
         lines.append(f"## batch {batch}\n\nPlain loop and seqarch attention give the same tokens: "
-                     f"{row['plain_kv_loop']['same_tokens']}.\n\n" + benchlib.markdown_table(
-                         ["model", "tokens/s", "plain / this", "this / attention", "late / early step",
-                          "fixed state", "d_model", "params (M)", "state / layer", "compiled tokens/s"], table))
+                     f"{plain['same_tokens']}. seqarch attention takes {plain['paired_over_attention']:.3f}x the "
+                     f"plain loop's time, paired (median of {args.rounds} rounds; range "
+                     f"{plain['paired_range'][0]:.3f}-{plain['paired_range'][1]:.3f}).\n\n"
+                     + benchlib.markdown_table(
+                         ["model", "tokens/s", "this / attention (best of rounds)", "this / attention (paired, range)",
+                          "late / early step", "fixed state", "d_model", "params (M)", "state / layer",
+                          "compiled tokens/s", "compiled / compiled attention"], table))
     text = (f"# Generation: tokens/s of LanguageModel.generate\n\nDevice: {benchlib.device_name(device)}; "
             f"d_model {args.width}, {args.layers} layers, prompt {args.prompt}, {args.new_tokens} new tokens, "
             f"greedy, float32, {torch.get_num_threads()} thread(s)"
             f"{'; every model resized in width to the attention model parameters' if args.match_params else ''}. "
             f"Command: `{benchlib.command_line()}`. "
             f"Tokens/s = batch * new tokens / seconds of one generate call (prompt included; the best of "
-            f"{args.rounds} rounds that time every model in turn, after a warm-up). 'late / early step': "
+            f"{args.rounds} rounds that time every model in turn, after a warm-up). 'paired': in each round "
+            f"every model runs between two attention runs; the median over the rounds of its tokens/s over "
+            f"theirs, with the range of the rounds. 'late / early step': "
             f"median step time over the last {WINDOW} positions over the first {WINDOW}; 'state / layer': "
             f"numbers one layer's recurrent state holds after the last token (a step reads them and every "
             f"parameter); 'compiled': generate(compile_step=True), timed once after a compiling run; load average "

@@ -48,6 +48,19 @@ def test_bench_step_times_every_mixer(tmp_path):
     assert set(payload["seconds_per_step"]) == set(seqarch.MIXERS)
 
 
+def test_bench_generate_pairs_every_model_with_attention(tmp_path):
+    run("bench_generate.py", "--mixers", "s4d", "mamba2", "--batches", "1", "2", "--width", "16", "--layers", "1",
+        "--prompt", "4", "--new-tokens", "4", "--rounds", "2", out=tmp_path)
+    payload = json.loads((tmp_path / "bench_generate.json").read_text())
+    for batch in ("1", "2"):
+        row = payload["results"][batch]
+        assert set(row) == {"plain_kv_loop", "attention", "s4d", "mamba2"} and row["plain_kv_loop"]["same_tokens"]
+        for name in ("plain_kv_loop", "s4d", "mamba2"):
+            low, high = row[name]["paired_range"]
+            assert 0 < low <= row[name]["paired_over_attention"] <= high
+    assert "paired" in (tmp_path / "bench_generate.md").read_text()
+
+
 def test_minimal_s4d_baseline_computes_the_same_kernel():
     """The benchmark's baseline is the same layer with the materialising kernel: same numbers."""
     import torch

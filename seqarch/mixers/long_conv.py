@@ -271,13 +271,11 @@ class LongConv(Mixer):
         if not self._recurrent or not isinstance(h, torch.Tensor):
             return {}
         work = h.real.dtype  # the generator's state is complex in the step's compute dtype
-
-        def compute():
-            constants = {"matrices": self.kernel.step_matrices(work)}
-            if self.n_convs > 1:
-                constants["tap0"] = self._fresh_kernels(1, work)[0, :, 0]  # k[0] + D
-            return constants
-        return cached(self, ("step_constants", work), compute)
+        # Both are cached already (the generator's step matrices, the kernels by length): no cache over them.
+        constants = {"matrices": self.kernel.step_matrices(work)}
+        if self.n_convs > 1:
+            constants["tap0"] = self._kernels(1, work)[0, :, 0]  # k[0] + D
+        return constants
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         position = self._position(state)

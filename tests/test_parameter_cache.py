@@ -123,3 +123,44 @@ def test_a_cached_ssm_step_equals_the_forward():
                 assert relative_rms(torch.stack(steps, 1), mixer(x)) < 1e-9
                 for p in mixer.parameters():
                     p.mul_(0.9)
+
+
+def prefill_then_step(mixer, x: torch.Tensor) -> list[torch.Tensor]:
+    """Outputs and the final state of a no-grad prefill of ``x`` then one step, as a flat list."""
+    with torch.no_grad():
+        y, state = mixer.prefill(x[:, :-1], mixer.init_state(x.shape[0], max_length=x.shape[1]))
+        y_t, state = mixer.step(x[:, -1], state)
+    return [y, y_t] + [v for _, v in sorted(state.items()) if isinstance(v, torch.Tensor)]
+
+
+@pytest.mark.parametrize("mixer", ["s4", "s4d", "h3", "hyena_modal"])
+def test_prefill_follows_a_weight_change_an_optimizer_step_and_load_state_dict(mixer):
+    """A prefill keeps what it derives from the parameters alone (S4's recurrent output matrix and
+    chunk operators, the diagonal SSMs' discretisation and decay powers): after each kind of change
+    it equals a prefill of a new layer holding the same weights, which has cached nothing."""
+    options = {"max_length": 16} if mixer == "s4" else {}
+    torch.manual_seed(0)
+    layer = seqarch.build_mixer(mixer, 8, d_state=4, dtype=torch.float64, **options).eval()
+    x = torch.randn(2, 13, 8, dtype=torch.float64)
+
+    def equals_a_fresh_copy() -> list[torch.Tensor]:
+        fresh = seqarch.build_mixer(mixer, 8, d_state=4, dtype=torch.float64, **options).eval()
+        fresh.load_state_dict(layer.state_dict())
+        ours, theirs = prefill_then_step(layer, x), prefill_then_step(fresh, x)
+        assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours, theirs))
+        return ours
+
+    before = equals_a_fresh_copy()
+    saved = {k: v.clone() for k, v in layer.state_dict().items()}
+    bump(layer)
+    bumped = equals_a_fresh_copy()
+    assert relative_rms(bumped[0], before[0]) > 1e-3
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer.train()
+    layer(x).square().mean().backward()
+    optimizer.step()
+    layer.eval()
+    stepped = equals_a_fresh_copy()
+    assert relative_rms(stepped[0], bumped[0]) > 1e-6
+    layer.load_state_dict(saved)
+    assert all(torch.equal(a, b) for a, b in zip(prefill_then_step(layer, x), before))

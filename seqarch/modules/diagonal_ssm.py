@@ -23,7 +23,7 @@ from ..checks import check_choice, check_even_positive_int
 from ..kernels.ssm_kernel import vandermonde_kernel
 from .parameter_cache import cached
 from .ssm import SSMKernel
-from .vandermonde import decayed_sum, vandermonde_real_flops
+from .vandermonde import decay_powers, decayed_sum, vandermonde_real_flops
 
 SSM_INITS = ("lin", "inv")
 
@@ -96,8 +96,12 @@ class DiagonalSSMKernel(SSMKernel):
         """The final state by a blocked Vandermonde sum; an incoming ``h0`` adds
         ``2 Re(C z^(t+1) h0)`` to output ``t`` and decays to ``z^L h0``."""
         work, length = u.dtype, u.shape[-1]
-        log_z, b_bar, c = self.discretize(work)
-        h = decayed_sum(u, log_z, b_bar)
+
+        def compute():  # all from the parameters and the length: once per parameter version
+            log_z, b_bar, c = self.discretize(work)
+            return log_z, b_bar, c, decay_powers(log_z, length)
+        log_z, b_bar, c, powers = cached(self, ("prefill", work, length), compute)
+        h = decayed_sum(u, log_z, b_bar, powers)
         if fresh:
             return None, {**state, "h": h}
         h0 = self.state_h(state, u.shape[0], work)

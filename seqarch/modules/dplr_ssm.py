@@ -16,8 +16,8 @@ L-th roots of unity, with ``C~ = C (I - Abar^L)``.  As in the reference S4 code 
 layer learns ``C~`` itself (the parameter ``C``), so the kernel needs only the
 Woodbury identity and Cauchy sums, never ``Abar^L``; a kernel of length ``l <= L`` is
 the first ``l`` taps of the length-``L`` one, so every length agrees with the
-recurrence.  The recurrence needs ``C = C~ (I - Abar^L)^{-1}``: it is built once per
-state, without gradients (:meth:`DPLRSSMKernel.init_state`).
+recurrence.  The recurrence needs ``C = C~ (I - Abar^L)^{-1}``: it is built without gradients,
+once per parameter version, and put in each new state (:meth:`DPLRSSMKernel.init_state`).
 """
 
 from __future__ import annotations
@@ -63,21 +63,35 @@ def krylov(a: torch.Tensor, v: torch.Tensor, length: int) -> torch.Tensor:
     return k[..., :length]
 
 
-def final_state(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def chunk_length(length: int) -> int:
+    """The chunk ``c ~ sqrt(length)`` that :func:`final_state` and :func:`state_readout` cut ``length`` into."""
+    return math.isqrt(length - 1) + 1 if length > 1 else 1
+
+
+def chunk_operators(a: torch.Tensor, b: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What :func:`final_state` derives from ``a: (H, m, m)`` and ``b: (H, m)`` alone for chunks of
+    ``chunk`` positions: the Krylov matrix ``[b, a b, ..., a^(c-1) b]`` ``(H, m, c)`` and ``a^c``."""
+    return krylov(a, b, chunk), matrix_power(a, chunk)
+
+
+def final_state(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor,
+                operators: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``h_L = sum_l a^(L-1-l) b u_l`` for ``a: (H, m, m)``, ``b: (H, m)``, ``u: (batch, H, L)``.
 
     Positions are cut into ``J`` chunks of ``c ~ sqrt(L)``: each chunk's state is one
     product with the ``(H, m, c)`` Krylov matrix, then Horner's rule over chunks with
     ``a^c`` combines them, so memory stays ``O(H m sqrt(L))``, not ``O(H m L)``.
+    ``operators``: :func:`chunk_operators` of ``a, b`` and :func:`chunk_length` ``(L)``, when the
+    caller keeps them (they depend on the parameters only), else computed here.
     Returns ``(batch, H, m)``.
     """
     length = u.shape[-1]
-    chunk = math.isqrt(length - 1) + 1 if length > 1 else 1
+    chunk = chunk_length(length)
     n_chunks = -(-length // chunk)
+    basis, a_chunk = chunk_operators(a, b, chunk) if operators is None else operators
     # Zeros in front leave the sum unchanged and make whole chunks.
     u = torch.nn.functional.pad(u, (n_chunks * chunk - length, 0)).unflatten(-1, (n_chunks, chunk))
-    chunk_states = torch.einsum("bhjc,hmc->bhjm", u.flip(-1), krylov(a, b, chunk))
-    a_chunk = matrix_power(a, chunk)
+    chunk_states = torch.einsum("bhjc,hmc->bhjm", u.flip(-1), basis)
     h = chunk_states[:, :, 0]
     for j in range(1, n_chunks):
         h = (a_chunk @ h.unsqueeze(-1)).squeeze(-1) + chunk_states[:, :, j]
@@ -90,7 +104,7 @@ def state_readout(a: torch.Tensor, c: torch.Tensor, h0: torch.Tensor, length: in
     ``t + 1 = j chunk + i + 1`` splits it into ``(c a^(i+1)) (a^(j chunk) h0)``, two
     factors of ``O(H m sqrt(L))`` numbers.  Returns complex ``(batch, H, length)``.
     """
-    chunk = math.isqrt(length - 1) + 1 if length > 1 else 1
+    chunk = chunk_length(length)
     n_chunks = -(-length // chunk)
     c_a = (c[..., :, None] * a).sum(-2)                                   # c a: (H, m)
     readouts = krylov(a.transpose(-1, -2), c_a, chunk)                    # c a^(i+1): (H, m, c)
@@ -201,13 +215,17 @@ class DPLRSSMKernel(SSMKernel):
                     "coef_pe": s["coef"] * s["pe"], "p_conj": s["P"].conj().resolve_conj()}
         return cached(self, ("step", work), compute)
 
-    @torch.no_grad()
     def recurrent_output_matrix(self, work: torch.dtype) -> torch.Tensor:
-        """``C = C~ (I - Abar^L)^{-1}`` for the causal direction: complex ``(channels, m)``, no gradient."""
-        s = self.dense_discretization(work)
-        eye = torch.eye(s["Abar"].shape[-1], dtype=s["Abar"].dtype, device=s["Abar"].device)
-        system = eye - matrix_power(s["Abar"], self.max_length)
-        return torch.linalg.solve(system, s["C_tilde"][0].unsqueeze(-2), left=False).squeeze(-2)
+        """``C = C~ (I - Abar^L)^{-1}`` for the causal direction: complex ``(channels, m)``, no gradient;
+        once per parameter version (a dense ``Abar^L`` and a solve per channel: each ``init_state``
+        would otherwise spend more on it than a prefill of a short prompt spends on everything else)."""
+        def compute():
+            s = self.dense_discretization(work)
+            eye = torch.eye(s["Abar"].shape[-1], dtype=s["Abar"].dtype, device=s["Abar"].device)
+            system = eye - matrix_power(s["Abar"], self.max_length)
+            return torch.linalg.solve(system, s["C_tilde"][0].unsqueeze(-2), left=False).squeeze(-2)
+        with torch.no_grad():  # no graph through it at any grad mode, so always cacheable
+            return cached(self, ("recurrent_C", work), compute)
 
     def init_state(self, batch_size: int, *, device: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """``{"h": zeros, "C": C}``: ``C`` (:meth:`recurrent_output_matrix`) is a cache of the
@@ -240,7 +258,9 @@ class DPLRSSMKernel(SSMKernel):
         h0 = None if fresh else self.state_h(state, u.shape[0], work)
         c = self._cached_c(state, work)
         s = self.dense_discretization(work)
-        h = final_state(s["Abar"], s["Bbar"], u.to(c.dtype))
+        operators = cached(self, ("chunk_operators", work, chunk_length(length)),
+                           lambda: chunk_operators(s["Abar"], s["Bbar"], chunk_length(length)))
+        h = final_state(s["Abar"], s["Bbar"], u.to(c.dtype), operators)
         if h0 is None:
             return None, {**state, "h": h}
         h = h + torch.einsum("hmn,bhn->bhm", matrix_power(s["Abar"], length), h0)

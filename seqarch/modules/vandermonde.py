@@ -33,27 +33,37 @@ def vandermonde_real_flops(channels: int, state: int, length: int) -> int:
     return 2 * channels * n_blocks * block * 2 * state
 
 
-def decayed_sum(x: torch.Tensor, log_z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def decay_powers(log_z: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The powers :func:`decayed_sum` reads for ``length`` positions, a function of ``log_z``
+    ``(channels, state)`` alone: ``z^i`` for ``i`` in a block ``(channels, state, block)`` and
+    ``z^(j block)`` ``(channels, state, n_blocks)``."""
+    block = _block_size(length)
+    n_blocks = -(-length // block)
+    real_dtype = log_z.real.dtype
+    steps_in = torch.arange(block, device=log_z.device, dtype=real_dtype)
+    steps_out = torch.arange(n_blocks, device=log_z.device, dtype=real_dtype) * block
+    return torch.exp(log_z.unsqueeze(-1) * steps_in), torch.exp(log_z.unsqueeze(-1) * steps_out)
+
+
+def decayed_sum(x: torch.Tensor, log_z: torch.Tensor, weight: torch.Tensor,
+                powers: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The state of a diagonal SSM after reading a sequence: ``sum_l z^(L-1-l) weight x_l``.
 
     Args:
         x: real ``(batch, channels, length)`` inputs.
         log_z: complex ``(channels, state)``.
         weight: complex ``(channels, state)`` input matrix (``B-bar``).
+        powers: :func:`decay_powers` of ``log_z`` and the length, when the caller keeps them (complex
+            exponentials are most of the work, and they depend on the parameters only), else made here.
     Returns:
         complex ``(batch, channels, state)``.
     """
     length = x.shape[-1]
-    block = _block_size(length)
-    n_blocks = -(-length // block)
-    real_dtype = log_z.real.dtype
+    inner, outer = decay_powers(log_z, length) if powers is None else powers
+    block, n_blocks = inner.shape[-1], outer.shape[-1]
     # Reverse time so the power is the distance to the end, then pad to whole blocks.
     reversed_x = torch.flip(x, dims=[-1]).to(log_z.dtype)
     reversed_x = torch.nn.functional.pad(reversed_x, (0, n_blocks * block - length))
     blocks = reversed_x.reshape(*x.shape[:-1], n_blocks, block)
-    steps_in = torch.arange(block, device=x.device, dtype=real_dtype)
-    steps_out = torch.arange(n_blocks, device=x.device, dtype=real_dtype) * block
-    inner = torch.exp(log_z.unsqueeze(-1) * steps_in)  # (channels, state, block)
-    outer = torch.exp(log_z.unsqueeze(-1) * steps_out)  # (channels, state, n_blocks)
     partial = torch.einsum("bhji,hni->bhnj", blocks, inner)
     return weight * (partial * outer).sum(-1)

@@ -8,7 +8,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from seqarch.mixers.base import MIXERS
 from seqarch.mixers.s4 import S4
-from seqarch.modules.dplr_ssm import final_state, krylov, matrix_power, state_readout
+from seqarch.modules import dplr_ssm
+from seqarch.modules.dplr_ssm import chunk_length, final_state, krylov, matrix_power, state_readout
 from seqarch.modules.hippo import hippo_legs, hippo_legs_dplr, hippo_legs_nplr
 
 F64 = torch.float64
@@ -259,8 +260,10 @@ def test_matmul_flops_match_flop_counter(causal, length):
     assert abs(model.forward_flops_breakdown(length)["matmul"] - counted) <= 0.05 * counted
 
 
+@pytest.mark.parametrize("basis_numbers", [1, 100, dplr_ssm.KRYLOV_BASIS_NUMBERS])  # many chunks, some, one
 @pytest.mark.parametrize("length", [1, 2, 16, 17, 40])
-def test_chunked_state_and_readout_equal_loops(length):
+def test_chunked_state_and_readout_equal_loops(length, basis_numbers, monkeypatch):
+    monkeypatch.setattr(dplr_ssm, "KRYLOV_BASIS_NUMBERS", basis_numbers)
     torch.manual_seed(length)
     a = torch.randn(3, 4, 4, dtype=torch.complex128) * 0.3
     b, c = torch.randn(2, 3, 4, dtype=torch.complex128)
@@ -268,6 +271,8 @@ def test_chunked_state_and_readout_equal_loops(length):
     h = torch.zeros(2, 3, 4, dtype=torch.complex128)
     for t in range(length):
         h = (a @ h.unsqueeze(-1)).squeeze(-1) + b * u[..., t, None]
+    chunks = -(-length // chunk_length(length, 3 * 4))  # a basis of 3 channels x 4 modes per position
+    assert chunks == 1 if basis_numbers >= 12 * length else (chunks > 1 or length <= 8)
     assert torch.allclose(final_state(a, b, u), h, atol=1e-12)
     h0 = torch.randn(2, 3, 4, dtype=torch.complex128)
     expected = torch.stack([(c * (matrix_power(a, t + 1) @ h0.unsqueeze(-1)).squeeze(-1)).sum(-1)

@@ -13,6 +13,7 @@ are side by side; each ratio to attention is also paired: in every round each mo
 generate runs between two of attention's, and the ratio is the median over the rounds of
 this model's time against the mean of its two neighbours (a machine whose speed drifts
 from one second to the next, as shared ones do, then moves both sides of each ratio).
+``--compile`` times ``generate(compile_step=True)`` the same way, against compiled attention.
 """
 
 from __future__ import annotations
@@ -120,18 +121,6 @@ def step_times(model, prompt, new_tokens, device) -> list[float]:
     return times
 
 
-def timed(fn, device, repeats: int) -> float:
-    fn()  # warm-up: caches, allocator (and a compiled step's compilation)
-    best = []
-    for _ in range(repeats):
-        benchlib.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        benchlib.synchronize(device)
-        best.append(time.perf_counter() - start)
-    return statistics.median(best)
-
-
 class Contender:
     """One model of the comparison: a callable that generates, and what to report about it."""
 
@@ -146,16 +135,25 @@ class Contender:
         self.run()  # warm-up: caches, allocator
         self.seconds = math.inf
         self.paired: list[float] = []  # per round: tokens/s against the attention runs either side
+        self.backend = args.compile_backend
+        self.compiled_seconds = math.inf  # the same two for generate(compile_step=backend)
+        self.compiled_paired: list[float] = []
 
-    def time_once(self, device: torch.device, keep: bool = True) -> float:
-        """Seconds of one generate call; ``keep``: a candidate for the best time (one per round, so a
-        model timed more often, attention between the others, gets no more chances at a fast one)."""
+    def run_compiled(self) -> None:
+        self.model.generate(self.prompt, self.new_tokens, temperature=0, compile_step=self.backend)
+
+    def time_once(self, device: torch.device, keep: bool = True, compiled: bool = False) -> float:
+        """Seconds of one generate call (``compiled``: with the compiled step); ``keep``: a candidate for
+        the best time (one per round, so a model timed more often, attention between the others, gets no
+        more chances at a fast one)."""
         benchlib.synchronize(device)
         start = time.perf_counter()
-        self.run()
+        self.run_compiled() if compiled else self.run()
         benchlib.synchronize(device)
         seconds = time.perf_counter() - start
-        if keep:
+        if keep and compiled:
+            self.compiled_seconds = min(self.compiled_seconds, seconds)
+        elif keep:
             self.seconds = min(self.seconds, seconds)
         return seconds
 
@@ -174,14 +172,34 @@ class Contender:
         steps = step_times(self.model, self.prompt, self.new_tokens, device)
         result["late_over_early_step"] = statistics.median(steps[-WINDOW:]) / statistics.median(steps[:WINDOW])
         result["fixed_state"] = type(mixer).has_fixed_size_state
-        if args.compile is not None and (not args.compile or self.name in (*args.compile, "attention")):
-            # Dynamo keeps its graphs per code object, and every model's decode_step is the same code:
-            # without a reset the models after the first few would run past its recompile limit, eagerly.
-            torch._dynamo.reset()
-            compiled = timed(lambda: self.model.generate(self.prompt, self.new_tokens, temperature=0,
-                                                         compile_step=True), device, 1)
-            result["compiled_tokens_per_s"] = batch * self.new_tokens / compiled
+        if self.compiled_seconds < math.inf:
+            result["compiled_tokens_per_s"] = batch * self.new_tokens / self.compiled_seconds
+            if self.compiled_paired:
+                result["compiled_paired_over_attention"] = statistics.median(self.compiled_paired)
+                result["compiled_paired_range"] = [min(self.compiled_paired), max(self.compiled_paired)]
         return result
+
+
+def time_compiled(contenders: list[Contender], attention: Contender, rounds: int, device: torch.device) -> None:
+    """The compiled step, paired as the eager rounds are: for each model, a Dynamo reset, attention's
+    and its compiled generate warmed up (compiled), then ``rounds`` runs of it, each between two of
+    attention's.  Dynamo keeps graphs per code object, and every model's ``decode_step`` is the same
+    code: the reset keeps only these two models' graphs (under its recompile limit, and no model
+    checks the guards of many others first).  Attention's best time: the first run of each pair."""
+    for contender in contenders or [attention]:
+        torch._dynamo.reset()
+        attention.run_compiled()
+        if contender is attention:  # attention alone
+            for _ in range(rounds):
+                attention.time_once(device, compiled=True)
+            continue
+        contender.run_compiled()
+        before = attention.time_once(device, compiled=True)
+        for _ in range(rounds):
+            seconds = contender.time_once(device, compiled=True)
+            after = attention.time_once(device, keep=False, compiled=True)
+            contender.compiled_paired.append((before + after) / 2 / seconds)
+            before = after
 
 
 def main() -> None:
@@ -197,6 +215,8 @@ def main() -> None:
     parser.add_argument("--compile", nargs="*", default=None,
                         help="mixers also timed with generate(compile_step=True) (inductor), attention always "
                              "among them; no names: every one")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend of the compiled step (default inductor)")
     parser.add_argument("--match-params", action="store_true",
                         help="resize every model in width to the attention model's parameter count")
     parser.add_argument("--threads", type=int, default=1,
@@ -230,6 +250,9 @@ def main() -> None:
                         after = attention.time_once(device, keep=False)
                         contender.paired.append((before + after) / 2 / seconds)
                         before = after
+            if args.compile is not None:
+                time_compiled([c for c in contenders if c.name not in ("plain_kv_loop", "attention")
+                               and (not args.compile or c.name in args.compile)], attention, args.rounds, device)
             row = {c.name: c.report(args, device) for c in contenders}
             for name, result in row.items():
                 sys.stderr.write(f"B={batch} {name}: {result}\n")
@@ -238,12 +261,11 @@ def main() -> None:
     lines = []
     for batch, row in results.items():
         attention, plain = row["attention"]["tokens_per_s"], row["plain_kv_loop"]
-        compiled_attention = row["attention"].get("compiled_tokens_per_s")
         table = []
         for name in ["plain_kv_loop", *names]:
             r = row[name]
-            late, fixed, compiled = (r.get(key) for key in ("late_over_early_step", "fixed_state",
-                                                            "compiled_tokens_per_s"))
+            late, fixed, compiled, compiled_paired = (r.get(key) for key in (
+                "late_over_early_step", "fixed_state", "compiled_tokens_per_s", "compiled_paired_over_attention"))
             low, high = r["paired_range"]
             table.append(["plain KV-cache loop" if name == "plain_kv_loop" else name, f"{r['tokens_per_s']:.1f}",
                           f"{r['tokens_per_s'] / attention:.2f}",
@@ -251,7 +273,8 @@ def main() -> None:
                           "-" if late is None else f"{late:.2f}", "-" if fixed is None else "yes" if fixed else "no",
                           r["d_model"], f"{r['params'] / 1e6:.2f}", f"{r['state_per_layer']:,}",
                           "-" if compiled is None else f"{compiled:.1f}",
-                          "-" if not (compiled and compiled_attention) else f"{compiled / compiled_attention:.2f}"])
+                          "-" if compiled_paired is None else
+                          "{:.2f} ({:.2f}-{:.2f})".format(compiled_paired, *r["compiled_paired_range"])])
         lines.append(f"## batch {batch}\n\nPlain loop and seqarch attention give the same tokens: "
                      f"{plain['same_tokens']}. seqarch attention takes {plain['paired_over_attention']:.3f}x the "
                      f"plain loop's time, paired (median of {args.rounds} rounds; range "
@@ -259,7 +282,7 @@ def main() -> None:
                      + benchlib.markdown_table(
                          ["model", "tokens/s", "this / attention (best of rounds)", "this / attention (paired, range)",
                           "late / early step", "fixed state", "d_model", "params (M)", "state / layer",
-                          "compiled tokens/s", "compiled / compiled attention"], table))
+                          "compiled tokens/s", "compiled / compiled attention (paired, range)"], table))
     text = (f"# Generation: tokens/s of LanguageModel.generate\n\nDevice: {benchlib.device_name(device)}; "
             f"d_model {args.width}, {args.layers} layers, prompt {args.prompt}, {args.new_tokens} new tokens, "
             f"greedy, float32, {torch.get_num_threads()} thread(s)"
@@ -271,7 +294,8 @@ def main() -> None:
             f"theirs, with the range of the rounds. 'late / early step': "
             f"median step time over the last {WINDOW} positions over the first {WINDOW}; 'state / layer': "
             f"numbers one layer's recurrent state holds after the last token (a step reads them and every "
-            f"parameter); 'compiled': generate(compile_step=True), timed once after a compiling run; load average "
+            f"parameter); 'compiled': generate(compile_step={args.compile_backend!r}), after a compiling run, each model's "
+            f"{args.rounds} runs between compiled attention runs (its own graphs and attention's only); load average "
             f"{os.getloadavg()[0]:.1f} at the end.\n\n" + "\n\n".join(lines) + "\n")
     payload = {"device": benchlib.device_name(device), "environment": benchlib.environment(),
                "args": {**vars(args), "out": str(args.out)}, "results": results}

@@ -61,6 +61,19 @@ def test_bench_generate_pairs_every_model_with_attention(tmp_path):
     assert "paired" in (tmp_path / "bench_generate.md").read_text()
 
 
+def test_bench_generate_pairs_compiled_steps_with_compiled_attention(tmp_path):
+    """--compile: each named model's compiled generate between two of attention's (Dynamo's eager
+    backend here: the pairing, not inductor, is under test)."""
+    run("bench_generate.py", "--mixers", "s4d", "mamba2", "--compile", "s4d", "--compile-backend", "eager",
+        "--batches", "1", "--width", "16", "--layers", "1", "--prompt", "4", "--new-tokens", "4", "--rounds", "2",
+        out=tmp_path)
+    row = json.loads((tmp_path / "bench_generate.json").read_text())["results"]["1"]
+    low, high = row["s4d"]["compiled_paired_range"]
+    assert 0 < low <= row["s4d"]["compiled_paired_over_attention"] <= high
+    assert row["attention"]["compiled_tokens_per_s"] > 0 and "compiled_tokens_per_s" not in row["mamba2"]
+    assert "compile_step='eager'" in (tmp_path / "bench_generate.md").read_text()
+
+
 def test_minimal_s4d_baseline_computes_the_same_kernel():
     """The benchmark's baseline is the same layer with the materialising kernel: same numbers."""
     import torch

@@ -172,7 +172,9 @@ class Mamba(Mixer):
         # h = exp(delta A) h + delta u B;  y = (C . h + D u) * silu(z)
         ssm = torch.addcmul((delta_w * u_w)[..., None] * B.to(work)[:, None, :], torch.exp(delta_w[..., None] * A),
                             ssm.to(work))
-        y = torch.matmul(ssm, C.to(work)[..., None])[..., 0].addcmul_(D, u_w).mul_(F.silu(z.to(work)))
+        # The read-out C . h as a row vector times h^T, (1, d_state) @ (d_state, d_inner) per sequence: a CPU
+        # runs this form several times faster than h @ C as a column (at batch 8 here, 4x).
+        y = torch.bmm(C.to(work)[:, None, :], ssm.transpose(1, 2))[:, 0].addcmul_(D, u_w).mul_(F.silu(z.to(work)))
         return (self.out_proj(y.to(x_t.dtype)).to(x_t.dtype),
                 {**state, "conv": history.to(state["conv"].dtype), "ssm": ssm.to(state["ssm"].dtype)})
 

@@ -181,11 +181,9 @@ class Contender:
 
 
 def time_compiled(contenders: list[Contender], attention: Contender, rounds: int, device: torch.device) -> None:
-    """The compiled step, paired as the eager rounds are: for each model, a Dynamo reset, attention's
-    and its compiled generate warmed up (compiled), then ``rounds`` runs of it, each between two of
-    attention's.  Dynamo keeps graphs per code object, and every model's ``decode_step`` is the same
-    code: the reset keeps only these two models' graphs (under its recompile limit, and no model
-    checks the guards of many others first).  Attention's best time: the first run of each pair."""
+    """The compiled step, paired as the eager rounds are: for each model, a Dynamo reset (the earlier
+    models' graphs freed), attention's and its compiled generate warmed up (compiled), then ``rounds``
+    runs of it, each between two of attention's.  Attention's best time: the first run of each pair."""
     for contender in contenders or [attention]:
         torch._dynamo.reset()
         attention.run_compiled()
@@ -294,8 +292,8 @@ def main() -> None:
             f"theirs, with the range of the rounds. 'late / early step': "
             f"median step time over the last {WINDOW} positions over the first {WINDOW}; 'state / layer': "
             f"numbers one layer's recurrent state holds after the last token (a step reads them and every "
-            f"parameter); 'compiled': generate(compile_step={args.compile_backend!r}), after a compiling run, each model's "
-            f"{args.rounds} runs between compiled attention runs (its own graphs and attention's only); load average "
+            f"parameter); 'compiled': generate(compile_step={args.compile_backend!r}), after a compiling run, "
+            f"each model's {args.rounds} runs between compiled attention runs; load average "
             f"{os.getloadavg()[0]:.1f} at the end.\n\n" + "\n\n".join(lines) + "\n")
     payload = {"device": benchlib.device_name(device), "environment": benchlib.environment(),
                "args": {**vars(args), "out": str(args.out)}, "results": results}

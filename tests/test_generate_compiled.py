@@ -131,3 +131,78 @@ def test_a_compiled_step_graph_does_not_derive_the_ssm_matrices():
     derives = re.compile(r"torch\.(exp|expm1)\(")
     assert not derives.search(given), given
     assert derives.search(traced)
+
+
+def counting(name: str) -> list:
+    """A registered backend ``name`` that records each graph it is given and runs it as traced."""
+    graphs: list = []
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    register_backend(name=name, compiler_fn=backend)
+    return graphs
+
+
+def decode_a_few(model: LanguageModel, step, dtype=torch.float32) -> list[torch.Tensor]:
+    with torch.no_grad():
+        states = model.backbone.init_state(2, max_length=16)
+        _, states = model.backbone.prefill(torch.tensor([[1, 2, 3], [4, 5, 6]]), states)
+        token, out = torch.tensor([7, 8]), []
+        for _ in range(3):
+            logits, states = step(token, states, check=False)
+            out.append(logits)
+            token = logits.argmax(-1)
+    return out
+
+
+@torch._dynamo.config.patch(recompile_limit=2)
+def test_compiled_steps_of_many_models_have_graphs_of_their_own():
+    """Each model's compiled step has its own graphs: with Dynamo's recompile limit at 2, a shared
+    ``decode_step`` code object would leave the later models decoding eagerly, without a graph."""
+    graphs = counting("seqarch_counting_models")
+    torch._dynamo.reset()
+    for seed, mixer in enumerate(["attention", "s4d", "gla", "mamba", "attention"]):
+        torch.manual_seed(seed)
+        config = ModelConfig(vocab_size=32, d_model=16, n_layers=1, mixer=mixer, max_length=32,
+                             mixer_options={"s4d": {"d_state": 8}, "mamba": {"d_state": 4}})
+        model = LanguageModel(config).eval()
+        before = len(graphs)
+        compiled = decode_a_few(model, model.compiled_decode_step("seqarch_counting_models"))
+        assert len(graphs) > before, f"model {seed} ({mixer}) was not compiled"
+        for got, expected in zip(compiled, decode_a_few(model, model.decode_step)):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_compiled_step_compiles_again_after_a_change_of_mode_dtype_or_parameter():
+    """Without guards on the modules, the step checks their training flags and the parameters'
+    storage and metadata itself: a change compiles anew (and the step follows it); an in-place
+    update of the weights does not."""
+    graphs = counting("seqarch_counting_changes")
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=32, d_model=16, n_layers=1, mixer="s4d", max_length=32,
+                         mixer_options={"s4d": {"d_state": 8}})
+    model = LanguageModel(config).eval()
+    step = model.compiled_decode_step("seqarch_counting_changes")
+
+    def agrees() -> None:
+        for got, expected in zip(decode_a_few(model, step), decode_a_few(model, model.decode_step)):
+            assert got.dtype == expected.dtype
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    agrees()
+    first = len(graphs)
+    with torch.no_grad():
+        model.head.weight.mul_(1.5)  # in place: the graph reads the parameter, no new graph
+    agrees()
+    assert len(graphs) == first
+    model.double()
+    agrees()
+    assert len(graphs) > first
+    doubled = len(graphs)
+    model.head.weight = torch.nn.Parameter(torch.randn_like(model.head.weight))
+    agrees()
+    model.train()  # dropout 0: the same logits, from a graph traced in training mode
+    agrees()
+    assert len(graphs) > doubled

@@ -9,8 +9,8 @@ from torch import nn
 
 from ..flops import step_flops
 from ..losses import IGNORE_INDEX, token_loss
-from ..mixers.base import STEP_CONSTANTS
 from .backbone import Backbone, check_tokens, num_params
+from .compiled_step import CompiledDecodeStep
 from .config import ModelConfig
 
 
@@ -116,39 +116,22 @@ class LanguageModel(nn.Module):
         features, states = self.backbone.step(token, states, check=check)
         return self.head(features), states
 
-    def compiled_decode_step(self, backend: bool | str = True):
+    def compiled_decode_step(self, backend: bool | str = True) -> CompiledDecodeStep:
         """:meth:`decode_step` through ``torch.compile`` (``True``: inductor), made once per backend:
-        a function of the same arguments and results.
+        a function of the same arguments and results (:class:`~seqarch.models.compiled_step.CompiledDecodeStep`).
 
-        Before each call it gives every layer its step constants (the tensors a step derives from the
-        parameters alone, :meth:`~seqarch.mixers.Mixer.step_constants`: cached, so fresh after any
-        parameter change) as inputs of the graph, which would otherwise derive them again on every
-        token (inside a traced call the parameter cache does not apply).
-
-        One graph serves every position (two compilations: the first position, then positions made
-        dynamic).  Dynamo keeps graphs per code object, shared by every model's ``decode_step``, and
-        stops compiling at ``torch._dynamo.config.recompile_limit`` (8) graphs: a process that compiles
-        the steps of more than about four models should call ``torch._dynamo.reset()`` between them,
-        or later ones decode eagerly (Dynamo warns when that happens)."""
+        The graph reads the layers' step constants as inputs, made fresh before every call; one graph
+        serves every position (two compilations: the first position, then positions made dynamic).
+        The graphs are this model's own (not shared with other models' steps) and checked by few
+        guards; a change of training mode or of a parameter's storage, dtype, device or shape compiles
+        anew, an in-place update of the weights needs nothing.  Hooks added to the modules after the
+        first call are not run by it."""
         if not isinstance(backend, (bool, str)) or backend is False:
             raise ValueError(f"compile_step: expected True or a torch.compile backend name, got {backend!r}")
         name = "inductor" if backend is True else backend
         compiled = self.__dict__.setdefault("_compiled_steps", {})
         if name not in compiled:
-            graph = torch.compile(self.decode_step, backend=name)
-            mixers = [block.mixer for block in self.backbone.blocks]
-
-            def step(token: torch.Tensor, states: list, *, check: bool = True) -> tuple[torch.Tensor, list]:
-                given = []
-                for mixer, state in zip(mixers, states):
-                    constants = mixer.step_constants(state) if isinstance(state, dict) else {}
-                    given.append({**state, STEP_CONSTANTS: constants} if constants else state)
-                logits, states = graph(token, given, check=check)
-                # Returned without them: a later call gets fresh ones, never these.
-                return logits, [{k: v for k, v in s.items() if k != STEP_CONSTANTS} if STEP_CONSTANTS in s else s
-                                for s in states]
-
-            compiled[name] = step
+            compiled[name] = CompiledDecodeStep(self, name)
         return compiled[name]
 
     def num_params(self) -> int:

@@ -2,8 +2,8 @@
 
 Dynamo keeps compiled graphs per code object and, before each call, evaluates every guard of a
 graph: on a decoding step of a small model, most of them (several hundred) check its modules
-(types, attributes, hooks, parameter metadata), and checking them took 130-240 µs a token on a
-CPU, against 40-90 µs without them.  So this step
+(types, attributes, hooks, parameter metadata), and in a profile of a 4-layer model on a CPU
+checking them took longer than the Python work of the step around the graph.  So this step
 
 - compiles a copy of ``decode_step``'s code object, bound to the model: its graphs are its own,
   not shared with every other model's ``decode_step`` (whose guards a call would check first, and

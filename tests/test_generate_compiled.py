@@ -14,13 +14,13 @@ from seqarch.models import LanguageModel, ModelConfig
 
 # An in-place KV cache; fixed SSM states, with step constants passed in: diagonal, DPLR, selective,
 # and a modal Hyena of order 3 (two convolutions, so tap 0 too).
-@pytest.mark.parametrize("mixer", ["attention", "s4d", "s4", "mamba2", "hyena_modal"])
+@pytest.mark.parametrize("mixer", ["attention", "s4d", "s4", "mamba2", "hyena_modal", "h3"])
 def test_compiled_step_equals_the_eager_step(mixer):
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=32, d_model=16, n_layers=1, mixer=mixer, max_length=32,
                          mixer_options={"s4d": {"d_state": 8}, "s4": {"d_state": 8},
                                         "mamba2": {"head_dim": 8, "d_state": 8},
-                                        "hyena_modal": {"order": 3, "d_state": 8}})
+                                        "hyena_modal": {"order": 3, "d_state": 8}, "h3": {"d_state": 8}})
     model = LanguageModel(config).eval()
     prompt = torch.randint(0, 32, (2, 5))
     # aot_eager: TorchDynamo's capture and AOTAutograd's functionalisation of the in-place cache
@@ -107,15 +107,20 @@ def test_compiled_step_reads_step_constants_fresh_after_a_weight_change(mixer):
 
 def test_a_compiled_step_graph_does_not_derive_the_ssm_matrices():
     """S4D's step matrices come from ``exp`` and ``expm1`` of the discretised eigenvalues: the graph of
-    generate's compiled step reads them as inputs, where a graph of ``decode_step`` itself derives them."""
+    generate's compiled step reads them as inputs, where a graph of ``decode_step`` itself derives them.
+    And it holds no complex tensor (inductor would run complex operators uncompiled): the state and
+    the constants enter as real and imaginary parts."""
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=32, d_model=16, n_layers=1, mixer="s4d", max_length=32,
                          mixer_options={"s4d": {"d_state": 8}})
     model = LanguageModel(config).eval()
     codes = []
 
+    inputs = []
+
     def recording_backend(graph_module, example_inputs):
         codes.append(graph_module.code)
+        inputs.append(example_inputs)
         return graph_module.forward
 
     torch._dynamo.reset()
@@ -131,6 +136,8 @@ def test_a_compiled_step_graph_does_not_derive_the_ssm_matrices():
     derives = re.compile(r"torch\.(exp|expm1)\(")
     assert not derives.search(given), given
     assert derives.search(traced)
+    assert "complex" not in given
+    assert not any(t.is_complex() for t in inputs[0] if isinstance(t, torch.Tensor))
 
 
 def counting(name: str) -> list:

@@ -59,7 +59,7 @@ def test_step_and_prefill_equal_forward(head_dim):
     assert relative_rms(torch.cat([prompt, more, rest], 1), expected) < 1e-10
     assert prefilled["position"] == 50
     # Fixed size: the shift's N - 1 past values of K and the SSM's d_state per (head, i, j).
-    held = (state["short_conv"].numel() + 2 * state["h"].numel()) // 3
+    held = (state["short_conv"].numel() + state["h"].numel()) // 3  # h: a complex state's two parts
     assert mixer.state_size(1) == mixer.state_size(50) == held == 8 * 3 + 8 * head_dim * 8
 
 

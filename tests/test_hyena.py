@@ -144,7 +144,7 @@ def test_distilled_step_matches_the_exact_step_within_the_reported_error(order):
     assert float((fast_fresh - exact_fresh).norm() / exact_fresh.norm()) <= 3 * report.output_error
     # O(1): the state is the short conv's history and d_state numbers per channel, at any position.
     assert distilled.state_size(1) == distilled.state_size(96) == (order + 1) * 8 * 2 + (order - 1) * 8 * 4
-    assert state["h"].shape == (2, (order - 1) * 8, 2)
+    assert state["h"].shape == (2, (order - 1) * 8, 2, 2)  # 2 complex modes a channel, as real and imaginary parts
 
 
 def test_distillation_keeps_the_rest_of_the_layer():

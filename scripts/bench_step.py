@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per position (median)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds over every mixer and position in turn; the fastest round's median is kept "
+                             "(a machine whose speed drifts then moves every position alike)")
     benchlib.add_device_and_out(parser)
     args = parser.parse_args()
     args.out = args.out or benchlib.default_out(args.device)
@@ -50,22 +53,29 @@ def main() -> None:
     device = torch.device(args.device)
     max_length = max(args.positions) + args.steps + 2
     results = {}
+    mixers = {}
+    for name in sorted(seqarch.MIXERS):
+        torch.manual_seed(0)
+        options = {"max_length": max_length} if name in ("attention", "m2", "hyena", "s4") else {}
+        if name == "mamba2":  # heads of 64 channels where they divide d_inner = 2 width, smaller ones else
+            options["head_dim"] = math.gcd(64, 2 * args.width)
+        mixers[name] = seqarch.build_mixer(name, args.width, device=device, **options).eval()
     with torch.no_grad():
-        for name in sorted(seqarch.MIXERS):
-            torch.manual_seed(0)
-            options = {"max_length": max_length} if name in ("attention", "m2", "hyena", "s4") else {}
-            if name == "mamba2":  # heads of 64 channels where they divide d_inner = 2 width, smaller ones else
-                options["head_dim"] = math.gcd(64, 2 * args.width)
-            mixer = seqarch.build_mixer(name, args.width, device=device, **options).eval()
-            results[name] = {p: step_seconds(mixer, p, args.batch, args.steps, device) for p in args.positions}
-            sys.stderr.write(f"{name}: {results[name]}\n")
+        for _ in range(args.rounds):
+            for name, mixer in mixers.items():
+                times = results.setdefault(name, {})
+                for p in args.positions:
+                    times[p] = min(times.get(p, math.inf), step_seconds(mixer, p, args.batch, args.steps, device))
+    for name, times in results.items():
+        sys.stderr.write(f"{name}: {times}\n")
     first, last = min(args.positions), max(args.positions)
     rows = [[name] + [f"{times[p] * 1e6:.0f}" for p in args.positions] + [f"{times[last] / times[first]:.2f}"]
             for name, times in results.items()]
     text = (
         f"# Recurrent step: microseconds per token against position\n\n"
         f"Device: {benchlib.device_name(device)}; width {args.width}, batch {args.batch}, float32. Command: "
-        f"`{benchlib.command_line()}`. Median of {args.steps} steps at each position.\n\n"
+        f"`{benchlib.command_line()}`. Median of {args.steps} steps at each position, the fastest of "
+        f"{args.rounds} rounds over every mixer and position in turn.\n\n"
         + benchlib.markdown_table(["mixer"] + [f"pos {p} us" for p in args.positions]
                                   + [f"pos {last} / pos {first}"], rows)
     )

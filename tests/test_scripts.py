@@ -41,7 +41,7 @@ def test_bench_s4d_compares_both_formulations(tmp_path):
 
 
 def test_bench_step_times_every_mixer(tmp_path):
-    run("bench_step.py", "--positions", "0", "16", "--width", "16", "--steps", "2", out=tmp_path)
+    run("bench_step.py", "--positions", "0", "16", "--width", "16", "--steps", "2", "--rounds", "2", out=tmp_path)
     payload = json.loads((tmp_path / "bench_step.json").read_text())
     import seqarch
 

@@ -270,7 +270,9 @@ class LongConv(Mixer):
         h = state.get("h")
         if not self._recurrent or not isinstance(h, torch.Tensor):
             return {}
-        work = h.real.dtype  # the generator's state is complex in the step's compute dtype
+        # The generator's state, complex (DPLR) or its real and imaginary parts (diagonal), has the step's
+        # compute dtype as its real dtype.
+        work = h.real.dtype
         # Both are cached already (the generator's step matrices, the kernels by length): no cache over them.
         constants = {"matrices": self.kernel.step_matrices(work)}
         if self.n_convs > 1:

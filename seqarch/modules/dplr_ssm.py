@@ -94,9 +94,11 @@ def final_state(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor,
     Returns ``(batch, H, m)``.
     """
     length = u.shape[-1]
-    chunk = chunk_length(length, a.shape[0] * a.shape[-1])
+    if operators is None:
+        operators = chunk_operators(a, b, chunk_length(length, a.shape[0] * a.shape[-1]))
+    basis, a_chunk = operators
+    chunk = basis.shape[-1]
     n_chunks = -(-length // chunk)
-    basis, a_chunk = chunk_operators(a, b, chunk) if operators is None else operators
     # Zeros in front leave the sum unchanged and make whole chunks.
     u = torch.nn.functional.pad(u, (n_chunks * chunk - length, 0)).unflatten(-1, (n_chunks, chunk))
     # Batch last: each Horner step is then one (H, m, m) @ (H, m, batch) product, where a (batch, H, m, 1)

@@ -44,15 +44,20 @@ def delta_rule_step(q_t, k_t, v_t, beta_t, log_decay_t, state, inplace: bool = F
     Returns ``(o_t: (batch, heads, d_v), new_state)``; ``inplace`` updates ``state`` itself (no
     autograd through it) instead of making a new one."""
     work = state.dtype
-    q_t, k_t, v_t, beta_t = (t.to(work) for t in (q_t, k_t, v_t, beta_t))
+    q_t, k_t, v_t, beta_t = (t if t.dtype == work else t.to(work) for t in (q_t, k_t, v_t, beta_t))
+    # Both reads of the old state in one batched product, (k; q) S: (batch, heads, 2, d_v).  The output
+    # q^T S_new = q^T S_decayed + (q . k) correction then needs no third product.
+    reads = torch.stack([k_t, q_t], -2) @ state
     if log_decay_t is not None:
         decay = log_decay_t.to(work).exp()[..., None, None]
+        reads = reads * decay
         state = state.mul_(decay) if inplace else state * decay
-    # Batched products (einsum costs more per token).
-    correction = (beta_t.unsqueeze(-1) * (v_t - (k_t.unsqueeze(-2) @ state).squeeze(-2))).unsqueeze(-2)
-    k_t = k_t.unsqueeze(-1)
-    state = state.addcmul_(k_t, correction) if inplace else torch.addcmul(state, k_t, correction)
-    return (q_t.unsqueeze(-2) @ state).squeeze(-2), state
+    read_k, read_q = reads.unbind(-2)
+    correction = beta_t.unsqueeze(-1) * (v_t - read_k)  # (batch, heads, d_v)
+    o_t = torch.addcmul(read_q, (q_t * k_t).sum(-1, keepdim=True), correction)
+    keys, correction = k_t.unsqueeze(-1), correction.unsqueeze(-2)
+    state = state.addcmul_(keys, correction) if inplace else torch.addcmul(state, keys, correction)
+    return o_t, state
 
 
 def delta_rule_recurrence(q, k, v, beta, log_decay=None, initial_state=None):

@@ -27,7 +27,7 @@ from ..kernels.delta_rule import delta_rule, delta_rule_step
 from ..modules.short_conv import ShortConv
 from .base import register_mixer
 from .gla import expanded_width
-from .linear_attention import MatrixStateMixer, default_heads, linear_flops, merge_heads, split_heads
+from .linear_attention import MatrixStateMixer, default_heads, linear_flops
 
 
 @register_mixer("deltanet")
@@ -81,24 +81,25 @@ class DeltaNet(MatrixStateMixer):
         return self.conv.channels * (self.conv.kernel_size - 1)
 
     def _project(self, x, state):
-        mixed = self.qkv(x).transpose(1, 2)  # (batch, channels, length)
-        if state is None:
-            conv, extra = self.conv(mixed), {}
-        elif x.shape[1] == 1:
-            y_t, history = self.conv.step(mixed[..., 0], state["conv"])
-            conv, extra = y_t.unsqueeze(-1), {"conv": history}
-        else:
-            history = state["conv"]
-            conv = self.conv(torch.cat([history.to(mixed.dtype), mixed], -1))[..., history.shape[-1]:]
-            extra = {"conv": self.conv.prefill_state(torch.cat([history.to(mixed.dtype), mixed], -1))}
-        q, k, v = F.silu(conv.transpose(1, 2)).split([self.d_model, self.d_model, self.value_width], dim=-1)
-        q, k, v = (split_heads(t, self.n_heads) for t in (q, k, v))
-        q = F.normalize(q, dim=-1) / math.sqrt(self.state_key_dim)
-        k = F.normalize(k, dim=-1)
-        gates = {"beta": self.beta(x).sigmoid().transpose(1, 2)}
+        mixed = self.qkv(x)
+        if x.dim() == 2:  # one token: (batch, channels)
+            conv, history = self.conv.step(mixed, state["conv"])
+            extra = {"conv": history}
+        else:  # the convolution runs over (batch, channels, length)
+            mixed = mixed.transpose(1, 2)
+            if state is None:
+                conv, extra = self.conv(mixed), {}
+            else:
+                read = torch.cat([state["conv"].to(mixed.dtype), mixed], -1)
+                conv, extra = self.conv(read)[..., -mixed.shape[-1]:], {"conv": self.conv.prefill_state(read)}
+            conv = conv.transpose(1, 2)
+        qk, v = F.silu(conv).split([2 * self.d_model, self.value_width], dim=-1)
+        # q and k side by side, (..., 2, heads, d_k): one L2 normalisation for both
+        q, k = F.normalize(qk.unflatten(-1, (2, self.n_heads, self.state_key_dim)), dim=-1).unbind(-3)
+        q, v = q / math.sqrt(self.state_key_dim), v.unflatten(-1, (self.n_heads, -1))
+        gates = {"beta": self.beta(x).sigmoid()}
         if self.gated:
-            rate = F.softplus(self.decay(x) + self.dt_bias) * self.A_log.exp()
-            gates["log_decay"] = -rate.transpose(1, 2)
+            gates["log_decay"] = -(F.softplus(self.decay(x) + self.dt_bias) * self.A_log.exp())
         return q, k, v, gates, extra
 
     def _mix(self, q, k, v, gates, initial_state):
@@ -110,7 +111,7 @@ class DeltaNet(MatrixStateMixer):
         return o_t.to(v_t.dtype), state
 
     def _combine(self, o, x):
-        y = merge_heads(F.rms_norm(o, (o.shape[-1],), eps=1e-6))
+        y = F.rms_norm(o, (o.shape[-1],), eps=1e-6).flatten(-2)
         if self.gate is not None:
             y = F.silu(self.gate(x)) * y
         return self.out(y)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..checks import check_divides, check_positive_int, check_positive_real
 from .base import register_mixer
-from .linear_attention import MatrixStateMixer, default_heads, linear_flops, merge_heads, split_heads
+from .linear_attention import MatrixStateMixer, default_heads, linear_flops
 
 
 def expanded_width(argument: str, d_model: int, expand: float, n_heads: int) -> int:
@@ -74,14 +74,14 @@ class GatedLinearAttention(MatrixStateMixer):
 
     def _project(self, x, state):
         q, k, v = self.qkv(x).split([self.key_width, self.key_width, self.value_width], dim=-1)
-        q, k, v = (split_heads(t, self.n_heads) for t in (q, k, v))
+        q, k, v = (t.unflatten(-1, (self.n_heads, -1)) for t in (q, k, v))
         q = q / math.sqrt(self.state_key_dim)
         log_decay = F.logsigmoid(self.decay_up(self.decay_down(x))) / self.gate_normalizer
-        return q, k, v, {"log_decay": split_heads(log_decay, self.n_heads)}, {}
+        return q, k, v, {"log_decay": log_decay.unflatten(-1, (self.n_heads, -1))}, {}
 
     def _combine(self, o, x):
         normed = F.rms_norm(o, (o.shape[-1],), eps=1e-6)
-        return self.out(F.silu(self.gate(x)) * merge_heads(normed))
+        return self.out(F.silu(self.gate(x)) * normed.flatten(-2))
 
     def flops_breakdown(self, length: int) -> dict[str, int]:
         check_positive_int("length", length)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_bool, check_divides, check_positive_int, check_positive_real
@@ -48,6 +49,11 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, length, heads * d)
 
 
+def heads_first(x: torch.Tensor) -> torch.Tensor:
+    """Token-major ``(batch, length, heads, ...)`` -> the ops' ``(batch, heads, length, ...)`` (a view)."""
+    return x.transpose(1, 2)
+
+
 class MatrixStateMixer(Mixer):
     """Shell of the linear-attention family: ``(batch, length, d_model)`` -> same shape.
 
@@ -55,12 +61,14 @@ class MatrixStateMixer(Mixer):
     ``state_key_dim x state_value_dim``) and implement:
 
     ``_project(x, state) -> (q, k, v, gates, extra)``
-        heads-first ``q, k: (batch, heads, length, d_k)``, ``v: (batch, heads, length, d_v)``,
-        ``gates`` the op's extra inputs (a dict: ``log_decay``, ``beta``); ``state`` is None in
+        ``x: (*lead, d_model)``, where ``lead`` is ``(batch, length)`` for a sequence and ``(batch,)``
+        for one decoding step; per-head and token-major ``q, k: (*lead, heads, d_k)``,
+        ``v: (*lead, heads, d_v)``, ``gates`` the op's extra inputs (a dict: ``log_decay``
+        ``(*lead, heads)`` or ``(*lead, heads, d_k)``, ``beta (*lead, heads)``); ``state`` is None in
         ``forward`` and the recurrent state otherwise (its ``"length"`` gives the position, its
         short-convolution histories the past), ``extra`` the updated non-matrix state entries;
     ``_combine(o, x) -> y``
-        per-head outputs ``(batch, heads, length, d_v)`` to ``(batch, length, d_model)``;
+        per-head outputs ``(*lead, heads, d_v)`` to ``(*lead, d_model)``;
     ``_mix(q, k, v, gates, initial_state)`` / ``_mix_step``
         the op and its one-token recurrence (linear attention with a decay by default).
     """
@@ -90,8 +98,14 @@ class MatrixStateMixer(Mixer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_sequence(x)
         q, k, v, gates, _ = self._project(x, None)
-        o, _ = self._mix(q, k, v, gates, None)
+        o, _ = self._mix_sequence(q, k, v, gates, None)
         return self._combine(o, x)
+
+    def _mix_sequence(self, q, k, v, gates, initial_state):
+        """:meth:`_mix` on token-major projections, its per-head output back token-major."""
+        o, matrix = self._mix(heads_first(q), heads_first(k), heads_first(v),
+                              {name: heads_first(g) for name, g in gates.items()}, initial_state)
+        return heads_first(o), matrix
 
     def _init_state(self, batch_size, *, device, dtype, max_length) -> State:
         """``{"S": (batch, heads, d_k, d_v) zeros (float32 or wider), "length": 0, ...}``."""
@@ -103,15 +117,14 @@ class MatrixStateMixer(Mixer):
         """The whole prompt by the chunked form, starting from ``state``; returns the state after it."""
         state = self.start_prefill(x, state)
         q, k, v, gates, extra = self._project(x, state)
-        o, matrix = self._mix(q, k, v, gates, state["S"])
+        o, matrix = self._mix_sequence(q, k, v, gates, state["S"])
         return self._combine(o, x), {**state, **extra, "S": matrix, "length": state["length"] + x.shape[1]}
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        q, k, v, gates, extra = self._project(x_t.unsqueeze(1), state)
-        o_t, matrix = self._mix_step(q[:, :, 0], k[:, :, 0], v[:, :, 0],
-                                     {name: g[:, :, 0] for name, g in gates.items()}, state["S"])
-        y = self._combine(o_t.unsqueeze(2), x_t.unsqueeze(1))[:, 0]
-        return y, {**state, **extra, "S": matrix, "length": state["length"] + 1}
+        # The projections at one token are already (batch, heads, d): no length axis to add and take away.
+        q, k, v, gates, extra = self._project(x_t, state)
+        o_t, matrix = self._mix_step(q, k, v, gates, state["S"])
+        return self._combine(o_t, x_t), {**state, **extra, "S": matrix, "length": state["length"] + 1}
 
     # -- accounting -------------------------------------------------------------------
     def mixing_flops(self, length: int) -> int:
@@ -179,18 +192,18 @@ class LinearAttention(MatrixStateMixer):
 
     def _project(self, x, state):
         width = self.n_heads * self.key_dim
-        q, k, v = self.qkv(x).split([width, width, self.n_heads * self.head_dim], dim=-1)
-        q = feature_map(self.feature_map, split_heads(q, self.n_heads))
-        k = feature_map(self.feature_map, split_heads(k, self.n_heads))
-        v = split_heads(v, self.n_heads)
+        qk, v = self.qkv(x).split([2 * width, self.n_heads * self.head_dim], dim=-1)
+        # q and k side by side, (..., 2, heads, key_dim): one feature map for both
+        q, k = feature_map(self.feature_map, qk.unflatten(-1, (2, self.n_heads, self.key_dim))).unbind(-3)
+        v = v.unflatten(-1, (self.n_heads, self.head_dim))
         if self.normalize:
-            v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+            v = F.pad(v, (0, 1), value=1.0)  # the normaliser's column of ones
         return q, k, v, {}, {}
 
     def _combine(self, o, x):
         if self.normalize:
             o = o[..., :-1] / (o[..., -1:] + self.eps)
-        return self.out(merge_heads(o))
+        return self.out(o.flatten(-2))
 
     def flops_breakdown(self, length: int) -> dict[str, int]:
         check_positive_int("length", length)

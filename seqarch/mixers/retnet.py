@@ -22,7 +22,7 @@ from torch import nn
 from ..checks import check_divides, check_positive_int
 from ..modules.rotary import RotaryEmbedding
 from .base import register_mixer
-from .linear_attention import MatrixStateMixer, default_heads, linear_flops, merge_heads, split_heads
+from .linear_attention import MatrixStateMixer, default_heads, linear_flops
 
 
 @register_mixer("retnet")
@@ -67,18 +67,20 @@ class RetNet(MatrixStateMixer):
     def _project(self, x, state):
         value_width = self.d_model * self.value_expand
         q, k, v = self.qkv(x).split([self.d_model, self.d_model, value_width], dim=-1)
-        q, k, v = (split_heads(t, self.n_heads) for t in (q, k, v))
+        q, k, v = (t.unflatten(-1, (self.n_heads, -1)) for t in (q, k, v))
         k = k / math.sqrt(self.state_key_dim)
         if self.rotary is not None:
             start = 0 if state is None else state["length"]
-            q, k = self.rotary.rotate(q, start), self.rotary.rotate(k, start)
-        batch, _, length, _ = q.shape
-        log_decay = self.log_gamma.to(device=x.device, dtype=x.dtype)[None, :, None].expand(batch, -1, length)
+            if x.dim() == 2:  # one token: (batch, heads, d), rotated at its position as a length-1 sequence
+                q, k = (self.rotary.rotate(t.unsqueeze(1), start, dim=-3).squeeze(1) for t in (q, k))
+            else:
+                q, k = self.rotary.rotate(q, start, dim=-3), self.rotary.rotate(k, start, dim=-3)
+        log_decay = self.log_gamma.to(device=x.device, dtype=x.dtype).expand(*x.shape[:-1], self.n_heads)
         return q, k, v, {"log_decay": log_decay}, {}
 
     def _combine(self, o, x):
         normed = F.layer_norm(o, (o.shape[-1],))  # GroupNorm with one group per head, as the paper
-        return self.out(F.silu(self.gate(x)) * merge_heads(normed))
+        return self.out(F.silu(self.gate(x)) * normed.flatten(-2))
 
     def flops_breakdown(self, length: int) -> dict[str, int]:
         check_positive_int("length", length)

@@ -66,17 +66,17 @@ class RetNet(MatrixStateMixer):
 
     def _project(self, x, state):
         value_width = self.d_model * self.value_expand
-        q, k, v = self.qkv(x).split([self.d_model, self.d_model, value_width], dim=-1)
-        q, k, v = (t.unflatten(-1, (self.n_heads, -1)) for t in (q, k, v))
-        k = k / math.sqrt(self.state_key_dim)
-        if self.rotary is not None:
+        qk, v = self.qkv(x).split([2 * self.d_model, value_width], dim=-1)
+        qk = qk.unflatten(-1, (2 * self.n_heads, self.state_key_dim))  # queries' heads, then keys'
+        if self.rotary is not None:  # queries and keys rotated together, from the cached tables
             start = 0 if state is None else state["length"]
-            if x.dim() == 2:  # one token: (batch, heads, d), rotated at its position as a length-1 sequence
-                q, k = (self.rotary.rotate(t.unsqueeze(1), start, dim=-3).squeeze(1) for t in (q, k))
+            if x.dim() == 2:  # one token, (batch, 2 heads, d): rotated as a sequence of length 1
+                qk = self.rotary.rotate(qk.unsqueeze(1), start, dim=-3).squeeze(1)
             else:
-                q, k = self.rotary.rotate(q, start, dim=-3), self.rotary.rotate(k, start, dim=-3)
+                qk = self.rotary.rotate(qk, start, dim=-3)
+        q, k = qk.chunk(2, dim=-2)
         log_decay = self.log_gamma.to(device=x.device, dtype=x.dtype).expand(*x.shape[:-1], self.n_heads)
-        return q, k, v, {"log_decay": log_decay}, {}
+        return q, k / math.sqrt(self.state_key_dim), v.unflatten(-1, (self.n_heads, -1)), {"log_decay": log_decay}, {}
 
     def _combine(self, o, x):
         normed = F.layer_norm(o, (o.shape[-1],))  # GroupNorm with one group per head, as the paper

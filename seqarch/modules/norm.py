@@ -50,6 +50,8 @@ class GatedRMSNorm(nn.Module):
         """``x, z: (..., dim)`` -> ``(..., dim)`` in ``x``'s dtype."""
         work = torch.promote_types(x.dtype, torch.float32)
         gated = x.to(work) * F.silu(z.to(work))
+        if self.group_size == self.dim and x.dtype == work == self.weight.dtype:  # one group, no casts:
+            return F.rms_norm(gated, (self.dim,), self.weight, eps=self.eps)  # the weight fused, 3 calls fewer
         grouped = gated.unflatten(-1, (-1, self.group_size))
         normed = F.rms_norm(grouped, (self.group_size,), eps=self.eps)
         return normed.flatten(-2).to(x.dtype) * self.weight

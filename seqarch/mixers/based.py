@@ -78,9 +78,8 @@ class BaseConv(Mixer):
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         state = self.start_prefill(x, state)
-        window = torch.cat([state["conv"].to(x.dtype), x.transpose(1, 2)], -1)
-        convolved = self.conv(window)[..., state["conv"].shape[-1]:].transpose(1, 2)
-        return self.projection(x) * convolved, {**state, "conv": self.conv.prefill_state(window)}
+        convolved, history = self.conv.extend(x.transpose(1, 2), state["conv"])
+        return self.projection(x) * convolved.transpose(1, 2), {**state, "conv": history}
 
     def flops_breakdown(self, length: int) -> dict[str, int]:
         check_positive_int("length", length)

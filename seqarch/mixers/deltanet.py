@@ -90,8 +90,8 @@ class DeltaNet(MatrixStateMixer):
             if state is None:
                 conv, extra = self.conv(mixed), {}
             else:
-                read = torch.cat([state["conv"].to(mixed.dtype), mixed], -1)
-                conv, extra = self.conv(read)[..., -mixed.shape[-1]:], {"conv": self.conv.prefill_state(read)}
+                conv, history = self.conv.extend(mixed, state["conv"])
+                extra = {"conv": history}
             conv = conv.transpose(1, 2)
         qk, v = F.silu(conv).split([2 * self.d_model, self.value_width], dim=-1)
         # q and k side by side, (..., 2, heads, d_k): one L2 normalisation for both

@@ -120,20 +120,22 @@ class Mamba(Mixer):
         return cached(self, ("step_constants", work), lambda: {"A": self._A(work), "D": self.D.to(work)})
 
     def _mix(self, x: torch.Tensor, conv_history: torch.Tensor | None, ssm_state: torch.Tensor | None,
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``x: (batch, length, d_model)`` from a state (``None``: fresh) -> ``(y, conv inputs with the
-        history in front, last SSM state)``."""
+             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``x: (batch, length, d_model)`` from a state (``None``: fresh) -> ``(y, the convolution's history
+        after x (None without one in), last SSM state)``."""
         xs, z = self.in_proj(x).split(self.d_inner, dim=-1)  # (batch, length, d_inner) views
         xs = xs.transpose(1, 2)  # the conv reads (batch, d_inner, length)
-        if conv_history is not None:  # the conv continues from the previous inputs: read them in front
-            xs = torch.cat([conv_history.to(xs.dtype), xs], dim=-1)
+        if conv_history is None:
+            conv = self.conv(xs)
+        else:  # the conv continues from the previous inputs
+            conv, conv_history = self.conv.extend(xs, conv_history)
         # Back to (batch, length, d_inner) in one copy before the SiLU: every elementwise op and its backward
         # then runs on one contiguous layout (on a CPU, mixed layouts cost several times more).
-        u = F.silu(self.conv(xs)[..., xs.shape[-1] - x.shape[1]:].transpose(1, 2).contiguous())
+        u = F.silu(conv.transpose(1, 2).contiguous())
         delta, B, C = self._selection(u)
         y, last = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), self._A(u.dtype), B.transpose(1, 2),
                                  C.transpose(1, 2), self.D, z.transpose(1, 2), initial_state=ssm_state)
-        return self.out_proj(y.transpose(1, 2)).to(x.dtype), xs, last
+        return self.out_proj(y.transpose(1, 2)).to(x.dtype), conv_history, last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (batch, length, d_model)`` -> same shape in ``x.dtype``."""
@@ -183,9 +185,8 @@ class Mamba(Mixer):
         non-empty state; returns ``(y, state)`` with the final state."""
         state = self.start_prefill(x, state)
         history, ssm = self._states(state)
-        y, inputs, last = self._mix(x, history, ssm)
-        history = self.conv.prefill_state(inputs).to(state["conv"].dtype)
-        return y, {**state, "conv": history, "ssm": last.to(state["ssm"].dtype)}
+        y, history, last = self._mix(x, history, ssm)
+        return y, {**state, "conv": history.to(state["conv"].dtype), "ssm": last.to(state["ssm"].dtype)}
 
     # -- accounting -----------------------------------------------------------------------
     def flops_breakdown(self, length: int) -> dict[str, int]:

@@ -119,24 +119,22 @@ class Mamba2(Mixer):
         return self.out_proj(self.norm(y.flatten(-2), z).to(z.dtype))
 
     def _mix(self, x: torch.Tensor, history: torch.Tensor | None,
-             state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """The parallel form over ``x: (batch, length, d_model)`` after the convolution inputs ``history``
         ``(batch, conv_channels, conv_kernel - 1)`` and SSM state ``state`` (None: a fresh start).
-        Returns ``(y, conv inputs read, final SSM state)``."""
+        Returns ``(y, the convolution's history after x (None without one in), final SSM state)``."""
         z, xbc, dt = self._split(self.in_proj(x))
         xbc = xbc.transpose(1, 2)  # (batch, channels, length), read in place by the conv kernel
-        keep = self.conv_kernel - 1
-        if history is not None and keep:
-            xbc = torch.cat([history.to(xbc.dtype), xbc], dim=-1)
-        conv = self.conv(xbc)
-        if history is not None and keep:
-            conv = conv[..., keep:]
+        if history is None:
+            conv = self.conv(xbc)
+        else:  # the conv continues from the previous inputs
+            conv, history = self.conv.extend(xbc, history)
         # Back to (batch, length, channels) in one copy before the SiLU: the SiLU, the heads' views and their
         # gradients then share one contiguous layout (on a CPU, mixed layouts cost several times more).
         xs, b, c = self._heads(F.silu(conv.transpose(1, 2).contiguous()))
         A = -torch.exp(self.A_log.to(dt.dtype))
         y, final = ssd(xs, dt, A, b, c, chunk_size=self.chunk_size, initial_state=state)
-        return self._output(y, xs, z), xbc, final
+        return self._output(y, xs, z), history, final
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_sequence(x)
@@ -193,9 +191,8 @@ class Mamba2(Mixer):
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """The whole prompt in the parallel form, from a fresh or a non-empty state; returns the final state."""
         state = self.start_prefill(x, state)
-        y, read, final = self._mix(x, state["conv"], state["ssm"])
-        history = self.conv.prefill_state(read).to(state["conv"].dtype)
-        return y, {**state, "conv": history, "ssm": final.to(state["ssm"].dtype)}
+        y, history, final = self._mix(x, state["conv"], state["ssm"])
+        return y, {**state, "conv": history.to(state["conv"].dtype), "ssm": final.to(state["ssm"].dtype)}
 
     # -- accounting -------------------------------------------------------------------------
     def flops_breakdown(self, length: int) -> dict[str, int]:

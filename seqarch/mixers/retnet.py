@@ -70,10 +70,7 @@ class RetNet(MatrixStateMixer):
         qk = qk.unflatten(-1, (2 * self.n_heads, self.state_key_dim))  # queries' heads, then keys'
         if self.rotary is not None:  # queries and keys rotated together, from the cached tables
             start = 0 if state is None else state["length"]
-            if x.dim() == 2:  # one token, (batch, 2 heads, d): rotated as a sequence of length 1
-                qk = self.rotary.rotate(qk.unsqueeze(1), start, dim=-3).squeeze(1)
-            else:
-                qk = self.rotary.rotate(qk, start, dim=-3)
+            qk = self.rotary.rotate(qk, start, dim=-3 if x.dim() == 3 else None)  # None: one token
         q, k = qk.chunk(2, dim=-2)
         log_decay = self.log_gamma.to(device=x.device, dtype=x.dtype).expand(*x.shape[:-1], self.n_heads)
         return q, k / math.sqrt(self.state_key_dim), v.unflatten(-1, (self.n_heads, -1)), {"log_decay": log_decay}, {}

@@ -59,15 +59,19 @@ class RotaryEmbedding(nn.Module):
                 self._tables[key] = tables
         return tables
 
-    def rotate(self, x: torch.Tensor, start: int, dim: int = -2) -> torch.Tensor:
+    def rotate(self, x: torch.Tensor, start: int, dim: int | None = -2) -> torch.Tensor:
         """Rotate ``x`` at positions ``start, start + 1, ...`` along ``dim`` (a negative index:
         ``-2`` for ``(batch, heads, length, head_dim)``, ``-3`` for ``(batch, length, heads,
-        head_dim)``); equal to :meth:`forward` at those positions.
+        head_dim)``; None: ``x (..., head_dim)`` holds the one position ``start``, as a decoding
+        step's); equal to :meth:`forward` at those positions.
 
         ``x cos2 + roll(x) sin2`` from the cached tables (``roll`` by half a head swaps the
         halves): three elementwise ops and no float64 work per call."""
-        length = x.shape[dim]
+        length = 1 if dim is None else x.shape[dim]
         cos2, sin2 = self.tables(start + length, x.device, x.dtype)
-        shape = (length, *(1,) * (-dim - 2), self.head_dim)
-        cos2, sin2 = cos2[start:start + length].view(shape), sin2[start:start + length].view(shape)
+        if dim is None:
+            cos2, sin2 = cos2[start], sin2[start]
+        else:
+            shape = (length, *(1,) * (-dim - 2), self.head_dim)
+            cos2, sin2 = cos2[start:start + length].view(shape), sin2[start:start + length].view(shape)
         return torch.addcmul(x * cos2, x.roll(self.head_dim // 2, -1), sin2)

@@ -61,6 +61,13 @@ class ShortConv(nn.Module):
             y_t = y_t + self.bias
         return y_t, window[..., 1:]
 
+    def extend(self, x: torch.Tensor, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The convolution of ``x: (batch, channels, length)`` continuing after ``history`` (the last
+        ``kernel_size - 1`` inputs, as :meth:`init_state` and :meth:`step` keep them): ``(y, new_history)``,
+        ``y`` of ``x``'s shape (a view), for a prefill from a non-empty state."""
+        read = torch.cat([history.to(x.dtype), x], dim=-1)
+        return self(read)[..., history.shape[-1]:], self.prefill_state(read)
+
     def prefill_state(self, x: torch.Tensor) -> torch.Tensor:
         """The state after reading ``x: (batch, channels, length)``: its last k-1 inputs."""
         keep = self.kernel_size - 1

@@ -208,7 +208,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=benchlib.positive_int, default=3,
                         help="rounds of one timed generate per model, interleaved; the best of each is kept")
     parser.add_argument("--compile", nargs="*", default=None,
                         help="mixers also timed with generate(compile_step=True) (inductor), attention always "

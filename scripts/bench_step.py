@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per position (median)")
-    parser.add_argument("--rounds", type=int, default=5,
+    parser.add_argument("--rounds", type=benchlib.positive_int, default=5,
                         help="rounds over every mixer and position in turn; the fastest round's median is kept "
                              "(a machine whose speed drifts then moves every position alike)")
     benchlib.add_device_and_out(parser)

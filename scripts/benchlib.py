@@ -7,6 +7,7 @@ worker process (so earlier measurements cannot hide it).
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -17,6 +18,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a count of rounds or steps), else a clear error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def add_device_and_out(parser) -> None:

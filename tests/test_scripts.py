@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -31,6 +33,15 @@ def test_bench_layers_rejects_unknown_mixers(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPTS / "bench_layers.py"), "--mixers", "lstm", "--out",
                            str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode != 0 and "--mixers: unknown mixer 'lstm'" in done.stderr
+
+
+
+@pytest.mark.parametrize("script", ["bench_step.py", "bench_generate.py"])
+def test_a_count_of_rounds_below_one_is_refused_naming_the_argument(tmp_path, script):
+    done = subprocess.run([sys.executable, str(SCRIPTS / script), "--rounds", "0", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0 and "--rounds: expected an integer >= 1, got '0'" in done.stderr
+    assert not list(tmp_path.iterdir())  # no report written
 
 
 def test_bench_s4d_compares_both_formulations(tmp_path):

@@ -107,6 +107,29 @@ def test_values_are_reused_until_a_parameter_changes_or_is_replaced():
     assert len(calls) == 5
 
 
+def test_values_of_named_parameters_follow_those_parameters_only():
+    layer = torch.nn.Linear(3, 3)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return layer.weight.sum()
+
+    def ask():
+        return cached(layer, "weight sum", compute, params=(layer.weight,))
+
+    with torch.no_grad():
+        ask()
+        layer.bias.add_(1.0)  # not named: the value does not derive from it
+        ask()
+        assert len(calls) == 1
+        layer.weight.mul_(2.0)
+        ask()
+        assert len(calls) == 2
+        layer.weight = torch.nn.Parameter(torch.zeros(3, 3))  # replaced: the caller names the new one
+        assert ask() == 0 and len(calls) == 3
+
+
 def test_a_cached_ssm_step_equals_the_forward():
     """The step's cached discretisation gives the forward's outputs, before and after a weight change."""
     for name in ("s4", "s4d"):

@@ -117,7 +117,8 @@ class Mamba(Mixer):
         if not isinstance(ssm, torch.Tensor):
             return {}  # not this mixer's state: the step says so
         work = ssm.dtype
-        return cached(self, ("step_constants", work), lambda: {"A": self._A(work), "D": self.D.to(work)})
+        return cached(self, ("step_constants", work), lambda: {"A": self._A(work), "D": self.D.to(work)},
+                      params=(self.A_log, self.D))
 
     def _mix(self, x: torch.Tensor, conv_history: torch.Tensor | None, ssm_state: torch.Tensor | None,
              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:

@@ -159,7 +159,8 @@ class Mamba2(Mixer):
         if not isinstance(ssm, torch.Tensor):
             return {}  # not this mixer's state: the step says so
         work = ssm.dtype
-        return cached(self, ("step_constants", work), lambda: {"A": -torch.exp(self.A_log.to(work))})
+        return cached(self, ("step_constants", work), lambda: {"A": -torch.exp(self.A_log.to(work))},
+                      params=(self.A_log,))
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         z, xbc, dt = self._split(self.in_proj(x_t))

@@ -45,15 +45,20 @@ def cache_applies(params: tuple[nn.Parameter, ...]) -> bool:
     return not torch.is_grad_enabled() or not any(p.requires_grad for p in params)
 
 
-def cached(module: nn.Module, key: Hashable, compute: Callable[[], Any]) -> Any:
+def cached(module: nn.Module, key: Hashable, compute: Callable[[], Any],
+           params: tuple[nn.Parameter, ...] | None = None) -> Any:
     """``compute()``, reused while ``module``'s parameters are unchanged (see the module).
 
     ``key`` names the value and its arguments (e.g. ``("kernel", length, dtype)``); the
     autocast state is added to it.  Outside :func:`cache_applies` it calls ``compute()``.
+    ``params``: the parameters the value derives from, read by the caller at the call (so a
+    replaced one is seen); default every parameter of ``module``.  Naming them is cheaper per
+    call: gathering a layer's parameters costs several microseconds, which a decoding step
+    that asks every token in every layer pays each time.
     """
-    # Read from each submodule's own table: cheaper than module.parameters() (no memo set to hash
-    # into), which matters when a decoding step asks every token.
-    params = tuple(p for m in module.modules() for p in m._parameters.values() if p is not None)
+    if params is None:
+        # Read from each submodule's own table: cheaper than module.parameters() (no memo set to hash into).
+        params = tuple(p for m in module.modules() for p in m._parameters.values() if p is not None)
     if not cache_applies(params):
         return compute()
     device = params[0].device.type if params else "cpu"

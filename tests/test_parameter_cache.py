@@ -85,13 +85,19 @@ def test_training_forward_builds_the_graph_every_time():
     assert mixer.kernel.log_dt.grad is not None and mixer.kernel.log_dt.grad.abs().sum() > 0
 
 
-def test_values_are_reused_until_a_parameter_changes_or_is_replaced():
-    layer = torch.nn.Linear(3, 3)
+def counting_weight_sum(layer):
+    """A value of ``layer.weight`` and the list its computations append to."""
     calls = []
 
     def compute():
         calls.append(1)
         return layer.weight.sum()
+    return compute, calls
+
+
+def test_values_are_reused_until_a_parameter_changes_or_is_replaced():
+    layer = torch.nn.Linear(3, 3)
+    compute, calls = counting_weight_sum(layer)
 
     with torch.no_grad():
         cached(layer, "sum", compute)
@@ -109,11 +115,7 @@ def test_values_are_reused_until_a_parameter_changes_or_is_replaced():
 
 def test_values_of_named_parameters_follow_those_parameters_only():
     layer = torch.nn.Linear(3, 3)
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return layer.weight.sum()
+    compute, calls = counting_weight_sum(layer)
 
     def ask():
         return cached(layer, "weight sum", compute, params=(layer.weight,))

@@ -12,13 +12,14 @@ from seqarch.modules.parameter_cache import cached, clear_cache
 
 from helpers import relative_rms
 
-MIXERS = ["s4", "s4d", "m2", "attention"]
+MIXERS = ["s4", "s4d", "m2", "attention", "mamba", "mamba2", "gated_deltanet"]
 
 
 def small_model(mixer: str) -> LanguageModel:
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=32, d_model=16, n_layers=2, mixer=mixer, max_length=32,
-                         mixer_options={"s4": {"d_state": 8}, "s4d": {"d_state": 8}, "m2": {"filter_order": 8}})
+                         mixer_options={"s4": {"d_state": 8}, "s4d": {"d_state": 8}, "m2": {"filter_order": 8},
+                                       "mamba2": {"head_dim": 8, "d_state": 8}})
     return LanguageModel(config, dtype=torch.float64).eval()
 
 

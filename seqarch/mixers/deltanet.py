@@ -24,6 +24,7 @@ from torch import nn
 from ..checks import check_bool, check_divides, check_positive_int
 from ..kernels.chunked_linear_attention import effective_chunk
 from ..kernels.delta_rule import delta_rule, delta_rule_step
+from ..modules.parameter_cache import cached
 from ..modules.short_conv import ShortConv
 from .base import register_mixer
 from .gla import expanded_width
@@ -99,7 +100,9 @@ class DeltaNet(MatrixStateMixer):
         q, v = q / math.sqrt(self.state_key_dim), v.unflatten(-1, (self.n_heads, -1))
         gates = {"beta": self.beta(x).sigmoid()}
         if self.gated:
-            gates["log_decay"] = -(F.softplus(self.decay(x) + self.dt_bias) * self.A_log.exp())
+            # -exp(A_log) made once per parameter version where no graph needs it (two ops fewer per token)
+            rates = cached(self, "neg_rates", lambda: -self.A_log.exp(), params=(self.A_log,))
+            gates["log_decay"] = F.softplus(self.decay(x) + self.dt_bias) * rates
         return q, k, v, gates, extra
 
     def _mix(self, q, k, v, gates, initial_state):

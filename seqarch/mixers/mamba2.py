@@ -29,6 +29,7 @@ from ..modules.kernel_generator import tag_optim
 from ..modules.norm import GatedRMSNorm
 from ..modules.parameter_cache import cached
 from ..modules.short_conv import ShortConv
+from ..precision import compute_dtype
 from .base import Mixer, State, register_mixer
 
 # FLOPs per element of the elementwise work (SiLU ~ exp, add, divide, multiply; softplus ~ exp, log1p, add).
@@ -104,7 +105,7 @@ class Mamba2(Mixer):
         """``in_proj`` output ``(..., width)`` -> ``z (..., d_inner)``, ``xBC (..., conv_channels)``,
         ``dt (..., n_heads)`` (after the softplus, float32 or wider)."""
         z, xbc, dt = projected.split([self.d_inner, self.conv_channels, self.n_heads], dim=-1)
-        work = torch.promote_types(dt.dtype, torch.float32)
+        work = compute_dtype(dt.dtype)
         return z, xbc, F.softplus(dt.to(work) + self.dt_bias.to(work))
 
     def _heads(self, xbc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -115,7 +116,11 @@ class Mamba2(Mixer):
 
     def _output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``y, x: (..., n_heads, head_dim)`` -> ``out_proj(RMSNorm((y + D x) * SiLU(z)))``."""
-        y = y + self.D.to(y.dtype)[:, None] * x
+        return self._gate_out(torch.addcmul(y, self.D.to(y.dtype)[:, None], x), z)
+
+    def _gate_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``y`` with its skip ``(..., n_heads, head_dim)``, ``z: (..., d_inner)`` -> ``out_proj(RMSNorm(y * SiLU(z)))``
+        in ``z``'s dtype."""
         return self.out_proj(self.norm(y.flatten(-2), z).to(z.dtype))
 
     def _mix(self, x: torch.Tensor, history: torch.Tensor | None,
@@ -146,21 +151,22 @@ class Mamba2(Mixer):
         (the SSM state in float32 or wider).  Also derives the step's decay rates (so the first step costs
         what every other does)."""
         ssm = torch.zeros(batch_size, self.n_heads, self.head_dim, self.d_state, device=device,
-                          dtype=torch.promote_types(dtype, torch.float32))
+                          dtype=compute_dtype(dtype))
         state = {"conv": self.conv.init_state(batch_size, device=device, dtype=dtype), "ssm": ssm}
         with torch.no_grad():
             self.step_constants(state)
         return state
 
     def step_constants(self, state: State) -> dict[str, torch.Tensor]:
-        """``{"A": -exp(A_log)}`` in the SSM state's dtype, derived once per parameter version, not per
-        token (:func:`~seqarch.modules.parameter_cache.cached`)."""
+        """``{"A": -exp(A_log) (n_heads,), "D": D (n_heads, 1)}`` in the SSM state's dtype, derived once per
+        parameter version, not per token (:func:`~seqarch.modules.parameter_cache.cached`)."""
         ssm = state.get("ssm")
         if not isinstance(ssm, torch.Tensor):
             return {}  # not this mixer's state: the step says so
         work = ssm.dtype
-        return cached(self, ("step_constants", work), lambda: {"A": -torch.exp(self.A_log.to(work))},
-                      params=(self.A_log,))
+        return cached(self, ("step_constants", work),
+                      lambda: {"A": -torch.exp(self.A_log.to(work)), "D": self.D.to(work)[:, None]},
+                      params=(self.A_log, self.D))
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         z, xbc, dt = self._split(self.in_proj(x_t))
@@ -170,7 +176,8 @@ class Mamba2(Mixer):
         work = ssm.dtype
         batch, rep = xs.shape[0], self.n_heads // self.ngroups
         dt = dt.to(work)
-        decay = torch.exp(dt * self.constants_of(state)["A"])  # (batch, n_heads)
+        constants = self.constants_of(state)
+        decay = torch.exp(dt * constants["A"])  # (batch, n_heads)
         # grouped views, no copies: (batch, groups, heads per group, head_dim, d_state)
         grouped = ssm.view(batch, self.ngroups, rep, self.head_dim, self.d_state)
         inputs = (dt[..., None] * xs.to(work)).view(batch, self.ngroups, rep, self.head_dim, 1)
@@ -185,8 +192,9 @@ class Mamba2(Mixer):
         # column (at batch 8 here, 9x).
         y = torch.bmm(c.to(work).reshape(batch * self.ngroups, 1, self.d_state),
                       new.view(batch * self.ngroups, rep * self.head_dim, self.d_state).transpose(1, 2))
-        y = y.view(batch, self.n_heads, self.head_dim)
-        return (self._output(y.to(xs.dtype), xs, z),
+        # the skip D x added in the state's dtype, in place: y is this step's own
+        y = y.view(batch, self.n_heads, self.head_dim).addcmul_(constants["D"], xs)
+        return (self._gate_out(y, z),
                 {**state, "conv": history, "ssm": new.view(batch, self.n_heads, self.head_dim, self.d_state)})
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:

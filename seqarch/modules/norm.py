@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_choice, check_divides, check_positive_int
+from ..precision import compute_dtype
 
 NORMS = ("rmsnorm", "layernorm")
 
@@ -25,7 +26,7 @@ class RMSNorm(nn.Module):
         # already float32 or wider, since it would otherwise scale before the cast back, not after.
         if x.dtype == self.weight.dtype and x.dtype in (torch.float32, torch.float64):
             return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
-        work = x.to(torch.promote_types(x.dtype, torch.float32))
+        work = x.to(compute_dtype(x.dtype))
         return F.rms_norm(work, (work.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
 
 
@@ -48,7 +49,7 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``x, z: (..., dim)`` -> ``(..., dim)`` in ``x``'s dtype."""
-        work = torch.promote_types(x.dtype, torch.float32)
+        work = compute_dtype(x.dtype)
         gated = x.to(work) * F.silu(z.to(work))
         if self.group_size == self.dim and x.dtype == work == self.weight.dtype:  # one group, no casts:
             return F.rms_norm(gated, (self.dim,), self.weight, eps=self.eps)  # the weight fused, 3 calls fewer

@@ -72,6 +72,24 @@ def test_bench_generate_pairs_every_model_with_attention(tmp_path):
     assert "paired" in (tmp_path / "bench_generate.md").read_text()
 
 
+def test_count_step_ops_counts_every_dispatched_operator_by_line(tmp_path):
+    run("count_step_ops.py", "--mixers", "s4d", "--width", "16", "--layers", "1", "--prompt", "4", "--steps", "2",
+        "--by-line", out=tmp_path)
+    results = json.loads((tmp_path / "count_step_ops.json").read_text())["results"]
+    assert set(results) == {"attention", "s4d"}
+    for row in results.values():
+        assert row["ops_per_step"] > 0
+        assert sum(row["by_line"].values()) == pytest.approx(row["ops_per_step"])  # every operator has a line
+        assert any(line.startswith("seqarch/") for line in row["by_line"])
+    assert any("attention.py" in line for line in results["attention"]["by_line"])
+
+
+def test_count_step_ops_refuses_unknown_mixers(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPTS / "count_step_ops.py"), "--mixers", "nope", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode != 0 and "--mixers" in done.stderr and "nope" in done.stderr
+
+
 def test_bench_generate_pairs_compiled_steps_with_compiled_attention(tmp_path):
     """--compile: each named model's compiled generate between two of attention's (Dynamo's eager
     backend here: the pairing, not inductor, is under test)."""

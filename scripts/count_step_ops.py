@@ -22,9 +22,8 @@ from pathlib import Path
 
 import benchlib
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-
 from bench_generate import VOCAB, build
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 OWN = (str(ROOT / "seqarch"), str(ROOT / "kernels"))

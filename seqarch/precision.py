@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-
 # The floating dtypes looked up, not promoted: ``torch.promote_types`` is a dispatched op, and a
 # decoding step asks this several times per layer on every token.
 _COMPUTE = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.float32: torch.float32,

@@ -90,12 +90,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    import seqarch
-
-    mixers = args.mixers or sorted(seqarch.MIXERS)
-    for name in mixers:
-        if name not in seqarch.MIXERS:
-            parser.error(f"--mixers: unknown mixer {name!r}; expected some of {sorted(seqarch.MIXERS)}")
+    mixers = benchlib.mixer_names(parser, args.mixers)
     lengths = sorted(args.lengths)
     results = []
     for name in mixers:

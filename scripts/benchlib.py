@@ -31,6 +31,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def mixer_names(parser, names: list[str] | None) -> list[str]:
+    """``--mixers`` checked against seqarch's registry (argparse's error names an unknown one);
+    ``None``: every mixer."""
+    import seqarch
+
+    for name in names or []:
+        if name not in seqarch.MIXERS:
+            parser.error(f"--mixers: unknown mixer {name!r}; expected some of {sorted(seqarch.MIXERS)}")
+    return names or sorted(seqarch.MIXERS)
+
+
 def add_device_and_out(parser) -> None:
     """``--device`` (CUDA where there is one) and ``--out`` (the report folder), as every benchmark takes them."""
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -83,12 +83,7 @@ def main() -> None:
     args.new_tokens = args.steps  # build() sizes the models' max_length from prompt + new tokens
     out = args.out or benchlib.default_out("cpu")
 
-    import seqarch
-
-    names = args.mixers or sorted(seqarch.MIXERS)
-    unknown = sorted(set(names) - set(seqarch.MIXERS))
-    if unknown:
-        parser.error(f"--mixers: expected names from {sorted(seqarch.MIXERS)}, got {unknown}")
+    names = benchlib.mixer_names(parser, args.mixers)
     if "attention" not in names:
         names = ["attention", *names]
     results = {name: count(name, args) for name in names}

@@ -110,6 +110,22 @@ def test_ci_runs_the_readme_test_command_verbatim():
     assert setup_and_test[0] in ci_lines
 
 
+def test_ci_fails_when_a_step_before_the_tests_fails(tmp_path):
+    """A failing set-up or lint step skips the rest of the && list; the run must fail then, not pass."""
+    import pathlib
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    lines = (root / ".ci" / "run").read_text().splitlines()
+    chain = next(i for i, line in enumerate(lines) if line.startswith("python3 -m venv"))
+    lines[chain] = "true && false && touch tests_ran"  # a lint step that fails before pytest
+    script = "\n".join(line for line in lines if not line.startswith("cd ") and "test_transformers4" not in line)
+    (tmp_path / "run").write_text(script + "\ntouch reached_the_end\n")
+    result = subprocess.run(["bash", "run"], check=False, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert not (tmp_path / "tests_ran").exists() and not (tmp_path / "reached_the_end").exists()
+
+
 def test_the_project_stands_alone_citing_no_outside_notes_or_issue_tracker():
     """Code, configs and docs name nothing a user of the repository cannot read (design notes kept outside
     it, the tracker's issues): whatever a reader needs is written here."""

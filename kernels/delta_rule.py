@@ -45,19 +45,18 @@ def delta_rule_step(q_t, k_t, v_t, beta_t, log_decay_t, state, inplace: bool = F
     autograd through it) instead of making a new one."""
     work = state.dtype
     q_t, k_t, v_t, beta_t = (t if t.dtype == work else t.to(work) for t in (q_t, k_t, v_t, beta_t))
-    # Both reads of the old state in one batched product, (k; q) S: (batch, heads, 2, d_v).  The output
-    # q^T S_new = q^T S_decayed + (q . k) correction then needs no third product.
-    reads = torch.stack([k_t, q_t], -2) @ state
-    if log_decay_t is not None:
+    batch, heads, d_k, d_v = state.shape
+    if log_decay_t is not None:  # decayed first: both reads below are of alpha S
         decay = log_decay_t.to(work).exp()[..., None, None]
-        reads = reads * decay
         state = state.mul_(decay) if inplace else state * decay
-    read_k, read_q = reads.unbind(-2)
-    correction = beta_t.unsqueeze(-1) * (v_t - read_k)  # (batch, heads, d_v)
-    o_t = torch.addcmul(read_q, (q_t * k_t).sum(-1, keepdim=True), correction)
-    keys, correction = k_t.unsqueeze(-1), correction.unsqueeze(-2)
-    state = state.addcmul_(keys, correction) if inplace else torch.addcmul(state, keys, correction)
-    return o_t, state
+    # Reads as (batch * heads) products of a row by a d_k x d_v matrix: at batch 1 on a CPU two such
+    # bmm calls cost less than stacking (k; q) into one product and splitting it again.
+    read_k = torch.bmm(k_t.reshape(batch * heads, 1, d_k), state.reshape(batch * heads, d_k, d_v))
+    correction = beta_t.unsqueeze(-1) * (v_t - read_k.view(batch, heads, d_v))  # (batch, heads, d_v)
+    keys, update = k_t.unsqueeze(-1), correction.unsqueeze(-2)
+    state = state.addcmul_(keys, update) if inplace else torch.addcmul(state, keys, update)
+    o_t = torch.bmm(q_t.reshape(batch * heads, 1, d_k), state.reshape(batch * heads, d_k, d_v))
+    return o_t.view(batch, heads, d_v), state
 
 
 def delta_rule_recurrence(q, k, v, beta, log_decay=None, initial_state=None):

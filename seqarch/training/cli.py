@@ -343,7 +343,6 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, ValueError) as error:
             log.error("seqarch compare: error: %s", error)
             return 2
-    _quiet_lightning(args.quiet)
     if args.command == "train" and args.config is None and not args.overrides:
         log.info("seqarch train: no config given; training the embedded default's model section (MQAR)")
     overrides = list(args.overrides)
@@ -357,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             args.config = SUITE_DEFAULTS[args.command]
         config = load_config(args.config, overrides, command="compare" if suite else args.command,
                              imports=args.imports, resume=args.resume)
+        # After the config is read: importing Lightning takes seconds, which a config error need not wait.
+        _quiet_lightning(args.quiet)
         if suite:
             return run_suite_command(args, config, "seqarch " + shlex.join(argv))
         if getattr(args, "launcher", None) is not None:

@@ -148,3 +148,24 @@ def test_resume_without_a_checkpoint_says_it_starts_at_step_0_and_keeps_the_earl
     assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
     assert (folder / "logs" / "metrics.csv").read_text() == earlier and (folder / "logs-2" / "metrics.csv").is_file()
     assert json.loads((folder / "result.json").read_text())["steps"] == 2
+
+
+def test_a_report_written_between_runs_draws_png_only_and_leaves_no_stale_pdf_or_svg(tmp_path):
+    """After each run the report's plots are redrawn as PNG alone; the PDF and SVG of an earlier final
+    report are removed then (not left older than the PNG), and the final report writes all three."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from seqarch.training.plots import PLOT_FORMATS, _save
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    path = tmp_path / "metric_vs_flops.png"
+    _save(fig, path)
+    assert all(path.with_suffix(f".{suffix}").is_file() for suffix in PLOT_FORMATS)
+    _save(fig, path, ("png",))
+    plt.close(fig)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert not path.with_suffix(".pdf").exists() and not path.with_suffix(".svg").exists()

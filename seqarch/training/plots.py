@@ -35,10 +35,15 @@ def length_intervals(r: RunResult, lengths: list[int]) -> list[Interval | None]:
 PLOT_FORMATS = ("png", "pdf", "svg")  # the PNG for the report, PDF and SVG for papers
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, formats: tuple[str, ...] = PLOT_FORMATS) -> None:
+    """Write ``fig`` as ``path`` in each of ``formats``; the other formats' files of ``path`` are removed,
+    so none is left beside it older than the ones written."""
     for suffix in PLOT_FORMATS:
-        # Written beside and renamed into place: a comparison killed mid-write keeps the previous plot.
         final = path.with_suffix(f".{suffix}")
+        if suffix not in formats:
+            final.unlink(missing_ok=True)
+            continue
+        # Written beside and renamed into place: a comparison killed mid-write keeps the previous plot.
         partial = final.with_name(final.name + ".partial")
         fig.savefig(partial, dpi=120, format=suffix)
         os.replace(partial, final)
@@ -58,7 +63,8 @@ def _chance_line(ax, chance: float | None) -> None:
         ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=f"chance ({chance:.3g})")
 
 
-def plot_metric_vs_flops(results: list[RunResult], path: Path, metric: str, chance: float | None = None) -> None:
+def plot_metric_vs_flops(results: list[RunResult], path: Path, metric: str, chance: float | None = None, *,
+                         formats: tuple[str, ...] = PLOT_FORMATS) -> None:
     """The metric against training FLOPs, a line per architecture; an early stop is marked by an x."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -83,7 +89,7 @@ def plot_metric_vs_flops(results: list[RunResult], path: Path, metric: str, chan
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, formats)
     plt.close(fig)
 
 
@@ -170,16 +176,18 @@ def accuracy_vs_state_figure(results: list[RunResult], chance: float | None = No
     return fig
 
 
-def plot_accuracy_vs_state(results: list[RunResult], path: Path, chance: float | None = None) -> None:
+def plot_accuracy_vs_state(results: list[RunResult], path: Path, chance: float | None = None, *,
+                           formats: tuple[str, ...] = PLOT_FORMATS) -> None:
     """:func:`accuracy_vs_state_figure`, written to ``path`` (PNG, PDF, SVG)."""
     plt = _pyplot()
     fig = accuracy_vs_state_figure(results, chance)
-    _save(fig, path)
+    _save(fig, path, formats)
     plt.close(fig)
 
 
 def plot_length_generalisation(results: list[RunResult], path: Path, metric: str, seq_len: int,
-                               lengths: list[int], chance: float | None = None) -> None:
+                               lengths: list[int], chance: float | None = None, *,
+                               formats: tuple[str, ...] = PLOT_FORMATS) -> None:
     """The test metric against sequence length (log2 axis; the training length marked), a line per
     architecture, with 95% error bars over seeds."""
     plt = _pyplot()
@@ -205,7 +213,7 @@ def plot_length_generalisation(results: list[RunResult], path: Path, metric: str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, formats)
     plt.close(fig)
 
 

@@ -15,7 +15,14 @@ from ..flops import describe_conventions
 from .config import RunConfig
 from .durable import write_atomic
 from .optim import describe_learning_rates
-from .plots import _si, length_intervals, plot_accuracy_vs_state, plot_length_generalisation, plot_metric_vs_flops
+from .plots import (
+    PLOT_FORMATS,
+    _si,
+    length_intervals,
+    plot_accuracy_vs_state,
+    plot_length_generalisation,
+    plot_metric_vs_flops,
+)
 from .result import RunResult, split_metric
 from .stats import MEMORISATION_GAP, memorisation_gap, seed_interval
 
@@ -178,8 +185,10 @@ def recipe_lines(config: RunConfig, bundle: DataBundle) -> list[str]:
 
 
 def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: list[RunResult], *,
-                 command: str, wall_s: float, kind: str = "compare", resumes: list[dict] = ()) -> dict[str, Path]:
-    """Write ``results.json``, ``report.md`` and the plots into ``folder``; returns their paths.
+                 command: str, wall_s: float, kind: str = "compare", resumes: list[dict] = (),
+                 plot_formats: tuple[str, ...] = PLOT_FORMATS) -> dict[str, Path]:
+    """Write ``results.json``, ``report.md`` and the plots (in ``plot_formats``) into ``folder``; returns
+    their paths.
 
     The metric is the task's (``bundle.metric``); recall tasks (``bundle.recall``) also get the
     accuracy against state size plot.
@@ -191,14 +200,15 @@ def write_report(folder: Path, config: RunConfig, bundle: DataBundle, results: l
              "metric_plot": folder / "metric_vs_flops.png"}
     # Chance accuracy: one of the classes, or one token of the vocabulary.
     chance = 1.0 / (bundle.num_classes or bundle.vocab_size) if (bundle.num_classes or bundle.vocab_size) else None
-    plot_metric_vs_flops(results, paths["metric_plot"], metric, chance)
+    plot_metric_vs_flops(results, paths["metric_plot"], metric, chance, formats=plot_formats)
     if bundle.recall:
         paths["state_plot"] = folder / "accuracy_vs_state.png"
-        plot_accuracy_vs_state(results, paths["state_plot"], chance)
+        plot_accuracy_vs_state(results, paths["state_plot"], chance, formats=plot_formats)
     lengths = list(bundle.length_tests)
     if lengths:
         paths["length_plot"] = folder / "length_generalisation.png"
-        plot_length_generalisation(results, paths["length_plot"], metric, bundle.seq_len, lengths, chance)
+        plot_length_generalisation(results, paths["length_plot"], metric, bundle.seq_len, lengths, chance,
+                                   formats=plot_formats)
     payload = {"command": command, "wall_s": wall_s, "environment": environment(), "config": config.to_dict(),
                "data": data_info, "metric": metric, "higher_is_better": bundle.metric.higher_is_better,
                "results": [r.to_dict() for r in results], "resumes": list(resumes)}

@@ -81,8 +81,11 @@ def run_command(command: str, config: RunConfig, *, resume: bool = False, cache_
 
     def rewrite_report(so_far: list[RunResult]) -> None:
         if rank_zero_only.rank == 0:  # the report after every run (atomically), so a kill loses no finished run
+            # The plots as PNG only (the report's own; PDF and SVG come with the final report): drawing
+            # every format after every run took most of a short comparison's time.
             write_report(folder, config, bundles[0], results + so_far, command=command_line or f"seqarch {command}",
-                         wall_s=time.time() - started, kind=command, resumes=read_resumes(folder))
+                         wall_s=time.time() - started, kind=command, resumes=read_resumes(folder),
+                         plot_formats=("png",))
 
     if command == "compare":
         counts = [len(planned_runs(point, plan, point_folder))
@@ -109,6 +112,5 @@ def run_command(command: str, config: RunConfig, *, resume: bool = False, cache_
             return 1
         results = [result]
         announce(result, [])
-        rewrite_report([])
     report()
     return 1 if any(r.failure for r in results) else 0

@@ -112,7 +112,7 @@ def test_state_is_fixed_size():
     mixer = Mamba(16, d_state=8, d_conv=4)
     assert mixer.state_size(1) == mixer.state_size(10_000) == 32 * 3 + 32 * 8
     state = mixer.init_state(3)
-    assert state["conv"].shape == (3, 32, 3) and state["ssm"].shape == (3, 32, 8)
+    assert state["conv"].shape == (3, 3, 32) and state["ssm"].shape == (3, 32, 8)
 
 
 def test_state_stays_float32_under_bfloat16():

@@ -38,7 +38,7 @@ def test_step_equals_forward(dtype, tolerance, length, ngroups):
         stepped, state = run_steps(mixer, x, mixer.init_state(2))
     assert stepped.dtype == dtype
     assert relative_rms(stepped, expected) < tolerance
-    assert state["ssm"].shape == (2, 4, 8, 8) and state["conv"].shape == (2, 32 + 2 * ngroups * 8, 3)
+    assert state["ssm"].shape == (2, 4, 8, 8) and state["conv"].shape == (2, 3, 32 + 2 * ngroups * 8)
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-8), (torch.float32, 1e-4)])

@@ -69,7 +69,7 @@ class BaseConv(Mixer):
         return self.projection(x) * self.conv(x.transpose(1, 2)).transpose(1, 2)
 
     def _init_state(self, batch_size, *, device, dtype, max_length) -> State:
-        """``{"conv": (batch, d_model, kernel_size - 1)}``: the last inputs."""
+        """``{"conv": (batch, kernel_size - 1, d_model)}``: the last inputs."""
         return {"conv": self.conv.init_state(batch_size, device=device, dtype=dtype)}
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

@@ -133,8 +133,8 @@ class LongConv(Mixer):
         if history is None:
             mixed = self.short_conv(short_in)
         else:  # continue the short conv from the state: its past inputs go first, their outputs are dropped
-            short_in = torch.cat([history.to(short_in.dtype), short_in], dim=-1)
-            mixed = self.short_conv(short_in)[..., history.shape[-1]:]
+            short_in = torch.cat([history.transpose(1, 2).to(short_in.dtype), short_in], dim=-1)
+            mixed = self.short_conv(short_in)[..., history.shape[1]:]
         if self.short_conv_streams == "gates":
             mixed = torch.cat([u[:, :low], mixed, u[:, high:]], dim=1)
         streams = mixed.split(self.d_model, dim=1)

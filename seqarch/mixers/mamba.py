@@ -145,7 +145,7 @@ class Mamba(Mixer):
 
     # -- recurrent form -------------------------------------------------------------------
     def _init_state(self, batch_size: int, *, device: Any, dtype: torch.dtype, max_length: int | None) -> State:
-        """``"conv"``: the convolution's last inputs ``(batch, d_inner, d_conv - 1)``; ``"ssm"``: the SSM
+        """``"conv"``: the convolution's last inputs ``(batch, d_conv - 1, d_inner)``; ``"ssm"``: the SSM
         state ``(batch, d_inner, d_state)`` in ``compute_dtype(dtype)``.  Also derives the step's constants
         (so the first step costs what every other does)."""
         state = {"conv": self.conv.init_state(batch_size, device=device, dtype=dtype),

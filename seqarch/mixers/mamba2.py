@@ -126,7 +126,7 @@ class Mamba2(Mixer):
     def _mix(self, x: torch.Tensor, history: torch.Tensor | None,
              state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """The parallel form over ``x: (batch, length, d_model)`` after the convolution inputs ``history``
-        ``(batch, conv_channels, conv_kernel - 1)`` and SSM state ``state`` (None: a fresh start).
+        ``(batch, conv_kernel - 1, conv_channels)`` and SSM state ``state`` (None: a fresh start).
         Returns ``(y, the convolution's history after x (None without one in), final SSM state)``."""
         z, xbc, dt = self._split(self.in_proj(x))
         xbc = xbc.transpose(1, 2)  # (batch, channels, length), read in place by the conv kernel
@@ -147,7 +147,7 @@ class Mamba2(Mixer):
 
     # -- recurrent form ---------------------------------------------------------------------
     def _init_state(self, batch_size, *, device, dtype, max_length) -> State:
-        """``{"conv": (batch, conv_channels, conv_kernel - 1), "ssm": (batch, n_heads, head_dim, d_state)}``
+        """``{"conv": (batch, conv_kernel - 1, conv_channels), "ssm": (batch, n_heads, head_dim, d_state)}``
         (the SSM state in float32 or wider).  Also derives the step's decay rates (so the first step costs
         what every other does)."""
         ssm = torch.zeros(batch_size, self.n_heads, self.head_dim, self.d_state, device=device,

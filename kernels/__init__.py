@@ -44,6 +44,43 @@ the Triton path cannot take, and :func:`backend` says which path a call takes);
 result of a call with nothing to compute.
 """
 
-from .backend import BACKENDS, OPS, backend, interpreting, select, triton_available, use_backend
+
+
+def _hand_the_name_to_the_installed_kernels() -> None:
+    """Load the installed top-level ``kernels`` package into ``sys.modules`` in this folder's place.
+
+    Python puts the working directory on ``sys.path`` for ``python -m ...``, so from a checkout's
+    root ``import kernels`` finds this folder before site-packages.  That name belongs to Hugging
+    Face's ``kernels`` distribution, which transformers requires (from 5.25) and imports: without
+    the hand-over, importing transformers' models from a checkout fails.  Replacing the
+    ``sys.modules`` entry while the import runs is what importlib returns to the importer.
+    """
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    checkout = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    elsewhere = [entry for entry in sys.path if os.path.realpath(entry or os.curdir) != checkout]
+    spec = importlib.machinery.PathFinder.find_spec("kernels", elsewhere)
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(
+            "No module named 'kernels': the kernels/ folder of this checkout is seqarch.kernels, "
+            "not a top-level package",
+            name="kernels",
+        )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kernels"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["kernels"]
+        raise
+
+
+if __name__ == "kernels":  # imported by its folder's name from a checkout's root, not as seqarch.kernels
+    _hand_the_name_to_the_installed_kernels()
+else:
+    from .backend import BACKENDS, OPS, backend, interpreting, select, triton_available, use_backend
 
 __all__ = ["BACKENDS", "OPS", "backend", "interpreting", "select", "triton_available", "use_backend"]

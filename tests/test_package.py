@@ -20,6 +20,34 @@ def test_kernels_install_as_a_subpackage_not_a_top_level_package():
             or "seqarch" not in str(importlib.util.find_spec("kernels").origin))
 
 
+def test_from_a_checkout_root_import_kernels_reaches_the_installed_top_level_package(tmp_path):
+    """``python -m`` from a checkout puts its root, and so its kernels/ folder, first on sys.path.  The
+    name ``kernels`` must still reach an installed package of that name (Hugging Face's, which
+    transformers imports), and be missing, not this folder, when none is installed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parents[1]
+    installed = tmp_path / "site"
+    (installed / "kernels").mkdir(parents=True)
+    (installed / "kernels" / "__init__.py").write_text("CUDAProperties = 'the installed package'\n")
+
+    def import_kernels_from_the_checkout(pythonpath):
+        # -S: no site-packages, so only the checkout ('' is the working directory) and PYTHONPATH hold it.
+        return subprocess.run([sys.executable, "-S", "-c", "from kernels import CUDAProperties; print(CUDAProperties)"],
+                              cwd=checkout, capture_output=True, text=True, timeout=60, check=False,
+                              env={**os.environ, "PYTHONPATH": pythonpath})
+
+    found = import_kernels_from_the_checkout(str(installed))
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "the installed package"
+    missing = import_kernels_from_the_checkout("")
+    assert missing.returncode == 1
+    assert "ModuleNotFoundError: No module named 'kernels'" in missing.stderr
+
+
 def test_a_new_mixer_registers_and_builds_by_name():
     import torch
 

@@ -120,25 +120,25 @@ class LongConv(Mixer):
     # -- streams and output -------------------------------------------------------------
     def _streams(self, x: torch.Tensor, history: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor | None, torch.Tensor, list, torch.Tensor | None]:
-        """``x: (batch, length, d)`` -> ``(u, v, pre_gates, post_gate)``, channels second.
+        """``x: (batch, length, d)`` -> ``(new_history, v, pre_gates, post_gate)``, channels second.
 
-        ``u``: the short conv's input (Hyena layout; ``None`` otherwise; after ``history``,
-        the short conv's earlier inputs from a state, when given), ``v``: the first long
-        convolution's input, one pre-gate per long convolution (or ``None``)."""
+        With ``history`` (a state's short conv inputs, Hyena layout) the short conv continues
+        from it and ``new_history`` is its state after ``x``; otherwise ``new_history`` is
+        ``None``.  ``v``: the first long convolution's input, one pre-gate per long
+        convolution (or ``None``)."""
         if self.order is None:
             return None, x.to(compute_dtype(x.dtype)).transpose(1, 2), [None], None
         u = self.in_proj(x).transpose(1, 2)
         low, high = self.short_rows
         short_in = u[:, low:high]
         if history is None:
-            mixed = self.short_conv(short_in)
-        else:  # continue the short conv from the state: its past inputs go first, their outputs are dropped
-            short_in = torch.cat([history.transpose(1, 2).to(short_in.dtype), short_in], dim=-1)
-            mixed = self.short_conv(short_in)[..., history.shape[1]:]
+            mixed, new_history = self.short_conv(short_in), None
+        else:
+            mixed, new_history = self.short_conv.extend(short_in, history)
         if self.short_conv_streams == "gates":
             mixed = torch.cat([u[:, :low], mixed, u[:, high:]], dim=1)
         streams = mixed.split(self.d_model, dim=1)
-        return short_in, streams[-1], list(reversed(streams[1:-1])), streams[0]
+        return new_history, streams[-1], list(reversed(streams[1:-1])), streams[0]
 
     # -- gates --------------------------------------------------------------------------
     def _gate_in(self, gate: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
@@ -340,8 +340,9 @@ class LongConv(Mixer):
         if not self._recurrent and length > state["max_length"]:
             raise ValueError(f"x: expected a length of at most the state's max_length={state['max_length']}, "
                              f"got {length}")
-        history = None if fresh or self.order is None else state["short_conv"]
-        u, v, pre_gates, post_gate = self._streams(x, history)
+        # A fresh state's short conv history is zeros, as the convolution's own padding would be.
+        history = None if self.order is None else state["short_conv"]
+        short_conv_state, v, pre_gates, post_gate = self._streams(x, history)
         work = compute_dtype(v.dtype)
         if self._recurrent and self.n_convs == 1:
             w = self._gate_in(pre_gates[0], v)
@@ -362,7 +363,7 @@ class LongConv(Mixer):
                 buffer[:, i * self.conv_width:(i + 1) * self.conv_width, :length] = gated
             state = {**state, "buffer": buffer, "v": buffer[..., :length]}
         if self.order is not None:
-            state = {**state, "short_conv": self.short_conv.prefill_state(u).to(state["short_conv"].dtype)}
+            state = {**state, "short_conv": short_conv_state.to(state["short_conv"].dtype)}
         return self._output(y, x.dtype), {**state, "position": state["position"] + length}
 
     # -- accounting ---------------------------------------------------------------------

@@ -51,9 +51,10 @@ def train_losses(folder: Path) -> dict[int, float]:
 
 
 def test_attention_learns_mqar_to_099():
-    """Zoology's smallest example: a 2-layer attention model of width 64 solves MQAR."""
+    """Zoology's smallest example, at half its length: a 2-layer attention model of width 64 solves
+    MQAR (length 32 solves it in ~500 steps where 64 takes ~800)."""
     config = validate({
-        "data": {"task": "mqar", "vocab_size": 256, "seq_len": 64, "num_kv_pairs": 4},
+        "data": {"task": "mqar", "vocab_size": 256, "seq_len": 32, "num_kv_pairs": 4},
         "model": {"d_model": 64, "n_layers": 2, "mixer": "attention"},
         "train": {"steps": 1200, "batch_size": 64, "lr": 3e-3, "eval_every": 100, "stop_at": 0.99},
         "trainer": {"enable_progress_bar": False, "accelerator": "cpu"}, "logger": "csv",

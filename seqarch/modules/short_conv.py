@@ -78,7 +78,9 @@ class ShortConv(nn.Module):
         """The state after reading ``x: (batch, channels, length)``: its last k-1 inputs,
         ``(batch, kernel_size - 1, channels)``."""
         keep = self.kernel_size - 1
-        return F.pad(x, (keep, 0))[..., x.shape[-1]:].transpose(1, 2).contiguous()
+        if x.shape[-1] < keep:  # fewer inputs than the state holds: zeros before them, as init_state's
+            x = F.pad(x, (keep - x.shape[-1], 0))
+        return x[..., x.shape[-1] - keep:].transpose(1, 2).contiguous()
 
     def flops(self, length: int) -> int:
         """Forward FLOPs for one sequence."""

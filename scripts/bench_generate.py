@@ -14,6 +14,8 @@ generate runs between two of attention's, and the ratio is the median over the r
 this model's time against the mean of its two neighbours (a machine whose speed drifts
 from one second to the next, as shared ones do, then moves both sides of each ratio).
 ``--compile`` times ``generate(compile_step=True)`` the same way, against compiled attention.
+``--cuda-graph`` (a CUDA device) times ``generate(cuda_graph=True)`` of every model whose layers' steps
+do not read the position, each run paired with an eager run of the same model.
 """
 
 from __future__ import annotations
@@ -138,20 +140,28 @@ class Contender:
         self.backend = args.compile_backend
         self.compiled_seconds = math.inf  # the same two for generate(compile_step=backend)
         self.compiled_paired: list[float] = []
+        self.graph_seconds = math.inf  # generate(cuda_graph=True): best time, speed-up over eager per round
+        self.graph_speedup: list[float] = []
+
+    def run_graph(self) -> None:
+        self.model.generate(self.prompt, self.new_tokens, temperature=0, cuda_graph=True)
 
     def run_compiled(self) -> None:
         self.model.generate(self.prompt, self.new_tokens, temperature=0, compile_step=self.backend)
 
-    def time_once(self, device: torch.device, keep: bool = True, compiled: bool = False) -> float:
-        """Seconds of one generate call (``compiled``: with the compiled step); ``keep``: a candidate for
-        the best time (one per round, so a model timed more often, attention between the others, gets no
-        more chances at a fast one)."""
+    def time_once(self, device: torch.device, keep: bool = True, compiled: bool = False, graph: bool = False
+                  ) -> float:
+        """Seconds of one generate call (``compiled``: with the compiled step; ``graph``: with the CUDA
+        graph); ``keep``: a candidate for the best time (one per round, so a model timed more often,
+        attention between the others, gets no more chances at a fast one)."""
         benchlib.synchronize(device)
         start = time.perf_counter()
-        self.run_compiled() if compiled else self.run()
+        self.run_graph() if graph else self.run_compiled() if compiled else self.run()
         benchlib.synchronize(device)
         seconds = time.perf_counter() - start
-        if keep and compiled:
+        if keep and graph:
+            self.graph_seconds = min(self.graph_seconds, seconds)
+        elif keep and compiled:
             self.compiled_seconds = min(self.compiled_seconds, seconds)
         elif keep:
             self.seconds = min(self.seconds, seconds)
@@ -177,7 +187,26 @@ class Contender:
             if self.compiled_paired:
                 result["compiled_paired_over_attention"] = statistics.median(self.compiled_paired)
                 result["compiled_paired_range"] = [min(self.compiled_paired), max(self.compiled_paired)]
+        if self.graph_speedup:
+            result["graph_tokens_per_s"] = batch * self.new_tokens / self.graph_seconds
+            result["graph_over_eager"] = statistics.median(self.graph_speedup)
+            result["graph_over_eager_range"] = [min(self.graph_speedup), max(self.graph_speedup)]
         return result
+
+
+def time_graph(contenders: list[Contender], rounds: int, device: torch.device) -> None:
+    """``generate(cuda_graph=True)`` of each model whose layers' steps do not read the position: one
+    warm-up run, then ``rounds`` runs, each after an eager run of the same model (its speed-up over
+    eager: the median of the rounds)."""
+    from seqarch.models.graph_step import position_reading_layers
+
+    for contender in contenders:
+        if contender.name == "plain_kv_loop" or position_reading_layers(contender.model):
+            continue
+        contender.run_graph()
+        for _ in range(rounds):
+            eager = contender.time_once(device, keep=False)
+            contender.graph_speedup.append(eager / contender.time_once(device, graph=True))
 
 
 def time_compiled(contenders: list[Contender], attention: Contender, rounds: int, device: torch.device) -> None:
@@ -215,6 +244,8 @@ def main() -> None:
                              "among them; no names: every one")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend of the compiled step (default inductor)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="also time generate(cuda_graph=True) where the layers allow it (a CUDA device)")
     parser.add_argument("--match-params", action="store_true",
                         help="resize every model in width to the attention model's parameter count")
     parser.add_argument("--threads", type=int, default=1,
@@ -222,6 +253,8 @@ def main() -> None:
     benchlib.add_device_and_out(parser)
     args = parser.parse_args()
     args.out = args.out or benchlib.default_out(args.device)
+    if args.cuda_graph and not str(args.device).startswith("cuda"):
+        parser.error(f"--cuda-graph: expected --device cuda (CUDA graphs need a GPU), got --device {args.device}")
 
     import seqarch
 
@@ -251,6 +284,8 @@ def main() -> None:
             if args.compile is not None:
                 time_compiled([c for c in contenders if c.name not in ("plain_kv_loop", "attention")
                                and (not args.compile or c.name in args.compile)], attention, args.rounds, device)
+            if args.cuda_graph:
+                time_graph(contenders, args.rounds, device)
             row = {c.name: c.report(args, device) for c in contenders}
             for name, result in row.items():
                 sys.stderr.write(f"B={batch} {name}: {result}\n")
@@ -262,8 +297,9 @@ def main() -> None:
         table = []
         for name in ["plain_kv_loop", *names]:
             r = row[name]
-            late, fixed, compiled, compiled_paired = (r.get(key) for key in (
-                "late_over_early_step", "fixed_state", "compiled_tokens_per_s", "compiled_paired_over_attention"))
+            late, fixed, compiled, compiled_paired, graph = (r.get(key) for key in (
+                "late_over_early_step", "fixed_state", "compiled_tokens_per_s", "compiled_paired_over_attention",
+                "graph_tokens_per_s"))
             low, high = r["paired_range"]
             table.append(["plain KV-cache loop" if name == "plain_kv_loop" else name, f"{r['tokens_per_s']:.1f}",
                           f"{r['tokens_per_s'] / attention:.2f}",
@@ -272,7 +308,10 @@ def main() -> None:
                           r["d_model"], f"{r['params'] / 1e6:.2f}", f"{r['state_per_layer']:,}",
                           "-" if compiled is None else f"{compiled:.1f}",
                           "-" if compiled_paired is None else
-                          "{:.2f} ({:.2f}-{:.2f})".format(compiled_paired, *r["compiled_paired_range"])])
+                          "{:.2f} ({:.2f}-{:.2f})".format(compiled_paired, *r["compiled_paired_range"])]
+                         + ([] if not args.cuda_graph else ["-", "-"] if graph is None else [
+                             f"{graph:.1f}", "{:.2f} ({:.2f}-{:.2f})".format(r["graph_over_eager"],
+                                                                             *r["graph_over_eager_range"])]))
         lines.append(f"## batch {batch}\n\nPlain loop and seqarch attention give the same tokens: "
                      f"{plain['same_tokens']}. seqarch attention takes {plain['paired_over_attention']:.3f}x the "
                      f"plain loop's time, paired (median of {args.rounds} rounds; range "
@@ -280,7 +319,9 @@ def main() -> None:
                      + benchlib.markdown_table(
                          ["model", "tokens/s", "this / attention (best of rounds)", "this / attention (paired, range)",
                           "late / early step", "fixed state", "d_model", "params (M)", "state / layer",
-                          "compiled tokens/s", "compiled / compiled attention (paired, range)"], table))
+                          "compiled tokens/s", "compiled / compiled attention (paired, range)"]
+                         + (["CUDA graph tokens/s", "CUDA graph / eager (paired, range)"] if args.cuda_graph else []),
+                         table))
     text = (f"# Generation: tokens/s of LanguageModel.generate\n\nDevice: {benchlib.device_name(device)}; "
             f"d_model {args.width}, {args.layers} layers, prompt {args.prompt}, {args.new_tokens} new tokens, "
             f"greedy, float32, {torch.get_num_threads()} thread(s)"
@@ -293,7 +334,10 @@ def main() -> None:
             f"median step time over the last {WINDOW} positions over the first {WINDOW}; 'state / layer': "
             f"numbers one layer's recurrent state holds after the last token (a step reads them and every "
             f"parameter); 'compiled': generate(compile_step={args.compile_backend!r}), after a compiling run, "
-            f"each model's {args.rounds} runs between compiled attention runs; load average "
+            f"each model's {args.rounds} runs between compiled attention runs; "
+            + ("'CUDA graph': generate(cuda_graph=True) where no layer's step reads the position, each run "
+               "after an eager run of the same model (that run's time over its own); " if args.cuda_graph else "")
+            + f"load average "
             f"{os.getloadavg()[0]:.1f} at the end.\n\n" + "\n\n".join(lines) + "\n")
     payload = {"device": benchlib.device_name(device), "environment": benchlib.environment(),
                "args": {**vars(args), "out": str(args.out)}, "results": results}

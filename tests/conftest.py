@@ -63,6 +63,7 @@ class CausalEMA(Mixer):
 
     has_bidirectional_form = False
     has_fixed_size_state = True
+    step_reads_position = False
 
     def __init__(self, d_model, *, causal=True, decays=None, layer_idx=None, device=None, dtype=None):
         super().__init__(d_model, causal=causal, layer_idx=layer_idx)

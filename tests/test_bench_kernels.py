@@ -155,6 +155,7 @@ def test_gpu_check_script_parses():
     assert done.returncode == 0, done.stderr
     text = (SCRIPTS / "gpu_check.sh").read_text()
     assert "set -u" in text and 'pytest -q tests -k "gpu or kernel"' in text and "bench_kernels.py" in text
+    assert "bench_generate.py --device cuda --cuda-graph" in text
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -2,7 +2,8 @@
 
 Tests follow the capabilities each class declares: ``has_bidirectional_form`` (the
 ``causal=False`` tests run only where it is True; elsewhere ``causal=False`` must be
-refused) and ``has_fixed_size_state`` (a step costs the same at every position).
+refused), ``has_fixed_size_state`` (a step costs the same at every position) and
+``step_reads_position`` (a step's tensor work depends on the position, not only counts it).
 """
 
 from __future__ import annotations
@@ -235,6 +236,35 @@ def test_step_cost_is_flat_in_position_exactly_for_fixed_state_mixers(mixer_name
     else:  # the state grows, and so does what a step reads (the declaration is not idle)
         assert late > early
         assert mixer.state_size(200) > mixer.state_size(1)
+
+
+# Plain ints of a state that are not counters: set once by init_state.
+FIXED_ENTRIES = ("batch_size", "max_length")
+
+
+def test_a_step_reads_the_position_exactly_when_it_says_so(mixer_name):
+    """``step_reads_position=False`` (what lets one CUDA graph of a step serve every position): a step
+    from a state whose token counters are moved on gives the same outputs and tensors.  A mixer saying
+    True gives other outputs there (the declaration is not idle)."""
+    mixer = small_mixer(mixer_name, dtype=torch.float64).eval()
+    x = torch.randn(2, 6, D_MODEL, dtype=torch.float64)
+
+    def copy(state, shift=0):
+        return {k: v.clone() if isinstance(v, torch.Tensor)
+                else v + shift if isinstance(v, int) and k not in FIXED_ENTRIES else v
+                for k, v in state.items()}
+
+    with torch.no_grad():
+        _, state = mixer.prefill(x[:, :5], mixer.init_state(2, max_length=32))
+        y, after = mixer.step(x[:, 5], copy(state))
+        y_moved, after_moved = mixer.step(x[:, 5], copy(state, shift=3))
+    if mixer.step_reads_position:
+        assert not torch.allclose(y, y_moved)
+    else:
+        assert torch.equal(y, y_moved)
+        for key, value in after.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, after_moved[key]), key
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5])

@@ -44,6 +44,13 @@ def test_a_count_of_rounds_below_one_is_refused_naming_the_argument(tmp_path, sc
     assert not list(tmp_path.iterdir())  # no report written
 
 
+def test_bench_generate_refuses_cuda_graphs_off_a_gpu_naming_the_argument(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_generate.py"), "--cuda-graph", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0 and "--cuda-graph: expected --device cuda" in done.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_bench_s4d_compares_both_formulations(tmp_path):
     run("bench_s4d.py", "--lengths", "64", "--width", "8", "--state", "8", "--repeats", "1", out=tmp_path)
     results = json.loads((tmp_path / "bench_s4d.json").read_text())["results"]

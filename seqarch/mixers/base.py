@@ -48,7 +48,13 @@ Capabilities are declared on the class, and the contract tests follow them:
     ``causal=False`` builds a bidirectional mixer (otherwise it is a ValueError);
 ``has_fixed_size_state``
     the recurrent state has the same size at every position, so a step costs the
-    same at position 0 and at position 1000.
+    same at position 0 and at position 1000;
+``step_reads_position``
+    whether ``step``'s tensor work depends on how many tokens the state has read (a
+    KV-cache slot, rotary angles, a growing history) rather than only counting them
+    (the state's plain-int counters).  ``False`` lets one CUDA graph of a step, captured
+    at one position, serve every later one (``LanguageModel.generate(cuda_graph=True)``);
+    a property where it depends on the options.
 
 A mixer can learn its place in the model: ``layer_idx`` (the block's index, ``None``
 when built alone) lets one registered name take per-layer options.
@@ -141,6 +147,9 @@ class Mixer(nn.Module):
     name: ClassVar[str] = "mixer"
     has_bidirectional_form: ClassVar[bool] = False
     has_fixed_size_state: ClassVar[bool] = False
+    #: See the module: True unless the mixer says (and the contract tests check) that its step
+    #: does the same tensor work at every position.
+    step_reads_position: bool = True
     #: Architectures built on this mixer, by name: ``{"name": {"description": ..., <ModelConfig
     #: fields>}}`` (``mixer`` defaults to this one). They become presets of ``seqarch.models.presets``
     #: (``seqarch architectures`` lists them), so a family's presets live in the family's one file.

@@ -56,6 +56,7 @@ class BaseConv(Mixer):
     """
 
     has_fixed_size_state = True
+    step_reads_position = False
 
     def __init__(self, d_model: int, *, kernel_size: int = 3, causal: bool = True, device: Any = None,
                  dtype: torch.dtype | None = None, layer_idx: int | None = None) -> None:

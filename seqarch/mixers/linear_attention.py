@@ -74,6 +74,7 @@ class MatrixStateMixer(Mixer):
     """
 
     has_fixed_size_state = True
+    step_reads_position = False  # "length" only counts tokens, unless a subclass rotates by it (RetNet)
     chunk_size = 64
 
     n_heads: int

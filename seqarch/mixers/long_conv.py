@@ -72,8 +72,10 @@ class LongConv(Mixer):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # A generator with a finite-state recurrence gives the layer a fixed-size state.
+        # A generator with a finite-state recurrence gives the layer a fixed-size state, and a step that
+        # only counts positions; an explicit kernel's step reads its taps and history up to the position.
         cls.has_fixed_size_state = cls.kernel_class.recurrent
+        cls.step_reads_position = not cls.kernel_class.recurrent
 
     def __init__(self, d_model: int, kernel_options: dict[str, Any], *, causal: bool = True,
                  order: int | None = None, short_kernel: int = 3, short_conv_streams: str = "all",

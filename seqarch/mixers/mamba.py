@@ -63,6 +63,7 @@ class Mamba(Mixer):
 
     has_bidirectional_form = False
     has_fixed_size_state = True
+    step_reads_position = False
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "mamba": {"description": "Mamba (selective state space, Gu & Dao 2023): Mamba blocks, no channel mixer",
                   "channel_mixer": "none"},

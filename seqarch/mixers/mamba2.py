@@ -63,6 +63,7 @@ class Mamba2(Mixer):
 
     has_bidirectional_form = False
     has_fixed_size_state = True
+    step_reads_position = False
 
     def __init__(self, d_model: int, *, d_state: int = 128, head_dim: int = 64, expand: int = 2, ngroups: int = 1,
                  conv_kernel: int = 4, chunk_size: int = DEFAULT_CHUNK_SIZE,

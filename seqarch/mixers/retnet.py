@@ -64,6 +64,11 @@ class RetNet(MatrixStateMixer):
         heads = torch.arange(self.n_heads, dtype=torch.float64)
         self.register_buffer("log_gamma", torch.log1p(-(2.0 ** (-5.0 - heads))), persistent=False)
 
+    @property
+    def step_reads_position(self) -> bool:
+        """With rotary positions a step rotates its query and key by the state's ``"length"``."""
+        return self.rotary is not None
+
     def _project(self, x, state):
         value_width = self.d_model * self.value_expand
         qk, v = self.qkv(x).split([2 * self.d_model, value_width], dim=-1)

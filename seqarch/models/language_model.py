@@ -12,6 +12,7 @@ from ..losses import IGNORE_INDEX, token_loss
 from .backbone import Backbone, check_tokens, num_params
 from .compiled_step import CompiledDecodeStep
 from .config import ModelConfig
+from .graph_step import GraphDecodeStep
 
 
 class LanguageModel(nn.Module):
@@ -65,7 +66,8 @@ class LanguageModel(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,
-                 use_cache: bool = True, compile_step: bool | str = False) -> torch.Tensor:
+                 use_cache: bool = True, compile_step: bool | str = False, cuda_graph: bool = False
+                 ) -> torch.Tensor:
         """Continue ``prompt: (batch, length)`` by ``max_new_tokens`` tokens.
 
         ``temperature=0`` is greedy; ``top_k`` keeps the k most likely tokens.
@@ -74,7 +76,10 @@ class LanguageModel(nn.Module):
         (every layer's ``step`` and the head) through ``torch.compile`` (``True``: the default
         inductor backend, or a backend's name), compiled once per model and backend with
         dynamic positions, the caches preallocated by ``init_state``; it gives the eager
-        step's tokens.  Returns ``(batch, length + max_new_tokens)``.
+        step's tokens.  ``cuda_graph``: on a CUDA device, replay one CUDA graph of the decoding step
+        for every token after the first few (:class:`~seqarch.models.graph_step.GraphDecodeStep`; every
+        layer's step must not read the position: ``Mixer.step_reads_position``), captured anew by each
+        call.  Returns ``(batch, length + max_new_tokens)``.
         """
         check_tokens(prompt, self.config, "prompt")
         if prompt.shape[0] == 0 or prompt.shape[1] == 0:
@@ -87,6 +92,14 @@ class LanguageModel(nn.Module):
             raise ValueError(f"temperature: expected a finite number >= 0 (0: greedy), got {temperature!r}")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
             raise ValueError(f"top_k: expected a positive integer or None, got {top_k!r}")
+        if not isinstance(cuda_graph, bool):
+            raise ValueError(f"cuda_graph: expected a bool, got {cuda_graph!r}")
+        if cuda_graph and (compile_step is not False or not use_cache):
+            raise ValueError("cuda_graph: expected False with compile_step or use_cache=False (a graph replays "
+                             f"the cached eager step), got True with compile_step={compile_step!r}, "
+                             f"use_cache={use_cache!r}")
+        # Made (and its refusals raised) before any work.
+        graph_step = GraphDecodeStep(self, capture=True) if cuda_graph else None
         tokens = prompt
         if max_new_tokens == 0:
             return tokens
@@ -95,7 +108,7 @@ class LanguageModel(nn.Module):
                 logits = self(tokens)[:, -1]
                 tokens = torch.cat([tokens, self._sample(logits, temperature, top_k, generator)[:, None]], 1)
             return tokens
-        step = self.decode_step if compile_step is False else self.compiled_decode_step(compile_step)
+        step = graph_step or (self.decode_step if compile_step is False else self.compiled_decode_step(compile_step))
         total = prompt.shape[1] + max_new_tokens
         states = self.backbone.init_state(prompt.shape[0], max_length=total)
         features, states = self.backbone.prefill(prompt, states)

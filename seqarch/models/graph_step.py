@@ -1,0 +1,149 @@
+"""Decoding by replaying one CUDA graph of a model's decoding step (as mamba's generation does).
+
+At small batch on a GPU a decoding step is a few hundred small kernels, each launched from Python,
+and launching them takes longer than running them.  A CUDA graph records the step's kernels once and
+launches them all with one call.  A graph replays fixed work on fixed memory, so
+
+- every layer's step must do the same tensor work at every position
+  (:attr:`~seqarch.mixers.Mixer.step_reads_position` is False: fixed-size states that are not read
+  at the position; no KV-cache slot, no rotary angle, no growing history);
+- the graph reads the token from one buffer and the states from the tensors it was captured on,
+  and writes each new state back into those tensors (a state updated in place needs no copy);
+- the states' token counters (plain ints, which no kernel reads) advance outside the graph.
+
+The first :attr:`GraphDecodeStep.warmup_steps` calls run eagerly (on a side stream, as CUDA graph
+capture asks), so that what a step makes once (cached constants, lazily made buffers) is made
+before the capture; the next call captures and every call replays.  Off a GPU the same buffers and
+write-backs run eagerly, call after call (``capture=False``), which is what the CPU tests check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from ..mixers.base import State
+
+
+def position_reading_layers(model: nn.Module) -> list[str]:
+    """``"<layer index>: <mixer name>"`` for each layer of ``model`` whose step reads the position."""
+    return [f"{i}: {block.mixer.name}" for i, block in enumerate(model.backbone.blocks)
+            if block.mixer.step_reads_position]
+
+
+def write_back(old: State, new: State, layer: int) -> dict[str, int]:
+    """Copy ``new``'s tensors into ``old``'s (where they are not already the same tensor); returns how
+    much each plain-int counter moved.  Raises a RuntimeError where the state is not one of fixed
+    tensors: an entry added or dropped, a tensor of another shape or dtype, another non-int value."""
+    if set(new) != set(old):
+        raise RuntimeError(f"cuda_graph: layer {layer}'s step changed its state's entries from {sorted(old)} "
+                           f"to {sorted(new)}; a graph needs a state of fixed entries")
+    moved: dict[str, int] = {}
+    for key, value in new.items():
+        before = old[key]
+        if isinstance(value, torch.Tensor):
+            if not isinstance(before, torch.Tensor) or value.shape != before.shape or value.dtype != before.dtype:
+                was = (tuple(before.shape), before.dtype) if isinstance(before, torch.Tensor) else type(before).__name__
+                raise RuntimeError(f"cuda_graph: layer {layer}'s state entry {key!r} changed from {was} to "
+                                   f"{(tuple(value.shape), value.dtype)}; a graph needs a state of fixed shapes")
+            if value is before or (value.data_ptr() == before.data_ptr() and value.stride() == before.stride()):
+                continue  # updated in place
+            if value.untyped_storage().data_ptr() == before.untyped_storage().data_ptr():
+                value = value.clone()  # another view of the same memory: copy_ must not read what it writes
+            before.copy_(value)
+        elif value != before:
+            if isinstance(value, bool) or not isinstance(value, int) or not isinstance(before, int):
+                raise RuntimeError(f"cuda_graph: layer {layer}'s state entry {key!r} changed from {before!r} to "
+                                   f"{value!r}; outside its tensors a graph's state may only count tokens")
+            moved[key] = value - before
+    return moved
+
+
+class GraphDecodeStep:
+    """``model.decode_step`` replayed from one CUDA graph; called as it is, on the states it returns.
+
+    Args:
+        model: a :class:`~seqarch.models.LanguageModel` whose every layer's step does not read the
+            position (a ValueError names the layers that do).
+        capture: record a CUDA graph (default: when the model is on a CUDA device); ``False`` runs
+            the same buffers and write-backs eagerly.
+
+    A call returns the logits in a buffer the next call overwrites (sample from them first) and the
+    states it was given, updated; it must be given back the states it returned.
+    """
+
+    #: Eager calls before the capture (mamba's generation warms up twice too).
+    warmup_steps = 2
+
+    def __init__(self, model: nn.Module, *, capture: bool | None = None) -> None:
+        reading = position_reading_layers(model)
+        if reading:
+            raise ValueError("cuda_graph: every layer's step must do the same work at every position "
+                             "(Mixer.step_reads_position False: fixed-size states not read at the position); "
+                             f"these layers read it: {', '.join(reading)}; generate without cuda_graph")
+        device = next(model.parameters()).device
+        self.capture = device.type == "cuda" if capture is None else bool(capture)
+        if self.capture and device.type != "cuda":
+            raise ValueError(f"cuda_graph: expected a model on a CUDA device, got one on {device}")
+        self.model = model
+        self.calls = 0
+        self.side_stream = torch.cuda.Stream(device) if self.capture else None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.token: torch.Tensor | None = None
+        self.states: list[State] | None = None
+        self.logits: torch.Tensor | None = None
+        self.counters: list[dict[str, int]] = []
+
+    @contextlib.contextmanager
+    def _warmup_stream(self) -> Iterator[None]:
+        if self.side_stream is None:
+            yield
+            return
+        self.side_stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side_stream):
+            yield
+        torch.cuda.current_stream().wait_stream(self.side_stream)
+
+    def _step_in_place(self) -> None:
+        """One step on the buffers: the logits, and each new state written back into the old one."""
+        logits, new_states = self.model.decode_step(self.token, self.states, check=False)
+        self.logits = logits
+        self.counters = [write_back(old, new, i) for i, (old, new) in enumerate(zip(self.states, new_states))]
+
+    def _record(self, token: torch.Tensor, states: list[State]) -> None:
+        self.token = token.clone()
+        self.states = [dict(state) for state in states]  # dicts of this step's own: the counters move in them
+        if not self.capture:
+            return
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._step_in_place()
+        except RuntimeError as error:
+            raise RuntimeError(f"cuda_graph: capturing the decoding step failed ({error}); generate without "
+                               "cuda_graph") from error
+        self.graph = graph
+
+    def __call__(self, token: torch.Tensor, states: list[State], *, check: bool = True
+                 ) -> tuple[torch.Tensor, list[State]]:
+        if self.calls < self.warmup_steps:
+            self.calls += 1
+            with self._warmup_stream():
+                return self.model.decode_step(token, states, check=check)
+        if self.states is None:
+            self._record(token, states)
+        elif states is not self.states:
+            raise ValueError("states: expected the states this graph step returned last (a graph reads and "
+                             "writes those tensors), got others")
+        self.token.copy_(token)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._step_in_place()
+        for state, counters in zip(self.states, self.counters):
+            for key, moved in counters.items():
+                state[key] += moved
+        return self.logits, self.states

@@ -1,0 +1,128 @@
+"""generate(cuda_graph=True): one captured decoding step replayed, giving the eager step's tokens.
+
+The capture itself needs a GPU (the test named ``gpu``); on a CPU the same buffers, write-backs and
+counters run eagerly (``GraphDecodeStep(capture=False)``), which is what the other tests check.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import seqarch
+from seqarch.models import LanguageModel, ModelConfig
+from seqarch.models import language_model as language_model_module
+from seqarch.models.graph_step import GraphDecodeStep, write_back
+
+from conftest import SMALL_OPTIONS
+
+# The contract suite's small layers; RetNet without rotary positions (with them its step reads the
+# position), a modal Hyena of order 3 (two convolutions).
+OPTIONS = {**SMALL_OPTIONS, "retnet": {"n_heads": 2, "rotary": False}, "hyena_modal": {"d_state": 8, "order": 3}}
+
+
+def position_free_mixers() -> list[str]:
+    """Every registered causal mixer whose step (with the options above) does not read the position."""
+    names = []
+    for name in sorted(seqarch.MIXERS):
+        mixer = seqarch.build_mixer(name, 16, **OPTIONS.get(name, {}))
+        if mixer.causal and not mixer.step_reads_position:
+            names.append(name)
+    return names
+
+
+def hybrid(mixers: list[str], device=None) -> LanguageModel:
+    """One layer of each of ``mixers``: a graph step of it covers every one at once."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=32, d_model=16, n_layers=len(mixers), mixer=mixers, max_length=64,
+                         mixer_options={name: OPTIONS[name] for name in mixers if name in OPTIONS})
+    return LanguageModel(config, device=device).eval()
+
+
+class EagerGraphStep(GraphDecodeStep):
+    """The graph step with its buffers and write-backs but no capture (there is no GPU here)."""
+
+    def __init__(self, model, *, capture=None):
+        super().__init__(model, capture=False)
+
+
+def test_the_graph_step_covers_the_fixed_state_families():
+    assert {"s4d", "s4", "h3", "hyena_modal", "mamba", "mamba2", "gla", "deltanet", "gated_deltanet",
+            "linear_attention", "based", "base_conv", "retnet"} <= set(position_free_mixers())
+
+
+def test_graph_decoding_gives_the_eager_tokens_and_counters(monkeypatch):
+    mixers = position_free_mixers()
+    model = hybrid(mixers)
+    prompt = torch.randint(0, 32, (2, 5))
+    eager = model.generate(prompt, 12, temperature=0)
+    monkeypatch.setattr(language_model_module, "GraphDecodeStep", EagerGraphStep)
+    assert torch.equal(model.generate(prompt, 12, temperature=0, cuda_graph=True), eager)
+    # Step by step: the logits, and the states' counters and tensors, are the eager step's.
+    with torch.no_grad():
+        states = model.backbone.init_state(2, max_length=16)
+        _, states = model.backbone.prefill(prompt, states)
+        twin = [{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()} for s in states]
+        step, token = EagerGraphStep(model), eager[:, 5]
+        for _ in range(GraphDecodeStep.warmup_steps + 3):
+            logits, states = step(token, states, check=False)
+            expected, twin = model.decode_step(token, twin)
+            assert torch.equal(logits, expected)
+            token = expected.argmax(-1)
+        for layer, (got, want) in enumerate(zip(states, twin)):
+            assert set(got) == set(want), layer
+            for key, value in want.items():
+                same = torch.equal(got[key], value) if isinstance(value, torch.Tensor) else got[key] == value
+                assert same, (layer, mixers[layer], key)
+        with pytest.raises(ValueError, match="states: expected the states this graph step returned"):
+            step(token, twin)
+
+
+def test_graph_decoding_refuses_layers_that_read_the_position_before_any_work():
+    model = hybrid(["s4d", "attention"])
+    with pytest.raises(ValueError, match=r"cuda_graph: .*these layers read it: 1: attention"):
+        model.generate(torch.randint(0, 32, (1, 3)), 4, cuda_graph=True)
+    with pytest.raises(ValueError, match="1: attention"):
+        GraphDecodeStep(model, capture=False)
+
+
+def test_bad_cuda_graph_arguments_are_named():
+    model = hybrid(["mamba"])
+    prompt = torch.randint(0, 32, (1, 3))
+    with pytest.raises(ValueError, match="cuda_graph: expected a model on a CUDA device, got one on cpu"):
+        model.generate(prompt, 4, cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph: expected a bool, got 'yes'"):
+        model.generate(prompt, 4, cuda_graph="yes")
+    with pytest.raises(ValueError, match="cuda_graph: expected False with compile_step"):
+        model.generate(prompt, 4, cuda_graph=True, compile_step="aot_eager")
+    with pytest.raises(ValueError, match="cuda_graph: expected False with compile_step or use_cache=False"):
+        model.generate(prompt, 4, cuda_graph=True, use_cache=False)
+
+
+def test_write_back_copies_new_tensors_keeps_in_place_ones_and_refuses_other_changes():
+    old = {"h": torch.zeros(2, 3), "S": torch.zeros(2), "position": 4, "batch_size": 2}
+    in_place = old["S"].add_(1.0)
+    new = {"h": torch.ones(2, 3), "S": in_place, "position": 5, "batch_size": 2}
+    h = old["h"]
+    assert write_back(old, new, 0) == {"position": 1}
+    assert old["h"] is h and torch.equal(h, torch.ones(2, 3)) and old["S"] is in_place
+    # A new view of the old tensor's own memory (a shift) is copied through a clone.
+    buffer = {"conv": torch.arange(4.0)}
+    assert write_back(buffer, {"conv": torch.cat([buffer["conv"][1:], torch.tensor([9.0])])}, 0) == {}
+    assert buffer["conv"].tolist() == [1.0, 2.0, 3.0, 9.0]
+    with pytest.raises(RuntimeError, match=r"layer 3's state entry 'h' changed from \(\(2, 3\)"):
+        write_back(old, {**new, "h": torch.ones(2, 4)}, 3)
+    with pytest.raises(RuntimeError, match="changed its state's entries"):
+        write_back(old, {**new, "extra": 1}, 0)
+    with pytest.raises(RuntimeError, match="may only count tokens"):
+        write_back(old, {**new, "position": "five"}, 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_cuda_graph_decoding_gives_the_eager_tokens():
+    model = hybrid(position_free_mixers(), device="cuda")
+    prompt = torch.randint(0, 32, (2, 5), device="cuda")
+    eager = model.generate(prompt, 24, temperature=0)
+    assert torch.equal(model.generate(prompt, 24, temperature=0, cuda_graph=True), eager)
+    # A second call captures anew, on its own states.
+    assert torch.equal(model.generate(prompt, 24, temperature=0, cuda_graph=True), eager)

@@ -15,7 +15,7 @@ this model's time against the mean of its two neighbours (a machine whose speed 
 from one second to the next, as shared ones do, then moves both sides of each ratio).
 ``--compile`` times ``generate(compile_step=True)`` the same way, against compiled attention.
 ``--cuda-graph`` (a CUDA device) times ``generate(cuda_graph=True)`` of every model whose layers' steps
-do not read the position, each run paired with an eager run of the same model.
+can be replayed by a CUDA graph, each run paired with an eager run of the same model.
 """
 
 from __future__ import annotations
@@ -195,13 +195,13 @@ class Contender:
 
 
 def time_graph(contenders: list[Contender], rounds: int, device: torch.device) -> None:
-    """``generate(cuda_graph=True)`` of each model whose layers' steps do not read the position: one
+    """``generate(cuda_graph=True)`` of each model whose layers' steps can be replayed by a CUDA graph: one
     warm-up run, then ``rounds`` runs, each after an eager run of the same model (its speed-up over
     eager: the median of the rounds)."""
-    from seqarch.models.graph_step import position_reading_layers
+    from seqarch.models.graph_step import layers_without_graph_step
 
     for contender in contenders:
-        if contender.name == "plain_kv_loop" or position_reading_layers(contender.model):
+        if contender.name == "plain_kv_loop" or layers_without_graph_step(contender.model):
             continue
         contender.run_graph()
         for _ in range(rounds):
@@ -335,7 +335,7 @@ def main() -> None:
             f"numbers one layer's recurrent state holds after the last token (a step reads them and every "
             f"parameter); 'compiled': generate(compile_step={args.compile_backend!r}), after a compiling run, "
             f"each model's {args.rounds} runs between compiled attention runs; "
-            + ("'CUDA graph': generate(cuda_graph=True) where no layer's step reads the position, each run "
+            + ("'CUDA graph': generate(cuda_graph=True) where every layer has a graph step, each run "
                "after an eager run of the same model (that run's time over its own); " if args.cuda_graph else "")
             + f"load average "
             f"{os.getloadavg()[0]:.1f} at the end.\n\n" + "\n\n".join(lines) + "\n")

@@ -2,8 +2,9 @@
 
 Tests follow the capabilities each class declares: ``has_bidirectional_form`` (the
 ``causal=False`` tests run only where it is True; elsewhere ``causal=False`` must be
-refused), ``has_fixed_size_state`` (a step costs the same at every position) and
-``step_reads_position`` (a step's tensor work depends on the position, not only counts it).
+refused), ``has_fixed_size_state`` (a step costs the same at every position),
+``step_reads_position`` (a step's tensor work depends on the position, not only counts it)
+and ``has_graph_step`` (a CUDA graph of the step replays at every position).
 """
 
 from __future__ import annotations
@@ -242,22 +243,22 @@ def test_step_cost_is_flat_in_position_exactly_for_fixed_state_mixers(mixer_name
 FIXED_ENTRIES = ("batch_size", "max_length")
 
 
+def copy_state(state, shift: int = 0):
+    """A copy of ``state`` (tensors cloned) with its token counters moved on by ``shift``."""
+    return {k: v.clone() if isinstance(v, torch.Tensor)
+            else v + shift if isinstance(v, int) and k not in FIXED_ENTRIES else v
+            for k, v in state.items()}
+
+
 def test_a_step_reads_the_position_exactly_when_it_says_so(mixer_name):
-    """``step_reads_position=False`` (what lets one CUDA graph of a step serve every position): a step
-    from a state whose token counters are moved on gives the same outputs and tensors.  A mixer saying
-    True gives other outputs there (the declaration is not idle)."""
+    """``step_reads_position=False``: a step from a state whose token counters are moved on gives the same
+    outputs and tensors.  A mixer saying True gives other outputs there (the declaration is not idle)."""
     mixer = small_mixer(mixer_name, dtype=torch.float64).eval()
     x = torch.randn(2, 6, D_MODEL, dtype=torch.float64)
-
-    def copy(state, shift=0):
-        return {k: v.clone() if isinstance(v, torch.Tensor)
-                else v + shift if isinstance(v, int) and k not in FIXED_ENTRIES else v
-                for k, v in state.items()}
-
     with torch.no_grad():
         _, state = mixer.prefill(x[:, :5], mixer.init_state(2, max_length=32))
-        y, after = mixer.step(x[:, 5], copy(state))
-        y_moved, after_moved = mixer.step(x[:, 5], copy(state, shift=3))
+        y, after = mixer.step(x[:, 5], copy_state(state))
+        y_moved, after_moved = mixer.step(x[:, 5], copy_state(state, shift=3))
     if mixer.step_reads_position:
         assert not torch.allclose(y, y_moved)
     else:
@@ -265,6 +266,25 @@ def test_a_step_reads_the_position_exactly_when_it_says_so(mixer_name):
         for key, value in after.items():
             if isinstance(value, torch.Tensor):
                 assert torch.equal(value, after_moved[key]), key
+
+
+def test_a_graph_step_is_the_step_whatever_the_counters_say(mixer_name):
+    """``has_graph_step`` (what lets one CUDA graph of a step replay at every position, where nothing
+    reads the plain-int counters): steps from ``graph_state(state)``, its counters moved on, give the
+    steps' outputs, and ``graph_steps_left`` says how many tokens are left.  Without one, the step
+    reads the position."""
+    mixer = small_mixer(mixer_name, dtype=torch.float64).eval()
+    if not mixer.has_graph_step:
+        assert mixer.step_reads_position
+        return
+    x = torch.randn(2, 8, D_MODEL, dtype=torch.float64)
+    with torch.no_grad():
+        _, state = mixer.prefill(x[:, :5], mixer.init_state(2, max_length=8))
+        expected, _ = run_steps(mixer, x[:, 5:], copy_state(state))
+        left = mixer.graph_steps_left(mixer.graph_state(copy_state(state)))
+        got, _ = run_steps(mixer, x[:, 5:], copy_state(mixer.graph_state(copy_state(state)), shift=3))
+    assert relative_rms(got, expected) < 1e-12
+    assert left in (None, 3)  # 8 slots, 5 filled
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5])

@@ -23,6 +23,9 @@ from ..kernels.attention import attention, causal_mask
 from ..modules.rotary import RotaryEmbedding
 from .base import Mixer, State, register_mixer
 
+#: The state key of :meth:`Attention.graph_state`'s device position.
+GRAPH_POSITION = "graph_position"
+
 
 @register_mixer("attention")
 class Attention(Mixer):
@@ -87,14 +90,18 @@ class Attention(Mixer):
         self.out = nn.Linear(d_model, d_model, bias=bias, **factory)
         self.rotary = RotaryEmbedding(self.head_dim, base=rotary_base) if rotary else None
 
-    def _project(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _project(self, x: torch.Tensor, start: int | torch.Tensor, capacity: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries ``(batch, n_heads, length, head_dim)`` and keys, values ``(batch, n_kv_heads, ...)``,
-        rotated for absolute positions ``start, start + 1, ...``."""
+        rotated for absolute positions ``start, start + 1, ...`` (a device tensor ``start: (1,)``: one
+        token there, below ``capacity``)."""
         batch, length, _ = x.shape
         heads = self.n_heads + self.n_kv_heads
         qkv = self.qkv(x)
         qk = qkv[..., :heads * self.head_dim].view(batch, length, heads, self.head_dim)
-        if self.rotary is not None:  # queries and keys rotated together, from the cached tables
+        if self.rotary is not None and isinstance(start, torch.Tensor):
+            qk = self.rotary.rotate_at(qk, start, capacity)
+        elif self.rotary is not None:  # queries and keys rotated together, from the cached tables
             qk = self.rotary.rotate(qk, start, dim=-3)
         q, k = qk.transpose(1, 2).split([self.n_heads, self.n_kv_heads], dim=1)
         v = qkv[..., heads * self.head_dim:].view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -166,8 +173,39 @@ class Attention(Mixer):
         return y, {**state, "k": cache_k, "v": cache_v, "length": start + new}
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        if GRAPH_POSITION in state:
+            return self._graph_step(x_t, state)
         y, state = self._append(x_t.unsqueeze(1), state)
         return y[:, 0], state
+
+    # -- the step a CUDA graph replays: the position on the device ---------------------------
+    has_graph_step = True
+
+    def graph_state(self, state: State) -> State:
+        """``state`` with its length also as a device tensor, ``"graph_position": (1,)`` int64, which
+        the step reads (rotary angle, cache slot, mask) and advances in place."""
+        position = torch.tensor([state["length"]], device=state["k"].device)
+        return {**state, GRAPH_POSITION: position}
+
+    def graph_steps_left(self, state: State) -> int:
+        return state["k"].shape[2] - state["length"]
+
+    def _graph_step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One token with the same work at every position: the key and value written at the device
+        position, attention over the whole cache with the slots after it masked (what a replayed
+        graph can do; the step above reads only the filled slots and takes the fused kernel)."""
+        position, cache_k, cache_v = state[GRAPH_POSITION], state["k"], state["v"]
+        capacity = cache_k.shape[2]
+        q, k, v = self._project(x_t.unsqueeze(1), position, capacity)
+        cache_k.index_copy_(2, position, k)
+        cache_v.index_copy_(2, position, v)
+        seen = torch.arange(capacity, device=position.device)[None] <= position[:, None]  # (1 query, capacity)
+        y = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=seen,
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        position.add_(1)
+        y = self.out(y.transpose(1, 2).reshape(x_t.shape[0], self.d_model))
+        return y, {**state, "length": state["length"] + 1}
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """The whole prompt in one attention call, keys and values written to the cache."""

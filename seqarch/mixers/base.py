@@ -52,9 +52,14 @@ Capabilities are declared on the class, and the contract tests follow them:
 ``step_reads_position``
     whether ``step``'s tensor work depends on how many tokens the state has read (a
     KV-cache slot, rotary angles, a growing history) rather than only counting them
-    (the state's plain-int counters).  ``False`` lets one CUDA graph of a step, captured
-    at one position, serve every later one (``LanguageModel.generate(cuda_graph=True)``);
-    a property where it depends on the options.
+    (the state's plain-int counters); a property where it depends on the options;
+``has_graph_step``
+    one CUDA graph of ``step``, captured at one position, replays correctly at every later
+    one (``LanguageModel.generate(cuda_graph=True)``): by default where the step does not
+    read the position; a mixer whose step does can still offer one by overriding
+    ``graph_state(state)`` (the state with its position as a device tensor that the step
+    reads and advances in place, as the attention KV cache does) and
+    ``graph_steps_left(state)`` (how many more tokens such a state takes).
 
 A mixer can learn its place in the model: ``layer_idx`` (the block's index, ``None``
 when built alone) lets one registered name take per-layer options.
@@ -310,6 +315,22 @@ class Mixer(nn.Module):
             y_t, state = self.step(x[:, t], state)
             outputs.append(y_t)
         return torch.stack(outputs, dim=1), state
+
+    # -- CUDA-graph decoding -----------------------------------------------------------
+    @property
+    def has_graph_step(self) -> bool:
+        """Whether one CUDA graph of :meth:`step` replays correctly at every position (module doc)."""
+        return not self.step_reads_position
+
+    def graph_state(self, state: State) -> State:
+        """``state`` in the form a CUDA graph of :meth:`step` is captured on; this default: itself (a
+        step that does not read the position needs nothing more)."""
+        return state
+
+    def graph_steps_left(self, state: State) -> int | None:
+        """How many more tokens a state from :meth:`graph_state` takes (a replayed graph checks
+        nothing itself); ``None``: any number."""
+        return None
 
     # -- accounting -------------------------------------------------------------------
     def flops_breakdown(self, length: int) -> dict[str, int]:

@@ -4,9 +4,9 @@ At small batch on a GPU a decoding step is a few hundred small kernels, each lau
 and launching them takes longer than running them.  A CUDA graph records the step's kernels once and
 launches them all with one call.  A graph replays fixed work on fixed memory, so
 
-- every layer's step must do the same tensor work at every position
-  (:attr:`~seqarch.mixers.Mixer.step_reads_position` is False: fixed-size states that are not read
-  at the position; no KV-cache slot, no rotary angle, no growing history);
+- every layer's step must do the same work at every position (:attr:`~seqarch.mixers.Mixer.has_graph_step`):
+  one that does not read the position (fixed-size states), or one that reads it from the device
+  (:meth:`~seqarch.mixers.Mixer.graph_state`: attention's KV-cache slot, rotary angle and mask);
 - the graph reads the token from one buffer and the states from the tensors it was captured on,
   and writes each new state back into those tensors (a state updated in place needs no copy);
 - the states' token counters (plain ints, which no kernel reads) advance outside the graph.
@@ -28,10 +28,11 @@ from torch import nn
 from ..mixers.base import State
 
 
-def position_reading_layers(model: nn.Module) -> list[str]:
-    """``"<layer index>: <mixer name>"`` for each layer of ``model`` whose step reads the position."""
+def layers_without_graph_step(model: nn.Module) -> list[str]:
+    """``"<layer index>: <mixer name>"`` for each layer of ``model`` whose step no CUDA graph can replay
+    at every position."""
     return [f"{i}: {block.mixer.name}" for i, block in enumerate(model.backbone.blocks)
-            if block.mixer.step_reads_position]
+            if not block.mixer.has_graph_step]
 
 
 def write_back(old: State, new: State, layer: int) -> dict[str, int]:
@@ -79,11 +80,11 @@ class GraphDecodeStep:
     warmup_steps = 2
 
     def __init__(self, model: nn.Module, *, capture: bool | None = None) -> None:
-        reading = position_reading_layers(model)
-        if reading:
+        without = layers_without_graph_step(model)
+        if without:
             raise ValueError("cuda_graph: every layer's step must do the same work at every position "
-                             "(Mixer.step_reads_position False: fixed-size states not read at the position); "
-                             f"these layers read it: {', '.join(reading)}; generate without cuda_graph")
+                             "(Mixer.has_graph_step); these layers' steps read the position in Python: "
+                             f"{', '.join(without)}; generate without cuda_graph")
         device = next(model.parameters()).device
         self.capture = device.type == "cuda" if capture is None else bool(capture)
         if self.capture and device.type != "cuda":
@@ -96,6 +97,7 @@ class GraphDecodeStep:
         self.states: list[State] | None = None
         self.logits: torch.Tensor | None = None
         self.counters: list[dict[str, int]] = []
+        self.steps_left: int | None = None  # tokens the states take (a replayed graph checks nothing)
 
     @contextlib.contextmanager
     def _warmup_stream(self) -> Iterator[None]:
@@ -115,7 +117,12 @@ class GraphDecodeStep:
 
     def _record(self, token: torch.Tensor, states: list[State]) -> None:
         self.token = token.clone()
-        self.states = [dict(state) for state in states]  # dicts of this step's own: the counters move in them
+        # Dicts of this step's own (the counters move in them), in the form each layer's graph reads.
+        mixers = [block.mixer for block in self.model.backbone.blocks]
+        self.states = [mixer.graph_state(dict(state)) for mixer, state in zip(mixers, states)]
+        bounds = [left for mixer, state in zip(mixers, self.states)
+                  if (left := mixer.graph_steps_left(state)) is not None]
+        self.steps_left = min(bounds) if bounds else None
         if not self.capture:
             return
         graph = torch.cuda.CUDAGraph()
@@ -138,6 +145,11 @@ class GraphDecodeStep:
         elif states is not self.states:
             raise ValueError("states: expected the states this graph step returned last (a graph reads and "
                              "writes those tensors), got others")
+        if self.steps_left is not None:
+            if self.steps_left <= 0:
+                raise ValueError("states: full; expected at most the tokens the states were made for "
+                                 "(pass a larger max_length to init_state)")
+            self.steps_left -= 1
         self.token.copy_(token)
         if self.graph is not None:
             self.graph.replay()

@@ -78,8 +78,8 @@ class LanguageModel(nn.Module):
         dynamic positions, the caches preallocated by ``init_state``; it gives the eager
         step's tokens.  ``cuda_graph``: on a CUDA device, replay one CUDA graph of the decoding step
         for every token after the first few (:class:`~seqarch.models.graph_step.GraphDecodeStep`; every
-        layer's step must not read the position: ``Mixer.step_reads_position``), captured anew by each
-        call.  Returns ``(batch, length + max_new_tokens)``.
+        layer must have one: ``Mixer.has_graph_step``), captured anew by each call.
+        Returns ``(batch, length + max_new_tokens)``.
         """
         check_tokens(prompt, self.config, "prompt")
         if prompt.shape[0] == 0 or prompt.shape[1] == 0:

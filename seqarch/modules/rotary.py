@@ -74,4 +74,14 @@ class RotaryEmbedding(nn.Module):
         else:
             shape = (length, *(1,) * (-dim - 2), self.head_dim)
             cos2, sin2 = cos2[start:start + length].view(shape), sin2[start:start + length].view(shape)
+        return self._turn(x, cos2, sin2)
+
+    def rotate_at(self, x: torch.Tensor, position: torch.Tensor, capacity: int) -> torch.Tensor:
+        """Rotate ``x (..., head_dim)``, one token, at the position held on the device by ``position: (1,)``
+        (int64, below ``capacity``): read there, not in Python, so a CUDA graph of the step replays at
+        every position.  Equal to :meth:`rotate` at that position."""
+        cos2, sin2 = self.tables(capacity, x.device, x.dtype)
+        return self._turn(x, cos2.index_select(0, position), sin2.index_select(0, position))
+
+    def _turn(self, x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(x * cos2, x.roll(self.head_dim // 2, -1), sin2)

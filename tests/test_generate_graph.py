@@ -16,9 +16,8 @@ from seqarch.models.graph_step import GraphDecodeStep, write_back
 
 from conftest import SMALL_OPTIONS
 
-# The contract suite's small layers; RetNet without rotary positions (with them its step reads the
-# position), a modal Hyena of order 3 (two convolutions).
-OPTIONS = {**SMALL_OPTIONS, "retnet": {"n_heads": 2, "rotary": False}, "hyena_modal": {"d_state": 8, "order": 3}}
+# The contract suite's small layers; a modal Hyena of order 3 (two convolutions).
+OPTIONS = {**SMALL_OPTIONS, "hyena_modal": {"d_state": 8, "order": 3}}
 
 
 def graph_step_mixers() -> list[str]:
@@ -42,15 +41,15 @@ class EagerGraphStep(GraphDecodeStep):
         super().__init__(model, capture=False)
 
 
-def test_the_graph_step_covers_attention_and_the_fixed_state_families():
-    assert set(graph_step_mixers()) == {"attention", "s4d", "s4", "h3", "hyena_modal", "mamba", "mamba2", "gla",
-                                        "deltanet", "gated_deltanet", "linear_attention", "based", "base_conv",
-                                        "retnet"}
-    # What reads the position in Python: a ring buffer's slot, rotary angles by the counter, a history.
-    for name, options in [("sliding_window_attention", {}), ("retnet", {"rotary": True}), ("hyena", {}),
-                          ("m2", {})]:
-        mixer = seqarch.build_mixer(name, 16, **{**OPTIONS.get(name, {}), **options})
+def test_the_graph_step_covers_every_mixer_but_the_explicit_long_convolutions():
+    assert set(graph_step_mixers()) == set(seqarch.MIXERS) - {"hyena", "m2"}
+    # A step of an explicit long convolution reads the taps and history up to the position.
+    for name in ("hyena", "m2"):
+        mixer = seqarch.build_mixer(name, 16, **OPTIONS.get(name, {}))
         assert mixer.step_reads_position and not mixer.has_graph_step, name
+    # Those that read the position take it from the device in a graph state.
+    for name in ("attention", "sliding_window_attention", "retnet"):
+        assert seqarch.build_mixer(name, 16, **OPTIONS[name]).step_reads_position, name
 
 
 def test_graph_decoding_gives_the_eager_tokens_and_counters(monkeypatch):
@@ -70,7 +69,7 @@ def test_graph_decoding_gives_the_eager_tokens_and_counters(monkeypatch):
             logits, states = step(token, states, check=False)
             expected, twin = model.decode_step(token, twin)
             # Attention's graph step attends over the whole cache, masked, by SDPA: the same numbers to
-            # rounding.  Every other layer runs its own step.
+            # rounding.
             torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
             token = expected.argmax(-1)
         for layer, (got, want) in enumerate(zip(states, twin)):
@@ -87,10 +86,10 @@ def test_graph_decoding_gives_the_eager_tokens_and_counters(monkeypatch):
 
 
 def test_graph_decoding_refuses_layers_that_read_the_position_before_any_work():
-    model = hybrid(["s4d", "sliding_window_attention"])
-    with pytest.raises(ValueError, match=r"cuda_graph: .*read the position in Python: 1: sliding_window_attention"):
+    model = hybrid(["s4d", "hyena"])
+    with pytest.raises(ValueError, match=r"cuda_graph: .*read the position in Python: 1: hyena"):
         model.generate(torch.randint(0, 32, (1, 3)), 4, cuda_graph=True)
-    with pytest.raises(ValueError, match="1: sliding_window_attention"):
+    with pytest.raises(ValueError, match="1: hyena"):
         GraphDecodeStep(model, capture=False)
 
 
@@ -146,11 +145,13 @@ def test_gpu_cuda_graph_decoding_replays_the_eager_buffers_exactly(monkeypatch):
     # A second call captures anew, on its own states.
     assert torch.equal(model.generate(prompt, 24, temperature=0, cuda_graph=True), graphed)
     # The replayed kernels are those of the same step run eagerly on the same buffers.  (Against the
-    # plain eager step, attention's graph step is SDPA over the masked cache, not the fused kernel:
-    # equal to rounding, which may flip a greedy token of this random model; the model below has none.)
+    # plain eager step, the graph steps of the layers that read the position differ to rounding, as
+    # attention's SDPA over the masked cache against the fused kernel, which may flip a greedy token of
+    # this random model; the model below has none of them.)
     with monkeypatch.context() as patch:
         patch.setattr(language_model_module, "GraphDecodeStep", EagerGraphStep)
         assert torch.equal(model.generate(prompt, 24, temperature=0, cuda_graph=True), graphed)
-    fixed_state = hybrid([name for name in graph_step_mixers() if name != "attention"], device="cuda")
+    fixed_state = hybrid([block.mixer.name for block in model.backbone.blocks if not block.mixer.step_reads_position],
+                         device="cuda")
     assert torch.equal(fixed_state.generate(prompt, 24, temperature=0, cuda_graph=True),
                        fixed_state.generate(prompt, 24, temperature=0))

@@ -67,6 +67,18 @@ def test_rotary_scores_depend_on_relative_position_only():
         RotaryEmbedding(7)
 
 
+def test_rotary_at_a_device_position_equals_the_table_rotation_and_takes_one_token_only():
+    rotary = RotaryEmbedding(8)
+    x = torch.randn(2, 1, 3, 8, dtype=torch.float64)  # (batch, one token, heads, head_dim)
+    for position in (0, 7, 3000):  # past the first table's 2048 rows too
+        expected = rotary.rotate(x, position, dim=-3)
+        torch.testing.assert_close(rotary.rotate(x, torch.tensor([position]), dim=-3), expected, rtol=1e-13, atol=0)
+        torch.testing.assert_close(rotary.rotate(x[:, 0], torch.tensor([position]), dim=None), expected[:, 0],
+                                   rtol=1e-13, atol=0)
+    with pytest.raises(ValueError, match="start: a device position rotates one token"):
+        rotary.rotate(torch.randn(2, 4, 3, 8), torch.tensor([1]), dim=-3)
+
+
 def test_norms():
     x = torch.randn(3, 5, 16) * 10
     y = RMSNorm(16)(x)

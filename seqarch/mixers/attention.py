@@ -21,10 +21,7 @@ from torch import nn
 from ..checks import check_divides, check_dropout, check_positive_int
 from ..kernels.attention import attention, causal_mask
 from ..modules.rotary import RotaryEmbedding
-from .base import Mixer, State, register_mixer
-
-#: The state key of :meth:`Attention.graph_state`'s device position.
-GRAPH_POSITION = "graph_position"
+from .base import GRAPH_POSITION, Mixer, State, register_mixer, with_graph_position
 
 
 @register_mixer("attention")
@@ -90,18 +87,15 @@ class Attention(Mixer):
         self.out = nn.Linear(d_model, d_model, bias=bias, **factory)
         self.rotary = RotaryEmbedding(self.head_dim, base=rotary_base) if rotary else None
 
-    def _project(self, x: torch.Tensor, start: int | torch.Tensor, capacity: int = 0
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _project(self, x: torch.Tensor, start: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries ``(batch, n_heads, length, head_dim)`` and keys, values ``(batch, n_kv_heads, ...)``,
         rotated for absolute positions ``start, start + 1, ...`` (a device tensor ``start: (1,)``: one
-        token there, below ``capacity``)."""
+        token there)."""
         batch, length, _ = x.shape
         heads = self.n_heads + self.n_kv_heads
         qkv = self.qkv(x)
         qk = qkv[..., :heads * self.head_dim].view(batch, length, heads, self.head_dim)
-        if self.rotary is not None and isinstance(start, torch.Tensor):
-            qk = self.rotary.rotate_at(qk, start, capacity)
-        elif self.rotary is not None:  # queries and keys rotated together, from the cached tables
+        if self.rotary is not None:  # queries and keys rotated together, from the cached tables
             qk = self.rotary.rotate(qk, start, dim=-3)
         q, k = qk.transpose(1, 2).split([self.n_heads, self.n_kv_heads], dim=1)
         v = qkv[..., heads * self.head_dim:].view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -182,10 +176,9 @@ class Attention(Mixer):
     has_graph_step = True
 
     def graph_state(self, state: State) -> State:
-        """``state`` with its length also as a device tensor, ``"graph_position": (1,)`` int64, which
-        the step reads (rotary angle, cache slot, mask) and advances in place."""
-        position = torch.tensor([state["length"]], device=state["k"].device)
-        return {**state, GRAPH_POSITION: position}
+        """``state`` with its length also on the device (:func:`~seqarch.mixers.base.with_graph_position`),
+        from which the step takes the rotary angle, the cache slot and the mask."""
+        return with_graph_position(state, state["k"].device)
 
     def graph_steps_left(self, state: State) -> int:
         return state["k"].shape[2] - state["length"]
@@ -196,7 +189,7 @@ class Attention(Mixer):
         graph can do; the step above reads only the filled slots and takes the fused kernel)."""
         position, cache_k, cache_v = state[GRAPH_POSITION], state["k"], state["v"]
         capacity = cache_k.shape[2]
-        q, k, v = self._project(x_t.unsqueeze(1), position, capacity)
+        q, k, v = self._project(x_t.unsqueeze(1), position)
         cache_k.index_copy_(2, position, k)
         cache_v.index_copy_(2, position, v)
         seen = torch.arange(capacity, device=position.device)[None] <= position[:, None]  # (1 query, capacity)

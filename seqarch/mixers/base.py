@@ -57,9 +57,10 @@ Capabilities are declared on the class, and the contract tests follow them:
     one CUDA graph of ``step``, captured at one position, replays correctly at every later
     one (``LanguageModel.generate(cuda_graph=True)``): by default where the step does not
     read the position; a mixer whose step does can still offer one by overriding
-    ``graph_state(state)`` (the state with its position as a device tensor that the step
-    reads and advances in place, as the attention KV cache does) and
-    ``graph_steps_left(state)`` (how many more tokens such a state takes).
+    ``graph_state(state)`` (the state with its position also as a device tensor,
+    :func:`with_graph_position`, that the step reads and advances in place: attention,
+    sliding-window attention, rotary RetNet) and, where the state holds a bounded number of
+    tokens, ``graph_steps_left(state)`` (how many more it takes: the KV cache).
 
 A mixer can learn its place in the model: ``layer_idx`` (the block's index, ``None``
 when built alone) lets one registered name take per-layer options.
@@ -81,7 +82,18 @@ State = dict[str, Any]
 #: graph inputs there; see :meth:`seqarch.models.LanguageModel.compiled_decode_step`).
 STEP_CONSTANTS = "step_constants"
 
+#: The state key of a graph state's position on the device (:meth:`Mixer.graph_state` of a mixer whose
+#: step reads the position): an int64 ``(1,)`` tensor its step reads and advances in place.
+GRAPH_POSITION = "graph_position"
+
 MIXERS: dict[str, type[Mixer]] = {}
+
+
+def with_graph_position(state: State, device: torch.device, counter: str = "length") -> State:
+    """``state`` with its token counter ``state[counter]`` also as a device tensor under
+    :data:`GRAPH_POSITION`, for a step that reads the position there (a replayed CUDA graph never
+    sees the plain int)."""
+    return {**state, GRAPH_POSITION: torch.tensor([state[counter]], device=device)}
 
 
 def register_mixer(name: str) -> Callable[[type[Mixer]], type[Mixer]]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..checks import check_divides, check_positive_int
 from ..modules.rotary import RotaryEmbedding
-from .base import register_mixer
+from .base import GRAPH_POSITION, State, register_mixer, with_graph_position
 from .linear_attention import MatrixStateMixer, default_heads, linear_flops
 
 
@@ -69,13 +69,23 @@ class RetNet(MatrixStateMixer):
         """With rotary positions a step rotates its query and key by the state's ``"length"``."""
         return self.rotary is not None
 
+    # With rotary positions, a graph state's step takes them from the device: a CUDA graph replays it.
+    has_graph_step = True
+
+    def graph_state(self, state: State) -> State:
+        """``state`` with its length also on the device where a step reads it (rotary positions;
+        :func:`~seqarch.mixers.base.with_graph_position`)."""
+        return state if self.rotary is None else with_graph_position(state, state["S"].device)
+
     def _project(self, x, state):
         value_width = self.d_model * self.value_expand
         qk, v = self.qkv(x).split([2 * self.d_model, value_width], dim=-1)
         qk = qk.unflatten(-1, (2 * self.n_heads, self.state_key_dim))  # queries' heads, then keys'
         if self.rotary is not None:  # queries and keys rotated together, from the cached tables
-            start = 0 if state is None else state["length"]
+            start = 0 if state is None else state.get(GRAPH_POSITION, state["length"])
             qk = self.rotary.rotate(qk, start, dim=-3 if x.dim() == 3 else None)  # None: one token
+            if isinstance(start, torch.Tensor):  # a graph state's position: read, so advanced
+                start.add_(1)
         q, k = qk.chunk(2, dim=-2)
         log_decay = self.log_gamma.to(device=x.device, dtype=x.dtype).expand(*x.shape[:-1], self.n_heads)
         return q, k / math.sqrt(self.state_key_dim), v.unflatten(-1, (self.n_heads, -1)), {"log_decay": log_decay}, {}

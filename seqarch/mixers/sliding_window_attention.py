@@ -17,7 +17,7 @@ from torch import nn
 
 from ..checks import check_divides, check_positive_int
 from ..modules.rotary import RotaryEmbedding
-from .base import Mixer, State, register_mixer
+from .base import GRAPH_POSITION, Mixer, State, register_mixer, with_graph_position
 from .linear_attention import default_heads, merge_heads, split_heads
 
 
@@ -93,18 +93,33 @@ class SlidingWindowAttention(Mixer):
         state["v"][:, :, keep % self.window] = values[:, :, -self.window:].to(state["v"].dtype)
         return y, {**state, "length": start + new}
 
+    # The step below reads the position from the device in a graph state: a CUDA graph replays it.
+    has_graph_step = True
+
+    def graph_state(self, state: State) -> State:
+        """``state`` with its length also on the device (:func:`~seqarch.mixers.base.with_graph_position`)."""
+        return with_graph_position(state, state["k"].device)
+
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One token: write its key and value to slot ``t % window``, attend over every slot (the unfilled
-        ones masked), so the cost is the same at every position."""
-        position = state["length"]
+        ones masked), so the cost is the same at every position.  In a graph state ``t`` is read from
+        the device (rotary angle, slot, mask) and advanced there."""
+        length = state["length"]
+        position = state.get(GRAPH_POSITION, length)
         q, k, v = self._project(x_t.unsqueeze(1), position)
         slot = position % self.window
-        # A slice, not an index: a compiled step then takes any slot without specialising on it.
-        state["k"][:, :, slot:slot + 1] = k.to(state["k"].dtype)
-        state["v"][:, :, slot:slot + 1] = v.to(state["v"].dtype)
+        if isinstance(position, torch.Tensor):
+            state["k"].index_copy_(2, slot, k.to(state["k"].dtype))
+            state["v"].index_copy_(2, slot, v.to(state["v"].dtype))
+        else:
+            # A slice, not an index: a compiled step then takes any slot without specialising on it.
+            state["k"][:, :, slot:slot + 1] = k.to(state["k"].dtype)
+            state["v"][:, :, slot:slot + 1] = v.to(state["v"].dtype)
         filled = torch.arange(self.window, device=x_t.device) <= position
         y = F.scaled_dot_product_attention(q, state["k"].to(q.dtype), state["v"].to(q.dtype), attn_mask=filled[None, :])
-        return self.out(merge_heads(y))[:, 0], {**state, "length": position + 1}
+        if isinstance(position, torch.Tensor):
+            position.add_(1)
+        return self.out(merge_heads(y))[:, 0], {**state, "length": length + 1}
 
     def flops_breakdown(self, length: int) -> dict[str, int]:
         """Projections and the two attention products, counted dense ``4 L^2 d`` as the parallel form

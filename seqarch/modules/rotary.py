@@ -53,21 +53,32 @@ class RotaryEmbedding(nn.Module):
         tables = self._tables.get(key)
         if tables is None or tables[0].shape[0] < length:
             capacity = max(2048, 1 << max(0, length - 1).bit_length())
-            cos, sin = self.angles(torch.arange(capacity, device=device), dtype)
-            tables = torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+            tables = self._doubled(*self.angles(torch.arange(capacity, device=device), dtype))
             if not compiling:
                 self._tables[key] = tables
         return tables
 
-    def rotate(self, x: torch.Tensor, start: int, dim: int | None = -2) -> torch.Tensor:
+    @staticmethod
+    def _doubled(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+
+    def rotate(self, x: torch.Tensor, start: int | torch.Tensor, dim: int | None = -2) -> torch.Tensor:
         """Rotate ``x`` at positions ``start, start + 1, ...`` along ``dim`` (a negative index:
         ``-2`` for ``(batch, heads, length, head_dim)``, ``-3`` for ``(batch, length, heads,
         head_dim)``; None: ``x (..., head_dim)`` holds the one position ``start``, as a decoding
         step's); equal to :meth:`forward` at those positions.
 
         ``x cos2 + roll(x) sin2`` from the cached tables (``roll`` by half a head swaps the
-        halves): three elementwise ops and no float64 work per call."""
+        halves): three elementwise ops and no float64 work per call.  ``start`` may be a device
+        tensor ``(1,)`` (int64) for one token: the angles are then computed from it on the device
+        (in float64, the tables' values exactly), so a CUDA graph of the step replays at every
+        position without a table bound."""
         length = 1 if dim is None else x.shape[dim]
+        if isinstance(start, torch.Tensor):
+            if length != 1 or start.shape != (1,):
+                raise ValueError(f"start: a device position rotates one token; expected a (1,) tensor and one "
+                                 f"position along dim, got shape {tuple(start.shape)} and {length} positions")
+            return self._turn(x, *self._doubled(*self.angles(start, x.dtype)))
         cos2, sin2 = self.tables(start + length, x.device, x.dtype)
         if dim is None:
             cos2, sin2 = cos2[start], sin2[start]

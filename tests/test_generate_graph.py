@@ -14,7 +14,7 @@ from seqarch.models import LanguageModel, ModelConfig
 from seqarch.models import language_model as language_model_module
 from seqarch.models.graph_step import GraphDecodeStep, write_back
 
-from conftest import SMALL_OPTIONS
+from conftest import SMALL_OPTIONS, CausalEMA
 
 # The contract suite's small layers; a modal Hyena of order 3 (two convolutions).
 OPTIONS = {**SMALL_OPTIONS, "hyena_modal": {"d_state": 8, "order": 3}}
@@ -41,15 +41,18 @@ class EagerGraphStep(GraphDecodeStep):
         super().__init__(model, capture=False)
 
 
-def test_the_graph_step_covers_every_mixer_but_the_explicit_long_convolutions():
-    assert set(graph_step_mixers()) == set(seqarch.MIXERS) - {"hyena", "m2"}
-    # A step of an explicit long convolution reads the taps and history up to the position.
-    for name in ("hyena", "m2"):
-        mixer = seqarch.build_mixer(name, 16, **OPTIONS.get(name, {}))
-        assert mixer.step_reads_position and not mixer.has_graph_step, name
-    # Those that read the position take it from the device in a graph state.
-    for name in ("attention", "sliding_window_attention", "retnet"):
+def test_every_registered_mixer_has_a_graph_step():
+    assert set(graph_step_mixers()) == set(seqarch.MIXERS)
+    # These read the position, from the device in a graph state: a KV-cache slot, a ring buffer's slot,
+    # rotary angles, an explicit long convolution's taps and history.
+    for name in ("attention", "sliding_window_attention", "retnet", "hyena", "m2"):
         assert seqarch.build_mixer(name, 16, **OPTIONS[name]).step_reads_position, name
+
+
+class PositionReadingEMA(CausalEMA):
+    """A researcher's mixer that says its step reads the position and offers no graph state."""
+
+    step_reads_position = True
 
 
 def test_graph_decoding_gives_the_eager_tokens_and_counters(monkeypatch):
@@ -75,26 +78,33 @@ def test_graph_decoding_gives_the_eager_tokens_and_counters(monkeypatch):
         for layer, (got, want) in enumerate(zip(states, twin)):
             assert set(got) - set(want) <= {"graph_position"}, layer
             for key, value in want.items():
-                if isinstance(value, torch.Tensor):
+                if key == "v" and "buffer" in want:  # a long convolution's history: the whole buffer there
+                    filled = value.shape[-1]
+                    torch.testing.assert_close(got[key][..., :filled], value, rtol=1e-5, atol=1e-6)
+                    assert not got[key][..., filled:].any()
+                elif isinstance(value, torch.Tensor):
                     torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6)
                 else:
                     assert got[key] == value, (layer, mixers[layer], key)
             if "graph_position" in got:
-                assert got["graph_position"].tolist() == [got["length"]]
+                counter = got["length"] if "length" in got else got["position"]
+                assert got["graph_position"].tolist() == [counter], (layer, mixers[layer])
         with pytest.raises(ValueError, match="states: expected the states this graph step returned"):
             step(token, twin)
 
 
-def test_graph_decoding_refuses_layers_that_read_the_position_before_any_work():
-    model = hybrid(["s4d", "hyena"])
-    with pytest.raises(ValueError, match=r"cuda_graph: .*read the position in Python: 1: hyena"):
+def test_graph_decoding_refuses_layers_without_a_graph_step_before_any_work(registered):
+    registered("ema_reading_position", PositionReadingEMA)
+    model = hybrid(["s4d", "ema_reading_position"])
+    with pytest.raises(ValueError, match=r"cuda_graph: .*read the position in Python: 1: ema_reading_position"):
         model.generate(torch.randint(0, 32, (1, 3)), 4, cuda_graph=True)
-    with pytest.raises(ValueError, match="1: hyena"):
+    with pytest.raises(ValueError, match="1: ema_reading_position"):
         GraphDecodeStep(model, capture=False)
 
 
-def test_a_graph_step_past_the_cache_is_refused():
-    model = hybrid(["attention", "mamba"])
+@pytest.mark.parametrize("bounded", ["attention", "hyena"])  # a KV cache, a history buffer
+def test_a_graph_step_past_the_cache_is_refused(bounded):
+    model = hybrid([bounded, "mamba"])
     with torch.no_grad():
         prompt = torch.randint(0, 32, (1, 3))
         _, states = model.backbone.prefill(prompt, model.backbone.init_state(1, max_length=3 + 4))

@@ -59,8 +59,8 @@ Capabilities are declared on the class, and the contract tests follow them:
     read the position; a mixer whose step does can still offer one by overriding
     ``graph_state(state)`` (the state with its position also as a device tensor,
     :func:`with_graph_position`, that the step reads and advances in place: attention,
-    sliding-window attention, rotary RetNet) and, where the state holds a bounded number of
-    tokens, ``graph_steps_left(state)`` (how many more it takes: the KV cache).
+    sliding-window attention, rotary RetNet, Hyena's explicit filters) and, where the state
+    holds a bounded number of tokens, ``graph_steps_left(state)`` (how many more it takes).
 
 A mixer can learn its place in the model: ``layer_idx`` (the block's index, ``None``
 when built alone) lets one registered name take per-layer options.

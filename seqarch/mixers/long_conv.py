@@ -45,7 +45,7 @@ from ..modules.mlp import GLUOutput
 from ..modules.parameter_cache import cached
 from ..modules.short_conv import ShortConv
 from ..precision import compute_dtype
-from .base import Mixer, State
+from .base import GRAPH_POSITION, Mixer, State, with_graph_position
 
 
 class LongConv(Mixer):
@@ -305,25 +305,55 @@ class LongConv(Mixer):
                 v = readout[:, rows] + tap0[rows] * inputs[-1]
             _, state = self.kernel.step(torch.cat(inputs, dim=-1), state, constants["matrices"])
         else:
-            if position >= state["max_length"]:
+            at = state.get(GRAPH_POSITION)  # a graph state's position, on the device (bounded by graph_steps_left)
+            if at is None and position >= state["max_length"]:
                 raise ValueError(f"x_t: expected at most max_length={state['max_length']} tokens per sequence, "
                                  f"got token {position + 1}")
-            taps = state["taps"][:, state["max_length"] - 1 - position:]  # k[t], ..., k[0] (skip on k[0])
             # Written in place, so a token costs O(t d) reads and no copy of the history; under
             # grad mode a copy first keeps earlier states and the autograd graph valid.
             buffer = state["buffer"].clone() if torch.is_grad_enabled() else state["buffer"]
-            history = buffer[..., :position + 1]
+            if at is None:
+                history = buffer[..., :position + 1]
+                taps = state["taps"][:, state["max_length"] - 1 - position:]  # k[t], ..., k[0] (skip on k[0])
+            else:
+                # The same work at every position: the whole buffer (zeros past the position) against the
+                # taps gathered for it, taps[:, max_length - 1 - t + j] at column j <= t, zero after.
+                history, length = buffer, state["max_length"]
+                columns = torch.arange(length, device=at.device)
+                index = (columns + (length - 1) - at).clamp(max=length - 1)
+                taps = state["taps"].index_select(-1, index) * (columns <= at)
             for i, pre in enumerate(pre_gates):
                 rows = slice(i * self.conv_width, (i + 1) * self.conv_width)
-                # A slice, not an index: a compiled step then takes any position without specialising on it.
-                history[:, rows, position:position + 1] = self._gate_in(pre, v).unsqueeze(-1)
+                gated = self._gate_in(pre, v).unsqueeze(-1)
+                if at is None:
+                    # A slice, not an index: a compiled step then takes any position without specialising on it.
+                    history[:, rows, position:position + 1] = gated
+                else:
+                    history[:, rows].index_copy_(-1, at, gated.to(history.dtype))
                 # A product and a sum: on a CPU the einsum's batched (batch x t) @ (t x 1) products took
                 # 3-5x longer at t = 128-383 (and it fuses into one loop when compiled).
                 v = (history[:, rows] * taps[rows]).sum(-1)
+            if at is not None:
+                at.add_(1)
             state = {**state, "buffer": buffer, "v": history}
         y = self._gate_out(post_gate, v)  # (batch, d): the output stage takes it without a length axis
         y = self.output(y) if self.order is None else self.out_proj(self.dropout(y))
         return y.to(x_t.dtype), {**state, "position": position + 1}
+
+    # A recurrent generator's step only counts positions; an explicit kernel's reads its taps and history
+    # up to the position, from the device in a graph state.
+    has_graph_step = True
+
+    def graph_state(self, state: State) -> State:
+        """A recurrent generator's state as it is; an explicit kernel's with its position also on the
+        device (:func:`~seqarch.mixers.base.with_graph_position`) and ``"v"`` the whole buffer (zeros
+        past the position), as its graph step reads them."""
+        if self._recurrent:
+            return state
+        return {**with_graph_position(state, state["buffer"].device, counter="position"), "v": state["buffer"]}
+
+    def graph_steps_left(self, state: State) -> int | None:
+        return None if self._recurrent else state["max_length"] - state["position"]
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Run a prompt ``x: (batch, length, d_model)`` in parallel; returns ``(y, state)``.

@@ -37,12 +37,6 @@ def default_heads(d_model: int, n_heads: int | None) -> int:
     return max(1, d_model // 64) if n_heads is None else check_positive_int("n_heads", n_heads)
 
 
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """``(batch, length, heads * d)`` -> ``(batch, heads, length, d)``."""
-    batch, length, width = x.shape
-    return x.view(batch, length, heads, width // heads).transpose(1, 2)
-
-
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """``(batch, heads, length, d)`` -> ``(batch, length, heads * d)``."""
     batch, heads, length, d = x.shape

@@ -18,7 +18,7 @@ from torch import nn
 from ..checks import check_divides, check_positive_int
 from ..modules.rotary import RotaryEmbedding
 from .base import GRAPH_POSITION, Mixer, State, register_mixer, with_graph_position
-from .linear_attention import default_heads, merge_heads, split_heads
+from .linear_attention import default_heads, merge_heads
 
 
 @register_mixer("sliding_window_attention")
@@ -51,11 +51,17 @@ class SlidingWindowAttention(Mixer):
         self.out = nn.Linear(d_model, d_model, bias=bias, **factory)
         self.rotary = RotaryEmbedding(self.head_dim) if rotary else None
 
-    def _project(self, x: torch.Tensor, start: int):
-        q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))
+    def _project(self, x: torch.Tensor, start: int | torch.Tensor):
+        """Queries, keys, values ``(batch, n_heads, length, head_dim)`` of ``x: (batch, length, d_model)``,
+        queries and keys rotated together for positions ``start, start + 1, ...`` (a decoding step's
+        operators are most of its time at small batch: one view, one rotation)."""
+        batch, length, _ = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.n_heads, self.head_dim)
+        qk = qkv[:, :, :2]
         if self.rotary is not None:
-            q, k = self.rotary.rotate(q, start), self.rotary.rotate(k, start)
-        return q, k, v
+            qk = self.rotary.rotate(qk, start, dim=-4)
+        q, k = qk.unbind(2)
+        return q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
 
     def _attend(self, q, k, v, query_positions, key_positions) -> torch.Tensor:
         """Queries at ``query_positions`` over keys at ``key_positions`` within the window; ``(batch, n, d_model)``."""

@@ -11,9 +11,10 @@ launches them all with one call.  A graph replays fixed work on fixed memory, so
   and writes each new state back into those tensors (a state updated in place needs no copy);
 - the states' token counters (plain ints, which no kernel reads) advance outside the graph.
 
-The first :attr:`GraphDecodeStep.warmup_steps` calls run eagerly (on a side stream, as CUDA graph
-capture asks), so that what a step makes once (cached constants, lazily made buffers) is made
-before the capture; the next call captures and every call replays.  Off a GPU the same buffers and
+The first :attr:`GraphDecodeStep.warmup_steps` calls run the graph's work eagerly, on its buffers
+(on a side stream, as CUDA graph capture asks), so that every operator has run and what a step
+makes once (cached constants, lazily made buffers) is made before the capture; the next call
+captures and every later one replays.  Off a GPU the same buffers and
 write-backs run eagerly, call after call (``capture=False``), which is what the CPU tests check.
 """
 
@@ -67,8 +68,8 @@ class GraphDecodeStep:
     """``model.decode_step`` replayed from one CUDA graph; called as it is, on the states it returns.
 
     Args:
-        model: a :class:`~seqarch.models.LanguageModel` whose every layer's step does not read the
-            position (a ValueError names the layers that do).
+        model: a :class:`~seqarch.models.LanguageModel` whose every layer has a graph step
+            (:attr:`~seqarch.mixers.Mixer.has_graph_step`; a ValueError names the layers that do not).
         capture: record a CUDA graph (default: when the model is on a CUDA device); ``False`` runs
             the same buffers and write-backs eagerly.
 
@@ -115,16 +116,17 @@ class GraphDecodeStep:
         self.logits = logits
         self.counters = [write_back(old, new, i) for i, (old, new) in enumerate(zip(self.states, new_states))]
 
-    def _record(self, token: torch.Tensor, states: list[State]) -> None:
+    def _prepare(self, token: torch.Tensor, states: list[State]) -> None:
+        """The buffers: the token's, and dicts of this step's own (the counters move in them) in the form
+        each layer's graph step reads (:meth:`~seqarch.mixers.Mixer.graph_state`)."""
         self.token = token.clone()
-        # Dicts of this step's own (the counters move in them), in the form each layer's graph reads.
         mixers = [block.mixer for block in self.model.backbone.blocks]
         self.states = [mixer.graph_state(dict(state)) for mixer, state in zip(mixers, states)]
         bounds = [left for mixer, state in zip(mixers, self.states)
                   if (left := mixer.graph_steps_left(state)) is not None]
         self.steps_left = min(bounds) if bounds else None
-        if not self.capture:
-            return
+
+    def _capture(self) -> None:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
@@ -136,12 +138,10 @@ class GraphDecodeStep:
 
     def __call__(self, token: torch.Tensor, states: list[State], *, check: bool = True
                  ) -> tuple[torch.Tensor, list[State]]:
-        if self.calls < self.warmup_steps:
-            self.calls += 1
-            with self._warmup_stream():
-                return self.model.decode_step(token, states, check=check)
+        """``model.decode_step(token, states)``; ``check`` is accepted for the same signature (the buffers
+        are this step's own, so nothing is checked again)."""
         if self.states is None:
-            self._record(token, states)
+            self._prepare(token, states)
         elif states is not self.states:
             raise ValueError("states: expected the states this graph step returned last (a graph reads and "
                              "writes those tensors), got others")
@@ -151,10 +151,14 @@ class GraphDecodeStep:
                                  "(pass a larger max_length to init_state)")
             self.steps_left -= 1
         self.token.copy_(token)
+        if self.graph is None and self.capture and self.calls >= self.warmup_steps:
+            self._capture()
         if self.graph is not None:
             self.graph.replay()
-        else:
-            self._step_in_place()
+        else:  # the warm-up calls (every call without capture): the very work the graph will hold
+            with self._warmup_stream():
+                self._step_in_place()
+            self.calls += 1
         for state, counters in zip(self.states, self.counters):
             for key, moved in counters.items():
                 state[key] += moved

@@ -196,8 +196,8 @@ class Contender:
 
 def time_graph(contenders: list[Contender], rounds: int, device: torch.device) -> None:
     """``generate(cuda_graph=True)`` of each model whose layers' steps can be replayed by a CUDA graph: one
-    warm-up run, then ``rounds`` runs, each after an eager run of the same model (its speed-up over
-    eager: the median of the rounds)."""
+    warm-up run (it captures the graph the later runs replay), then ``rounds`` runs, each after an eager
+    run of the same model (its speed-up over eager: the median of the rounds)."""
     from seqarch.models.graph_step import layers_without_graph_step
 
     for contender in contenders:

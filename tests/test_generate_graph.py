@@ -93,6 +93,33 @@ def test_graph_decoding_gives_the_eager_tokens_and_counters(monkeypatch):
             step(token, twin)
 
 
+def test_one_graph_step_serves_later_calls_until_the_model_or_the_shape_changes(monkeypatch):
+    monkeypatch.setattr(language_model_module, "GraphDecodeStep", EagerGraphStep)
+    model = hybrid(["attention", "mamba2", "hyena"])  # a KV cache, a fixed state, a history buffer
+    first, second = torch.randint(0, 32, (2, 5)), torch.randint(0, 32, (2, 5))
+
+    def graphed(prompt, new_tokens=6):
+        tokens = model.generate(prompt, new_tokens, temperature=0, cuda_graph=True)
+        assert torch.equal(tokens, model.generate(prompt, new_tokens, temperature=0))
+        return model.__dict__["_graph_decode_step"][1]
+
+    made = graphed(first)
+    assert graphed(second) is made  # the second sequence's states copied into the same buffers
+    assert graphed(first) is made
+    with torch.no_grad():  # an in-place weight update: the cached decays the step read are stale
+        model.backbone.blocks[1].mixer.A_log.add_(0.5)
+    remade = graphed(second)
+    assert remade is not made and graphed(first) is remade
+    model.train()  # another mode: captured in eval, a graph would replay without dropout
+    assert graphed(first) is not remade
+    model.eval()
+    again = graphed(first)
+    single = graphed(first[:1])
+    assert single is not again  # another batch size
+    assert graphed(first, new_tokens=7) not in (single, again)  # another length
+    assert model.__dict__["_graph_decode_step"][0] == (2, 12)  # one kept: the last
+
+
 def test_graph_decoding_refuses_layers_without_a_graph_step_before_any_work(registered):
     registered("ema_reading_position", PositionReadingEMA)
     model = hybrid(["s4d", "ema_reading_position"])
@@ -150,18 +177,21 @@ def test_write_back_copies_new_tensors_keeps_in_place_ones_and_refuses_other_cha
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_cuda_graph_decoding_replays_the_eager_buffers_exactly(monkeypatch):
     model = hybrid(graph_step_mixers(), device="cuda")
-    prompt = torch.randint(0, 32, (2, 5), device="cuda")
-    graphed = model.generate(prompt, 24, temperature=0, cuda_graph=True)
-    # A second call captures anew, on its own states.
-    assert torch.equal(model.generate(prompt, 24, temperature=0, cuda_graph=True), graphed)
+    first, second = (torch.randint(0, 32, (2, 5), device="cuda") for _ in range(2))
+    graphed = [model.generate(prompt, 24, temperature=0, cuda_graph=True) for prompt in (first, second)]
+    # A later call replays the captured graph on its own states, copied into the graph's buffers.
+    assert torch.equal(model.generate(first, 24, temperature=0, cuda_graph=True), graphed[0])
     # The replayed kernels are those of the same step run eagerly on the same buffers.  (Against the
     # plain eager step, the graph steps of the layers that read the position differ to rounding, as
     # attention's SDPA over the masked cache against the fused kernel, which may flip a greedy token of
     # this random model; the model below has none of them.)
+    model.__dict__.pop("_graph_decode_step")
     with monkeypatch.context() as patch:
         patch.setattr(language_model_module, "GraphDecodeStep", EagerGraphStep)
-        assert torch.equal(model.generate(prompt, 24, temperature=0, cuda_graph=True), graphed)
+        for prompt, tokens in zip((first, second), graphed):
+            assert torch.equal(model.generate(prompt, 24, temperature=0, cuda_graph=True), tokens)
     fixed_state = hybrid([block.mixer.name for block in model.backbone.blocks if not block.mixer.step_reads_position],
                          device="cuda")
-    assert torch.equal(fixed_state.generate(prompt, 24, temperature=0, cuda_graph=True),
-                       fixed_state.generate(prompt, 24, temperature=0))
+    for prompt in (first, second):
+        assert torch.equal(fixed_state.generate(prompt, 24, temperature=0, cuda_graph=True),
+                           fixed_state.generate(prompt, 24, temperature=0))

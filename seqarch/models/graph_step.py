@@ -16,6 +16,12 @@ The first :attr:`GraphDecodeStep.warmup_steps` calls run the graph's work eagerl
 makes once (cached constants, lazily made buffers) is made before the capture; the next call
 captures and every later one replays.  Off a GPU the same buffers and
 write-backs run eagerly, call after call (``capture=False``), which is what the CPU tests check.
+
+A captured step serves later sequences of the same shape (:meth:`GraphDecodeStep.restart`: their
+states are copied into its buffers) while the model is as it was at the capture
+(:meth:`GraphDecodeStep.matches`: every parameter's identity, storage and version, every module's
+training flag); it keeps every value of the parameter caches that it read alive, so the graph
+never reads freed memory.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import torch
 from torch import nn
 
 from ..mixers.base import State
+from ..modules.parameter_cache import cached_values
+from .compiled_step import module_signature
 
 
 def layers_without_graph_step(model: nn.Module) -> list[str]:
@@ -99,6 +107,24 @@ class GraphDecodeStep:
         self.logits: torch.Tensor | None = None
         self.counters: list[dict[str, int]] = []
         self.steps_left: int | None = None  # tokens the states take (a replayed graph checks nothing)
+        self.modules = list(model.modules())
+        self.signature = self._signature()
+        self.restarting = False
+        self.kept: list = []  # the parameter caches' values when the graph was captured (it reads some)
+
+    def _signature(self) -> tuple:
+        versions = [p._version for m in self.modules for p in m._parameters.values() if p is not None]
+        return module_signature(self.modules), tuple(versions)
+
+    def matches(self) -> bool:
+        """Whether the model is as it was when this step was made (parameters, their storage and
+        versions, training flags, submodules): a graph captured then still computes its step."""
+        return self._signature() == self.signature
+
+    def restart(self) -> None:
+        """Take the next call's states as a new sequence's (from another ``init_state`` and ``prefill``
+        of the same shapes): copied into this step's buffers, so a captured graph replays on them."""
+        self.restarting = True
 
     @contextlib.contextmanager
     def _warmup_stream(self) -> Iterator[None]:
@@ -126,6 +152,16 @@ class GraphDecodeStep:
                   if (left := mixer.graph_steps_left(state)) is not None]
         self.steps_left = min(bounds) if bounds else None
 
+    def _reload(self, states: list[State]) -> None:
+        """A new sequence's ``states`` copied into the buffers (counters set to theirs)."""
+        mixers = [block.mixer for block in self.model.backbone.blocks]
+        for i, (mixer, mine, given) in enumerate(zip(mixers, self.states, states)):
+            for key, moved in write_back(mine, mixer.graph_state(dict(given)), i).items():
+                mine[key] += moved
+        bounds = [left for mixer, state in zip(mixers, self.states)
+                  if (left := mixer.graph_steps_left(state)) is not None]
+        self.steps_left = min(bounds) if bounds else None
+
     def _capture(self) -> None:
         graph = torch.cuda.CUDAGraph()
         try:
@@ -135,6 +171,7 @@ class GraphDecodeStep:
             raise RuntimeError(f"cuda_graph: capturing the decoding step failed ({error}); generate without "
                                "cuda_graph") from error
         self.graph = graph
+        self.kept = cached_values(self.model)
 
     def __call__(self, token: torch.Tensor, states: list[State], *, check: bool = True
                  ) -> tuple[torch.Tensor, list[State]]:
@@ -142,9 +179,12 @@ class GraphDecodeStep:
         are this step's own, so nothing is checked again)."""
         if self.states is None:
             self._prepare(token, states)
+        elif self.restarting:
+            self._reload(states)
         elif states is not self.states:
             raise ValueError("states: expected the states this graph step returned last (a graph reads and "
                              "writes those tensors), got others")
+        self.restarting = False
         if self.steps_left is not None:
             if self.steps_left <= 0:
                 raise ValueError("states: full; expected at most the tokens the states were made for "

@@ -78,7 +78,8 @@ class LanguageModel(nn.Module):
         dynamic positions, the caches preallocated by ``init_state``; it gives the eager
         step's tokens.  ``cuda_graph``: on a CUDA device, replay one CUDA graph of the decoding step
         for every token after the first few (:class:`~seqarch.models.graph_step.GraphDecodeStep`; every
-        layer must have one: ``Mixer.has_graph_step``), captured anew by each call.
+        layer must have one: ``Mixer.has_graph_step``), captured once and replayed again by later calls
+        of the same batch size and total length while the parameters and modes are unchanged.
         Returns ``(batch, length + max_new_tokens)``.
         """
         check_tokens(prompt, self.config, "prompt")
@@ -99,7 +100,7 @@ class LanguageModel(nn.Module):
                              f"the cached eager step), got True with compile_step={compile_step!r}, "
                              f"use_cache={use_cache!r}")
         # Made (and its refusals raised) before any work.
-        graph_step = GraphDecodeStep(self, capture=True) if cuda_graph else None
+        graph_step = self._graph_step(prompt.shape[0], prompt.shape[1] + max_new_tokens) if cuda_graph else None
         tokens = prompt
         if max_new_tokens == 0:
             return tokens
@@ -122,6 +123,18 @@ class LanguageModel(nn.Module):
                 # again on every token in every layer (those checks were a tenth of a decoding step).
                 logits, states = step(token, states, check=False)
         return torch.cat([tokens, *new_tokens], 1)
+
+    def _graph_step(self, batch_size: int, total: int) -> GraphDecodeStep:
+        """The CUDA-graph step of ``generate``: the last one made, for the same batch size and length, while
+        the model is as it was then (:meth:`GraphDecodeStep.matches`), else a new one (one kept per
+        model: its buffers and graph memory go with the next)."""
+        key, kept = (batch_size, total), self.__dict__.get("_graph_decode_step")
+        if kept is None or kept[0] != key or not kept[1].matches():
+            self.__dict__["_graph_decode_step"] = None  # the old graph's memory goes before a new one's comes
+            kept = key, GraphDecodeStep(self, capture=True)
+            self.__dict__["_graph_decode_step"] = kept
+        kept[1].restart()
+        return kept[1]
 
     def decode_step(self, token: torch.Tensor, states: list, *, check: bool = True) -> tuple[torch.Tensor, list]:
         """One decoding step: ``token: (batch,)`` ids -> ``(logits: (batch, vocab_size), states)``;

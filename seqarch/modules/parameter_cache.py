@@ -80,6 +80,12 @@ def cached(module: nn.Module, key: Hashable, compute: Callable[[], Any],
     return value
 
 
+def cached_values(module: nn.Module) -> list:
+    """Every value cached now for ``module`` and its submodules (references: a holder keeps them alive
+    after the cache lets them go, as a CUDA graph that reads them must)."""
+    return [entry[2] for sub in module.modules() for entry in sub.__dict__.get(_ATTRIBUTE, {}).values()]
+
+
 def clear_cache(module: nn.Module) -> None:
     """Drop every cached value of ``module`` and its submodules (needed only after a write
     through ``p.data``, which no version counter sees)."""

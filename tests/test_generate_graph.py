@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import seqarch
 from seqarch.models import LanguageModel, ModelConfig
 from seqarch.models import language_model as language_model_module
 from seqarch.models.graph_step import GraphDecodeStep, write_back
+from seqarch.modules.parameter_cache import cached_values
 
 from conftest import SMALL_OPTIONS, CausalEMA
 
@@ -39,6 +42,53 @@ class EagerGraphStep(GraphDecodeStep):
 
     def __init__(self, model, *, capture=None):
         super().__init__(model, capture=False)
+
+
+class SimulatedGraph(TorchDispatchMode):
+    """What a CUDA graph holds, on a CPU: the ATen operators of one call (recorded while they run), each
+    replayed on the very tensors it had (the graph's fixed memory) without the Python that issued it,
+    so an int the Python read at the capture stays the one recorded.  A fresh result is copied into the
+    tensor recorded for it, a mutating operator runs again, a view stays the recorded view of its
+    (updated) base.  A host read of a tensor's value, which a capture refuses, fails the recording."""
+
+    def __init__(self):
+        super().__init__()
+        self.operators, self.recorded = [], False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._local_scalar_dense.default:
+            raise AssertionError("a host read of a tensor's value inside the graph's step")
+        out = func(*args, **kwargs)
+        self.operators.append((func, args, kwargs, out))
+        return out
+
+    def replay(self):
+        if not self.recorded:  # the recording ran them, as a capture followed by its first replay
+            self.recorded = True
+            return
+        for func, args, kwargs, out in self.operators:
+            schema = func._schema
+            if any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments):
+                func(*args, **kwargs)
+            elif all(r.alias_info is None for r in schema.returns):
+                for kept, fresh in zip(tree_leaves(out), tree_leaves(func(*args, **kwargs))):
+                    if isinstance(kept, torch.Tensor):
+                        kept.copy_(fresh)
+
+
+class SimulatedGraphStep(GraphDecodeStep):
+    """The graph step with :class:`SimulatedGraph` for the CUDA graph: warm-up, capture and replays."""
+
+    def __init__(self, model, *, capture=None):
+        super().__init__(model, capture=False)
+        self.capture = True
+
+    def _capture(self):
+        self.graph = SimulatedGraph()
+        with self.graph:
+            self._step_in_place()
+        self.kept = cached_values(self.model)
 
 
 def test_every_registered_mixer_has_a_graph_step():
@@ -91,6 +141,48 @@ def test_graph_decoding_gives_the_eager_tokens_and_counters(monkeypatch):
                 assert got["graph_position"].tolist() == [counter], (layer, mixers[layer])
         with pytest.raises(ValueError, match="states: expected the states this graph step returned"):
             step(token, twin)
+
+
+def test_replaying_the_recorded_step_gives_the_eager_tokens(monkeypatch):
+    """Every mixer's graph step, replayed as a CUDA graph would replay it (no Python after the capture),
+    continues each sequence as eager decoding does: nothing it reads is an int baked at the capture."""
+    model = hybrid(graph_step_mixers())
+    prompts = [torch.randint(0, 32, (2, 5)) for _ in range(2)]
+    eager = [model.generate(prompt, 12, temperature=0) for prompt in prompts]
+    monkeypatch.setattr(language_model_module, "GraphDecodeStep", SimulatedGraphStep)
+    for prompt, tokens in zip(prompts, eager):  # the second replays the first's graph on its own states
+        assert torch.equal(model.generate(prompt, 12, temperature=0, cuda_graph=True), tokens)
+    assert isinstance(model.__dict__["_graph_decode_step"][1].graph, SimulatedGraph)
+
+
+class CountingEMA(CausalEMA):
+    """A mixer that wrongly says its step does not read the position: it adds its token count."""
+
+    def _init_state(self, batch_size, *, device, dtype, max_length):
+        return {**super()._init_state(batch_size, device=device, dtype=dtype, max_length=max_length), "length": 0}
+
+    def _step(self, x_t, state):
+        y, state = super()._step(x_t, state)
+        return y + state["length"], {**state, "length": state["length"] + 1}
+
+
+def test_the_replay_catches_a_position_read_in_python(registered):
+    """The control: the recorded step of a mixer that reads an int position replays that position, so
+    the replays after the capture part from the eager steps."""
+    registered("counting_ema", CountingEMA)
+    model = hybrid(["counting_ema"])
+    prompt = torch.randint(0, 32, (1, 3))
+    with torch.no_grad():
+        _, states = model.backbone.prefill(prompt, model.backbone.init_state(1, max_length=10))
+        twin = [{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()} for s in states]
+        step, token, agree = SimulatedGraphStep(model), prompt[:, -1], []
+        for _ in range(6):
+            logits, states = step(token, states)
+            expected, twin = model.decode_step(token, twin)
+            agree.append(torch.allclose(logits, expected))
+            token = expected.argmax(-1)
+    # two warm-ups and the capture ran the Python; the three replays did not
+    assert agree == [True, True, True, False, False, False]
 
 
 def test_one_graph_step_serves_later_calls_until_the_model_or_the_shape_changes(monkeypatch):

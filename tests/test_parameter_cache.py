@@ -190,3 +190,24 @@ def test_prefill_follows_a_weight_change_an_optimizer_step_and_load_state_dict(m
     assert relative_rms(stepped[0], bumped[0]) > 1e-6
     layer.load_state_dict(saved)
     assert all(torch.equal(a, b) for a, b in zip(prefill_then_step(layer, x), before))
+
+
+# The SSMs cache complex kernels with real views of them; attention caches nothing but compiles.
+@pytest.mark.parametrize("mixer", ["s4", "s4d", "attention"])
+def test_a_model_that_has_cached_and_compiled_saves_whole_and_copies(mixer, tmp_path):
+    """torch.save(model) and copy.deepcopy after no-grad forwards, generate and a compiled step: the
+    derived values (cached kernels, some views of one storage in two dtypes, which torch.save refuses;
+    compiled steps) stay behind, and the loaded and copied models decode as the original."""
+    import copy
+
+    model = small_model(mixer)
+    prompt = torch.randint(0, 32, (2, 5))
+    with torch.no_grad():
+        model(prompt)
+    expected = model.generate(prompt, 6, temperature=0)
+    assert torch.equal(model.generate(prompt, 6, temperature=0, compile_step="aot_eager"), expected)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert "_compiled_steps" not in loaded.__dict__
+    for other in (loaded, copy.deepcopy(model)):
+        assert torch.equal(other.generate(prompt, 6, temperature=0), expected)

@@ -35,6 +35,16 @@ class LanguageModel(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(tokens))
 
+    # What generate makes from the model (compiled steps, a captured CUDA graph): neither pickled by
+    # torch.save(model) nor copied by copy.deepcopy; a loaded or copied model makes its own.
+    _DECODING_CACHES = ("_compiled_steps", "_graph_decode_step")
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for key in self._DECODING_CACHES:
+            state.pop(key, None)
+        return state
+
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of ``targets: (batch, length)``; positions labelled ``IGNORE_INDEX`` (-100) are
         ignored."""

@@ -22,6 +22,7 @@ traced (``torch.compile``) call, where the value becomes part of the graph.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -30,7 +31,10 @@ from torch import nn
 
 # Entries per module (one per length and dtype a module runs at); the oldest goes first.
 MAX_ENTRIES = 8
-_ATTRIBUTE = "_parameter_cache"
+# The caches, by module, outside the modules themselves: a pickled (``torch.save(model)``) or copied
+# module carries none of these derived values (some of them views of one storage in two dtypes, which
+# torch.save refuses), and a module that is garbage collected takes its entries with it.
+_STORES: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def _fingerprint(params: tuple[nn.Parameter, ...]) -> tuple:
@@ -65,7 +69,9 @@ def cached(module: nn.Module, key: Hashable, compute: Callable[[], Any],
     # Values made under inference_mode are inference tensors, which autograd may not save: kept apart.
     full_key = (key, torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device),
                 torch.is_inference_mode_enabled())
-    store: dict = module.__dict__.setdefault(_ATTRIBUTE, {})
+    store = _STORES.get(module)
+    if store is None:
+        store = _STORES[module] = {}
     entry = store.get(full_key)
     fingerprint = _fingerprint(params)
     if entry is not None:
@@ -83,11 +89,11 @@ def cached(module: nn.Module, key: Hashable, compute: Callable[[], Any],
 def cached_values(module: nn.Module) -> list:
     """Every value cached now for ``module`` and its submodules (references: a holder keeps them alive
     after the cache lets them go, as a CUDA graph that reads them must)."""
-    return [entry[2] for sub in module.modules() for entry in sub.__dict__.get(_ATTRIBUTE, {}).values()]
+    return [entry[2] for sub in module.modules() for entry in _STORES.get(sub, {}).values()]
 
 
 def clear_cache(module: nn.Module) -> None:
     """Drop every cached value of ``module`` and its submodules (needed only after a write
     through ``p.data``, which no version counter sees)."""
     for sub in module.modules():
-        sub.__dict__.pop(_ATTRIBUTE, None)
+        _STORES.pop(sub, None)

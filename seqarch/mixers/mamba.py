@@ -174,8 +174,11 @@ class Mamba(Mixer):
         A, D = constants["A"].to(work), constants["D"].to(work)
         u_w, delta_w = u.to(work), delta.to(work)
         # h = exp(delta A) h + delta u B;  y = (C . h + D u) * silu(z)
-        ssm = torch.addcmul((delta_w * u_w)[..., None] * B.to(work)[:, None, :], torch.exp(delta_w[..., None] * A),
-                            ssm.to(work))
+        decay, inputs, b = torch.exp(delta_w[..., None] * A), (delta_w * u_w)[..., None], B.to(work)[:, None, :]
+        if torch.is_grad_enabled() or ssm.dtype != work:  # autograd keeps the old state: a new one
+            ssm = torch.addcmul(inputs * b, decay, ssm.to(work))
+        else:  # in place, as the contract allows: no state-sized tensors made per token
+            ssm = ssm.mul_(decay).addcmul_(inputs, b)
         # The read-out C . h as a row vector times h^T, (1, d_state) @ (d_state, d_inner) per sequence: a CPU
         # runs this form several times faster than h @ C as a column (at batch 8 here, 4x).
         y = torch.bmm(C.to(work)[:, None, :], ssm.transpose(1, 2))[:, 0].addcmul_(D, u_w).mul_(F.silu(z.to(work)))

@@ -129,48 +129,37 @@ class Contender:
     def __init__(self, name: str, args: argparse.Namespace, prompt: torch.Tensor, device: torch.device) -> None:
         self.name, self.prompt, self.new_tokens = name, prompt, args.new_tokens
         self.model = build("attention" if name == "plain_kv_loop" else name, args, device)
-        total = args.prompt + args.new_tokens
-        if name == "plain_kv_loop":
-            self.run = lambda: PlainDecoder(self.model, prompt.shape[0], total).generate(prompt, self.new_tokens)
-        else:
-            self.run = lambda: self.model.generate(prompt, self.new_tokens, temperature=0)
+        self.total = args.prompt + args.new_tokens
+        # generate's options per mode: eager, the compiled step, the CUDA graph
+        self.options = {"eager": {}, "compiled": {"compile_step": args.compile_backend}, "graph": {"cuda_graph": True}}
         self.run()  # warm-up: caches, allocator
-        self.seconds = math.inf
+        self.best = dict.fromkeys(self.options, math.inf)  # seconds of the fastest generate per mode
         self.paired: list[float] = []  # per round: tokens/s against the attention runs either side
-        self.backend = args.compile_backend
-        self.compiled_seconds = math.inf  # the same two for generate(compile_step=backend)
-        self.compiled_paired: list[float] = []
-        self.graph_seconds = math.inf  # generate(cuda_graph=True): best time, speed-up over eager per round
-        self.graph_speedup: list[float] = []
+        self.compiled_paired: list[float] = []  # the same for the compiled step
+        self.graph_speedup: list[float] = []  # per round: the CUDA graph's tokens/s over eager's
 
-    def run_graph(self) -> None:
-        self.model.generate(self.prompt, self.new_tokens, temperature=0, cuda_graph=True)
+    def run(self, mode: str = "eager") -> torch.Tensor:
+        """One generate call in ``mode`` (the plain loop: its own decoder)."""
+        if self.name == "plain_kv_loop":
+            return PlainDecoder(self.model, self.prompt.shape[0], self.total).generate(self.prompt, self.new_tokens)
+        return self.model.generate(self.prompt, self.new_tokens, temperature=0, **self.options[mode])
 
-    def run_compiled(self) -> None:
-        self.model.generate(self.prompt, self.new_tokens, temperature=0, compile_step=self.backend)
-
-    def time_once(self, device: torch.device, keep: bool = True, compiled: bool = False, graph: bool = False
-                  ) -> float:
-        """Seconds of one generate call (``compiled``: with the compiled step; ``graph``: with the CUDA
-        graph); ``keep``: a candidate for the best time (one per round, so a model timed more often,
-        attention between the others, gets no more chances at a fast one)."""
+    def time_once(self, device: torch.device, keep: bool = True, mode: str = "eager") -> float:
+        """Seconds of one generate call in ``mode``; ``keep``: a candidate for the best time (one per round,
+        so a model timed more often, attention between the others, gets no more chances at a fast one)."""
         benchlib.synchronize(device)
         start = time.perf_counter()
-        self.run_graph() if graph else self.run_compiled() if compiled else self.run()
+        self.run(mode)
         benchlib.synchronize(device)
         seconds = time.perf_counter() - start
-        if keep and graph:
-            self.graph_seconds = min(self.graph_seconds, seconds)
-        elif keep and compiled:
-            self.compiled_seconds = min(self.compiled_seconds, seconds)
-        elif keep:
-            self.seconds = min(self.seconds, seconds)
+        if keep:
+            self.best[mode] = min(self.best[mode], seconds)
         return seconds
 
     def report(self, args: argparse.Namespace, device: torch.device) -> dict:
         batch = self.prompt.shape[0]
         mixer = self.model.backbone.blocks[0].mixer
-        result = {"tokens_per_s": batch * self.new_tokens / self.seconds, "params": self.model.num_params(),
+        result = {"tokens_per_s": batch * self.new_tokens / self.best["eager"], "params": self.model.num_params(),
                   "paired_over_attention": statistics.median(self.paired) if self.paired else 1.0,
                   "paired_range": [min(self.paired), max(self.paired)] if self.paired else [1.0, 1.0],
                   "d_model": self.model.config.d_model,
@@ -182,13 +171,13 @@ class Contender:
         steps = step_times(self.model, self.prompt, self.new_tokens, device)
         result["late_over_early_step"] = statistics.median(steps[-WINDOW:]) / statistics.median(steps[:WINDOW])
         result["fixed_state"] = type(mixer).has_fixed_size_state
-        if self.compiled_seconds < math.inf:
-            result["compiled_tokens_per_s"] = batch * self.new_tokens / self.compiled_seconds
+        if self.best["compiled"] < math.inf:
+            result["compiled_tokens_per_s"] = batch * self.new_tokens / self.best["compiled"]
             if self.compiled_paired:
                 result["compiled_paired_over_attention"] = statistics.median(self.compiled_paired)
                 result["compiled_paired_range"] = [min(self.compiled_paired), max(self.compiled_paired)]
         if self.graph_speedup:
-            result["graph_tokens_per_s"] = batch * self.new_tokens / self.graph_seconds
+            result["graph_tokens_per_s"] = batch * self.new_tokens / self.best["graph"]
             result["graph_over_eager"] = statistics.median(self.graph_speedup)
             result["graph_over_eager_range"] = [min(self.graph_speedup), max(self.graph_speedup)]
         return result
@@ -203,10 +192,10 @@ def time_graph(contenders: list[Contender], rounds: int, device: torch.device) -
     for contender in contenders:
         if contender.name == "plain_kv_loop" or layers_without_graph_step(contender.model):
             continue
-        contender.run_graph()
+        contender.run("graph")
         for _ in range(rounds):
             eager = contender.time_once(device, keep=False)
-            contender.graph_speedup.append(eager / contender.time_once(device, graph=True))
+            contender.graph_speedup.append(eager / contender.time_once(device, mode="graph"))
 
 
 def time_compiled(contenders: list[Contender], attention: Contender, rounds: int, device: torch.device) -> None:
@@ -215,16 +204,16 @@ def time_compiled(contenders: list[Contender], attention: Contender, rounds: int
     runs of it, each between two of attention's.  Attention's best time: the first run of each pair."""
     for contender in contenders or [attention]:
         torch._dynamo.reset()
-        attention.run_compiled()
+        attention.run("compiled")
         if contender is attention:  # attention alone
             for _ in range(rounds):
-                attention.time_once(device, compiled=True)
+                attention.time_once(device, mode="compiled")
             continue
-        contender.run_compiled()
-        before = attention.time_once(device, compiled=True)
+        contender.run("compiled")
+        before = attention.time_once(device, mode="compiled")
         for _ in range(rounds):
-            seconds = contender.time_once(device, compiled=True)
-            after = attention.time_once(device, keep=False, compiled=True)
+            seconds = contender.time_once(device, mode="compiled")
+            after = attention.time_once(device, keep=False, mode="compiled")
             contender.compiled_paired.append((before + after) / 2 / seconds)
             before = after
 

@@ -101,24 +101,28 @@ class Attention(Mixer):
         v = qkv[..., heads * self.head_dim:].view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Attention of queries, the newest ``length_q`` of the ``length_kv`` tokens whose keys are
         given, over those keys; returns ``(batch, length_q, d_model)``.
 
         The parallel forward (``length_q == length_kv``), a KV-cache step (one query) and a
         prefill after earlier tokens (``length_q < length_kv``) are the same call: the kernel's
         causal mask is bottom-right aligned, query ``i`` sees keys up to ``i + length_kv - length_q``.
+        ``mask`` (``(length_q, length_kv)``, True where a query sees a key) replaces that rule, through
+        SDPA: a graph step's filled cache slots.
         """
         batch, _, length, _ = q.shape
         dropout = self.dropout if self.training else 0.0
-        if dropout == 0.0:
+        if dropout == 0.0 and mask is None:
             # One query (a decoding step) sees every cached key: no mask to build.
             # q, k, v come from this layer's projections, shaped to the kernel's contract: no re-check.
             y = attention(q, k, v, causal=self.causal and length > 1, validate=False)
         else:
-            # The fused kernel has no dropout: SDPA, whose is_causal aligns top-left, so the kernel
-            # module's bottom-right mask when the lengths differ.
-            mask = causal_mask(length, k.shape[2], q.device) if self.causal and k.shape[2] != length else None
+            # The fused kernel takes neither dropout nor a given mask: SDPA, whose is_causal aligns
+            # top-left, so the kernel module's bottom-right mask when the lengths differ.
+            if mask is None and self.causal and k.shape[2] != length:
+                mask = causal_mask(length, k.shape[2], q.device)
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=self.causal and mask is None, dropout_p=dropout,
                 enable_gqa=self.n_kv_heads != self.n_heads,
@@ -193,11 +197,8 @@ class Attention(Mixer):
         cache_k.index_copy_(2, position, k)
         cache_v.index_copy_(2, position, v)
         seen = torch.arange(capacity, device=position.device)[None] <= position[:, None]  # (1 query, capacity)
-        y = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=seen,
-                                           dropout_p=self.dropout if self.training else 0.0,
-                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        y = self._attend(q, cache_k, cache_v, mask=seen)[:, 0]
         position.add_(1)
-        y = self.out(y.transpose(1, 2).reshape(x_t.shape[0], self.d_model))
         return y, {**state, "length": state["length"] + 1}
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:

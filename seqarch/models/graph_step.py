@@ -99,6 +99,7 @@ class GraphDecodeStep:
         if self.capture and device.type != "cuda":
             raise ValueError(f"cuda_graph: expected a model on a CUDA device, got one on {device}")
         self.model = model
+        self.mixers = [block.mixer for block in model.backbone.blocks]  # a replaced one fails matches()
         self.calls = 0
         self.side_stream = torch.cuda.Stream(device) if self.capture else None
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -146,21 +147,20 @@ class GraphDecodeStep:
         """The buffers: the token's, and dicts of this step's own (the counters move in them) in the form
         each layer's graph step reads (:meth:`~seqarch.mixers.Mixer.graph_state`)."""
         self.token = token.clone()
-        mixers = [block.mixer for block in self.model.backbone.blocks]
-        self.states = [mixer.graph_state(dict(state)) for mixer, state in zip(mixers, states)]
-        bounds = [left for mixer, state in zip(mixers, self.states)
+        self.states = [mixer.graph_state(dict(state)) for mixer, state in zip(self.mixers, states)]
+        self._count_steps_left()
+
+    def _count_steps_left(self) -> None:
+        bounds = [left for mixer, state in zip(self.mixers, self.states)
                   if (left := mixer.graph_steps_left(state)) is not None]
         self.steps_left = min(bounds) if bounds else None
 
     def _reload(self, states: list[State]) -> None:
         """A new sequence's ``states`` copied into the buffers (counters set to theirs)."""
-        mixers = [block.mixer for block in self.model.backbone.blocks]
-        for i, (mixer, mine, given) in enumerate(zip(mixers, self.states, states)):
+        for i, (mixer, mine, given) in enumerate(zip(self.mixers, self.states, states)):
             for key, moved in write_back(mine, mixer.graph_state(dict(given)), i).items():
                 mine[key] += moved
-        bounds = [left for mixer, state in zip(mixers, self.states)
-                  if (left := mixer.graph_steps_left(state)) is not None]
-        self.steps_left = min(bounds) if bounds else None
+        self._count_steps_left()
 
     def _capture(self) -> None:
         graph = torch.cuda.CUDAGraph()
